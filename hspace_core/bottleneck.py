@@ -1,0 +1,148 @@
+"""The bottleneck controller: what happens to h, the middle-block output, on every model call.
+
+It is framework-free. An adapter (a diffusers forward hook, a ComfyUI middle-block patch) calls it with
+h, the model timestep, ComfyUI's ``cond_or_uncond`` chunk labels and the per-call flags a sampler set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .direction import Direction, Trajectory, check_finite
+from .errors import HSpaceError
+
+COND, UNCOND = 0, 1
+ROW_CHOICES = ("cond", "uncond", "both")
+
+
+@dataclass
+class EditSpec:
+    """One direction and its strength alpha."""
+
+    direction: Direction
+    strength: float = 1.0
+
+
+@dataclass
+class Capture:
+    timestep: float
+    sigma: float | None
+    cond_or_uncond: tuple[int, ...]
+    h: torch.Tensor
+
+
+def edit_coefficients(strengths: Sequence[float], n_train_steps: int | None = None,
+                      n_test_steps: int | None = None) -> list[float]:
+    """Asyrp's coefficients: alpha_i * N_train / N_test (when both known), divided by sqrt(k) for k > 1 edits."""
+    scale = n_train_steps / n_test_steps if n_train_steps and n_test_steps else 1.0
+    k = len(strengths)
+    return [a * scale / (math.sqrt(k) if k > 1 else 1.0) for a in strengths]
+
+
+class Bottleneck:
+    """Capture, shift or replace h.
+
+    Args:
+        edits: directions and strengths; their sum (see :func:`edit_coefficients`) is added to h.
+        window: ``(t_end, t_start)``: shift only when ``t_end <= t <= t_start`` (model timesteps); None = always.
+        rows: which rows are shifted: "cond", "uncond" or "both" (an unconditional model has only cond rows).
+        capture: record the unshifted h of every call in :attr:`records`.
+        n_train_steps, n_test_steps: step-count scaling of Asyrp (Delta h times N_train / N_test).
+    """
+
+    def __init__(self, edits: Iterable[EditSpec] = (), window: tuple[float, float] | None = None,
+                 rows: str = "cond", capture: bool = False, n_train_steps: int | None = None,
+                 n_test_steps: int | None = None):
+        self.edits = list(edits)
+        if rows not in ROW_CHOICES:
+            raise HSpaceError(f"rows must be one of {ROW_CHOICES}, got {rows!r}")
+        if window is not None and window[0] > window[1]:
+            raise HSpaceError(f"window (t_end, t_start) with t_end <= t_start expected, got {tuple(window)}")
+        self.window = window
+        self.rows = rows
+        self.capture = capture
+        self.coefficients = edit_coefficients([e.strength for e in self.edits], n_train_steps, n_test_steps)
+        self.records: list[Capture] = []
+        self.replacement: torch.Tensor | None = None
+
+    def in_window(self, timestep: float) -> bool:
+        if self.window is None:
+            return True
+        t_end, t_start = self.window
+        return t_end - 1e-4 <= timestep <= t_start + 1e-4
+
+    def delta(self, timestep: float, h_shape: Sequence[int]) -> torch.Tensor | None:
+        """The total shift at a timestep, or None when nothing is to be added."""
+        if not self.edits or not self.in_window(timestep):
+            return None
+        total = None
+        for edit, coef in zip(self.edits, self.coefficients):
+            if tuple(edit.direction.h_shape) != tuple(h_shape):
+                raise HSpaceError(f"direction of h shape {list(edit.direction.h_shape)} does not fit this model, "
+                                  f"whose bottleneck h has shape {list(h_shape)}")
+            term = coef * edit.direction.at(timestep)
+            total = term if total is None else total + term
+        return total
+
+    def __call__(self, h: torch.Tensor, timestep: float | torch.Tensor, cond_or_uncond: Sequence[int] = (COND,),
+                 flags: dict[str, Any] | None = None, sigma: float | torch.Tensor | None = None) -> torch.Tensor:
+        flags = flags or {}
+        timestep = float(torch.as_tensor(timestep).flatten()[0])
+        chunks = list(cond_or_uncond) or [COND]
+        if h.shape[0] % len(chunks):
+            raise HSpaceError(f"{h.shape[0]} rows of h cannot be split into {len(chunks)} cond/uncond chunks")
+        split = bool(flags.get("split", False))
+        if self.capture and flags.get("capture", True):
+            self._record(h, timestep, sigma, chunks, split)
+        if self.replacement is not None:
+            if self.replacement.shape != h.shape:
+                raise HSpaceError(f"replacement h of shape {list(self.replacement.shape)} expected to match "
+                                  f"the bottleneck's {list(h.shape)}")
+            return self.replacement
+        if not flags.get("shift", True):
+            return h
+        delta = self.delta(timestep, h.shape[1:])
+        if delta is None:
+            return h
+        mask = self._row_mask(h.shape[0], chunks, split).to(h.device)
+        return h + mask.view(-1, 1, 1, 1).to(h.dtype) * delta.to(h)
+
+    def _row_mask(self, num_rows: int, chunks: list[int], split: bool) -> torch.Tensor:
+        chunk = num_rows // len(chunks)
+        mask = torch.zeros(num_rows)
+        for i, kind in enumerate(chunks):
+            if self.rows == "both" or (self.rows == "cond") == (kind == COND):
+                start = i * chunk + (chunk // 2 if split else 0)
+                mask[start:(i + 1) * chunk] = 1
+        return mask
+
+    def _record(self, h: torch.Tensor, timestep: float, sigma, chunks: list[int], split: bool) -> None:
+        h = h.detach()
+        if split:
+            chunk = h.shape[0] // len(chunks)
+            h = torch.cat([h[i * chunk:i * chunk + chunk // 2] for i in range(len(chunks))])
+        check_finite(h, "the captured h")
+        sigma = None if sigma is None else float(torch.as_tensor(sigma).flatten()[0])
+        self.records.append(Capture(timestep, sigma, tuple(chunks), h.float().cpu()))
+
+    def trajectory(self, kind: str = "cond", meta: dict[str, Any] | None = None) -> Trajectory:
+        """Stack the records of one run into a :class:`Trajectory` of the cond (or uncond) rows."""
+        wanted = COND if kind == "cond" else UNCOND
+        steps, timesteps, sigmas = [], [], []
+        for rec in self.records:
+            if wanted not in rec.cond_or_uncond:
+                continue
+            chunk = rec.h.shape[0] // len(rec.cond_or_uncond)
+            rows = [rec.h[i * chunk:(i + 1) * chunk] for i, c in enumerate(rec.cond_or_uncond) if c == wanted]
+            steps.append(torch.cat(rows))
+            timesteps.append(rec.timestep)
+            sigmas.append(float("nan") if rec.sigma is None else rec.sigma)
+        if not steps:
+            raise HSpaceError(f"nothing was captured for the {kind} rows: did the model run with capture on?")
+        return Trajectory(torch.stack(steps, dim=1), timesteps, sigmas, dict(meta or {}, rows=kind))
+
+    def clear(self) -> None:
+        self.records.clear()

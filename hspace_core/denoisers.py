@@ -1,0 +1,178 @@
+"""diffusers UNets as k-diffusion denoisers, with the bottleneck controller hooked on ``mid_block``."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from .bottleneck import COND, UNCOND, Bottleneck
+from .direction import check_finite, model_fingerprint
+from .errors import HSpaceError
+from .schedule import VPSchedule
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class _StopAtBottleneck(Exception):
+    def __init__(self, h: torch.Tensor):
+        self.h = h
+
+
+def hspace_flags(model_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The per-call flags a sampler put in ``model_options["transformer_options"]["hspace"]``."""
+    return ((model_options or {}).get("transformer_options") or {}).get("hspace") or {}
+
+
+class DiffusersDenoiser:
+    """``denoiser(x, sigma, **extra) -> x0_hat`` for a diffusers ``UNet2DModel`` or ``UNet2DConditionModel``.
+
+    ``x = x_t / sqrt(alpha_bar)`` and the UNet sees ``x_t`` at the (fractional) timestep of ``sigma``.
+    For a conditional UNet give ``cond`` (and ``uncond`` with ``cfg_scale != 1`` for classifier-free
+    guidance: rows are batched ``[uncond; cond]`` in one call, labelled ``cond_or_uncond = [1, 0]``).
+    The controller is attached only inside ``with denoiser.attached(controller):``; the forward hook
+    on ``mid_block`` lives only for the duration of each UNet call.
+    """
+
+    def __init__(self, unet: torch.nn.Module, schedule: VPSchedule, prediction_type: str = "epsilon",
+                 cond: torch.Tensor | None = None, uncond: torch.Tensor | None = None, cfg_scale: float = 1.0):
+        if getattr(unet, "mid_block", None) is None:
+            raise HSpaceError(f"{type(unet).__name__} has no mid_block: h-space editing needs a UNet with a "
+                              "middle block (DiT / transformer models have no spatial bottleneck)")
+        if prediction_type not in PREDICTION_TYPES:
+            raise HSpaceError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        self.conditional = hasattr(unet.config, "cross_attention_dim") and unet.config.cross_attention_dim
+        if self.conditional and cond is None:
+            raise HSpaceError(f"{type(unet).__name__} is conditional: text embeddings (cond) are required")
+        if cfg_scale != 1.0 and uncond is None:
+            raise HSpaceError("classifier-free guidance (cfg_scale != 1) needs the uncond embeddings")
+        self.unet, self.schedule, self.prediction_type = unet, schedule, prediction_type
+        self.cond, self.uncond, self.cfg_scale = cond, uncond, cfg_scale
+        self.controller: Bottleneck | None = None
+        self._call: dict[str, Any] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @contextlib.contextmanager
+    def attached(self, controller: Bottleneck) -> Iterator[Bottleneck]:
+        """Route every model call of the block through ``controller``."""
+        previous, self.controller = self.controller, controller
+        try:
+            yield controller
+        finally:
+            self.controller = previous
+
+    # -- the hook -----------------------------------------------------------------------------------
+    def _hook(self, module, inputs, output):
+        h = output[0] if isinstance(output, tuple) else output
+        call = self._call
+        if call.get("replace") is not None:
+            h = call["replace"]
+        elif self.controller is not None:
+            h = self.controller(h, call["timestep"], call["cond_or_uncond"], call["flags"], call["sigma"])
+        if call.get("stop"):
+            raise _StopAtBottleneck(h)
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    def _timesteps(self, sigma: torch.Tensor) -> torch.Tensor:
+        t = self.schedule.timestep(sigma.double())
+        return torch.where((t - t.round()).abs() < 1e-4, t.round(), t)
+
+    def _unet_output(self, x: torch.Tensor, sigma: torch.Tensor, flags: dict[str, Any], stop: bool = False,
+                     replace: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet's raw output for x (k-diffusion form) at sigma, rows batched for CFG."""
+        check_finite(x, "the model input x")
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device="cpu").flatten()
+        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        alpha = self.schedule.alpha_bar(sigma)
+        x_t = x * alpha.sqrt().to(x).view(-1, *[1] * (x.ndim - 1))
+        t = self._timesteps(sigma)
+        kwargs: dict[str, Any] = {}
+        chunks = [COND]
+        if self.conditional:
+            cond = self.cond if cond is None else cond
+            embeds = cond.expand(x.shape[0], *cond.shape[1:])
+            if self.cfg_scale != 1.0:
+                chunks = [UNCOND, COND]
+                embeds = torch.cat([self.uncond.expand(x.shape[0], *self.uncond.shape[1:]), embeds])
+                x_t, t = torch.cat([x_t, x_t]), torch.cat([t, t])
+            kwargs["encoder_hidden_states"] = embeds.to(self.device, self.dtype)
+        self._call = {"timestep": float(t[0]), "sigma": float(sigma[0]), "cond_or_uncond": chunks,
+                      "flags": flags, "stop": stop, "replace": replace}
+        handle = self.unet.mid_block.register_forward_hook(self._hook)
+        try:
+            out = self.unet(x_t.to(self.device, self.dtype), t.to(self.device, torch.float32), **kwargs).sample
+        finally:
+            handle.remove()
+            self._call = {}
+        return out.to(x.dtype)
+
+    def _to_eps(self, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        if self.conditional and self.cfg_scale != 1.0:
+            uncond, cond = out.chunk(2)
+            out = uncond + self.cfg_scale * (cond - uncond)
+        if self.prediction_type == "epsilon":
+            return out
+        alpha = self.schedule.alpha_bar(sigma).to(x).view(-1, *[1] * (x.ndim - 1))
+        x_t = x * alpha.sqrt()
+        return alpha.sqrt() * out + (1 - alpha).sqrt() * x_t
+
+    # -- public calls -------------------------------------------------------------------------------
+    def eps(self, x: torch.Tensor, sigma: torch.Tensor | float, model_options: dict | None = None,
+            **extra: Any) -> torch.Tensor:
+        """The (guided) noise prediction at x, sigma."""
+        return self._to_eps(self._unet_output(x, sigma, hspace_flags(model_options)), x, sigma)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, model_options: dict | None = None,
+                 **extra: Any) -> torch.Tensor:
+        sigma_rows = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).flatten()
+        sigma_rows = sigma_rows.expand(x.shape[0]) if sigma_rows.numel() == 1 else sigma_rows
+        eps = self.eps(x, sigma, model_options)
+        return x - sigma_rows.view(-1, *[1] * (x.ndim - 1)) * eps
+
+    @contextlib.contextmanager
+    def _unguided(self) -> Iterator[None]:
+        saved, self.cfg_scale = self.cfg_scale, 1.0
+        try:
+            yield
+        finally:
+            self.cfg_scale = saved
+
+    def encode(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """h = the mid-block output at x, sigma, computed by the encoder only (the decoder never runs).
+
+        Conditional models use the cond embeddings, unguided. Differentiable in x (torch.func too).
+        """
+        try:
+            with self._unguided():
+                self._unet_output(x, sigma, {"shift": False, "capture": False}, stop=True)
+        except _StopAtBottleneck as stop:
+            return stop.h
+        raise HSpaceError("the UNet never reached its mid block")
+
+    def decode_from(self, x: torch.Tensor, sigma: torch.Tensor | float, h: torch.Tensor) -> torch.Tensor:
+        """eps with the mid-block output replaced by ``h`` (skips from x untouched); differentiable in h.
+
+        Unguided (cond rows only), so J = d eps / d h has one output per input row.
+        """
+        with self._unguided():
+            return self._to_eps(self._unet_output(x, sigma, {}, replace=h), x, sigma)
+
+    def h_shape(self) -> tuple[int, int, int]:
+        """The per-image shape of h, found with one encoder pass on a zero input."""
+        cfg = self.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        x = torch.zeros(1, cfg.in_channels, size, size)
+        with torch.no_grad():
+            return tuple(self.encode(x, 1.0).shape[1:])
+
+    def fingerprint(self) -> dict[str, Any]:
+        return model_fingerprint(self.unet, type(self.unet).__name__, self.h_shape())

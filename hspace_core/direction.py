@@ -1,0 +1,144 @@
+"""The data model: directions in h-space, captured trajectories, model fingerprints."""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from . import __version__
+from .errors import HSpaceError
+
+HOOK_SITE = "mid_block.output"
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(tensor).all():
+        raise HSpaceError(f"{what} contains NaN or Inf values")
+    return tensor
+
+
+def model_fingerprint(module: torch.nn.Module, arch: str, h_shape: Sequence[int]) -> dict[str, Any]:
+    """Identify a network cheaply: its architecture id, the h shape and a hash of a sample of its weights.
+
+    The hash covers every parameter's name and shape and the first 256 values of up to 32 parameters
+    spread over the state dict, so two checkpoints of one architecture differ while hashing stays fast
+    for a 3 GB UNet.
+    """
+    digest = hashlib.sha256()
+    items = list(module.state_dict().items())
+    sampled = set(range(0, len(items), max(1, len(items) // 32)))
+    for i, (name, tensor) in enumerate(items):
+        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
+        if i in sampled and tensor.numel():
+            digest.update(tensor.detach().flatten()[:256].float().cpu().numpy().tobytes())
+    return {"arch": arch, "h_shape": [int(s) for s in h_shape], "weights": digest.hexdigest()[:16]}
+
+
+@dataclass
+class Direction:
+    """A shift of the bottleneck: one tensor [C,H,W] (global) or [S,C,H,W] keyed by timestep.
+
+    Per-timestep directions are keyed by the model timestep, not by step index, so they apply under
+    another step count: at timestep t the tensor of the nearest key is used.
+    """
+
+    delta: torch.Tensor
+    timesteps: tuple[float, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.delta = torch.as_tensor(self.delta).detach().float()
+        if self.delta.ndim not in (3, 4):
+            raise HSpaceError(f"a direction of shape [C,H,W] or [S,C,H,W] expected, got {tuple(self.delta.shape)}")
+        check_finite(self.delta, "the direction")
+        if self.delta.ndim == 4:
+            if self.timesteps is None or len(self.timesteps) != self.delta.shape[0]:
+                raise HSpaceError(f"a per-timestep direction needs one timestep per slice: {self.delta.shape[0]} "
+                                  f"slices, {None if self.timesteps is None else len(self.timesteps)} timesteps")
+            self.timesteps = tuple(float(t) for t in self.timesteps)
+        elif self.timesteps is not None:
+            raise HSpaceError("a global direction [C,H,W] takes no timesteps")
+        self.meta = {"hook_site": HOOK_SITE, "units": "raw", "version": __version__, **self.meta}
+
+    @property
+    def per_timestep(self) -> bool:
+        return self.delta.ndim == 4
+
+    @property
+    def h_shape(self) -> tuple[int, int, int]:
+        return tuple(self.delta.shape[-3:])
+
+    def at(self, timestep: float) -> torch.Tensor:
+        """The [C,H,W] shift at a model timestep (nearest key for per-timestep directions)."""
+        if not self.per_timestep:
+            return self.delta
+        keys = torch.tensor(self.timesteps, dtype=torch.float64)
+        return self.delta[int((keys - float(timestep)).abs().argmin())]
+
+    def with_delta(self, delta: torch.Tensor, **meta: Any) -> "Direction":
+        """A direction with the same keys and metadata (updated by ``meta``) but another tensor."""
+        timesteps = self.timesteps if torch.as_tensor(delta).ndim == 4 else None
+        return Direction(delta, timesteps, {**copy.deepcopy(self.meta), **meta})
+
+    def check_model(self, fingerprint: dict[str, Any] | None, allow_foreign: bool = False) -> None:
+        """Refuse a direction made for another model (shape always; architecture/weights unless allowed)."""
+        if fingerprint is None:
+            return
+        if list(self.h_shape) != list(fingerprint["h_shape"]):
+            raise HSpaceError(f"this direction has h shape {list(self.h_shape)} but the model's bottleneck is "
+                              f"{list(fingerprint['h_shape'])}: it was made for another model")
+        mine = self.meta.get("fingerprint")
+        if mine is None or allow_foreign:
+            return
+        for key in ("arch", "weights"):
+            if mine.get(key) != fingerprint.get(key):
+                raise HSpaceError(f"this direction was made for another model ({key} {mine.get(key)!r}, this model "
+                                  f"{fingerprint.get(key)!r}); allow foreign directions to apply it anyway")
+
+
+@dataclass
+class Trajectory:
+    """h for N samples over S steps: ``h`` [N, S, C, H, W] with the timesteps and sigmas of the steps."""
+
+    h: torch.Tensor
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.timesteps = torch.as_tensor(self.timesteps, dtype=torch.float64).flatten()
+        self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten()
+        if self.h.ndim != 5:
+            raise HSpaceError(f"a trajectory h of shape [N, S, C, H, W] expected, got {tuple(self.h.shape)}")
+        if self.h.shape[0] == 0 or self.h.shape[1] == 0:
+            raise HSpaceError("the trajectory is empty: no sample or no step was captured")
+        if not (self.h.shape[1] == self.timesteps.numel() == self.sigmas.numel()):
+            raise HSpaceError(f"{self.h.shape[1]} steps of h but {self.timesteps.numel()} timesteps and "
+                              f"{self.sigmas.numel()} sigmas")
+
+    @property
+    def num_samples(self) -> int:
+        return self.h.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.h.shape[1]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def select(self, index: torch.Tensor | Sequence[int] | slice) -> "Trajectory":
+        return Trajectory(self.h[index], self.timesteps, self.sigmas, copy.deepcopy(self.meta))
+
+    @staticmethod
+    def concat(parts: Sequence["Trajectory"]) -> "Trajectory":
+        if not parts:
+            raise HSpaceError("no trajectories to concatenate")
+        first = parts[0]
+        for other in parts[1:]:
+            if other.h.shape[1:] != first.h.shape[1:] or not torch.equal(other.timesteps, first.timesteps):
+                raise HSpaceError("trajectories of different steps or h shapes cannot be concatenated")
+        return Trajectory(torch.cat([p.h for p in parts]), first.timesteps, first.sigmas, copy.deepcopy(first.meta))

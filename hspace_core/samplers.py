@@ -1,0 +1,205 @@
+"""Samplers in k-diffusion form: ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)``.
+
+``model(x, sigma, **extra_args)`` returns x0_hat for ``x = x0 + sigma * eps``. The same functions run on a
+:class:`~hspace_core.denoisers.DiffusersDenoiser` and inside ComfyUI (wrapped with ``comfy.samplers.KSAMPLER``).
+They talk to the bottleneck controller only through per-call flags (:func:`with_hspace_flags`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import trange
+
+from .direction import check_finite
+from .errors import HSpaceError
+from .schedule import check_sigmas
+
+MODES = ("asymmetric", "symmetric")
+
+
+def with_hspace_flags(extra_args: dict[str, Any] | None, **flags: Any) -> dict[str, Any]:
+    """A copy of ``extra_args`` whose ``model_options["transformer_options"]["hspace"]`` holds ``flags``."""
+    extra = dict(extra_args or {})
+    model_options = dict(extra.get("model_options") or {})
+    transformer_options = dict(model_options.get("transformer_options") or {})
+    transformer_options["hspace"] = {**transformer_options.get("hspace", {}), **flags}
+    model_options["transformer_options"] = transformer_options
+    extra["model_options"] = model_options
+    return extra
+
+
+def ddim_sigmas(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of a DDIM step (Song et al. 2021, eq. 12) in k-diffusion form.
+
+    With ``a = 1 / (1 + sigma^2)``: ``s = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')`` is DDIM's noise
+    std for x_t; divided by sqrt(a') it becomes ``sigma_up``, and ``sigma_down = sqrt(sigma'^2 - sigma_up^2)``,
+    so that ``x' = x0 + sigma_down * eps + sigma_up * z``. eta = 1 gives the DDPM posterior std.
+    """
+    if eta == 0 or sigma_next == 0 or sigma_next >= sigma:
+        return sigma_next, 0.0
+    a, a_next = 1 / (1 + sigma ** 2), 1 / (1 + sigma_next ** 2)
+    s = eta * math.sqrt((1 - a_next) / (1 - a)) * math.sqrt(1 - a / a_next)
+    sigma_up = min(s / math.sqrt(a_next), sigma_next)
+    return math.sqrt(sigma_next ** 2 - sigma_up ** 2), sigma_up
+
+
+def step_etas(sigmas: torch.Tensor, eta: float = 0.0, sigma_boost: float = 0.0, eta_boost: float = 1.0) -> list[float]:
+    """eta per step: ``eta_boost`` on the steps that start below ``sigma_boost`` (Asyrp's quality boosting)."""
+    return [eta_boost if float(s) < sigma_boost * (1 - 1e-6) else eta for s in sigmas[:-1]]
+
+
+def ddpm_noises(shape: Sequence[int], sigmas: torch.Tensor, etas: float | Sequence[float], seed: int,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """The additive noise term ``sigma_up * z`` of every step, drawn reproducibly from ``seed``.
+
+    Passing the same list to two runs (plain and edited) fixes the noise, as Haas et al. do.
+    """
+    sigmas = check_sigmas(sigmas)
+    etas = [float(etas)] * (len(sigmas) - 1) if isinstance(etas, (int, float)) else list(etas)
+    generator = torch.Generator().manual_seed(int(seed))
+    noises = []
+    for i, eta in enumerate(etas):
+        z = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+        sigma_up = ddim_sigmas(float(sigmas[i]), float(sigmas[i + 1]), eta)[1]
+        noises.append((sigma_up * z).to(device, dtype))
+    return noises
+
+
+def _noise_for(i: int, x: torch.Tensor, sigma_up: float, noises: Sequence[torch.Tensor] | None,
+               generator: torch.Generator | None) -> torch.Tensor | float:
+    if noises is not None:
+        if i >= len(noises):
+            raise HSpaceError(f"one noise term per step expected: step {i} but only {len(noises)} terms")
+        return noises[i].to(x)
+    if sigma_up == 0:
+        return 0.0
+    z = torch.randn(x.shape, generator=generator, dtype=torch.float32) if generator else torch.randn(x.shape)
+    return sigma_up * z.to(x)
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator().manual_seed(int(seed))
+
+
+def _check(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    check_finite(x, "the sampler input x")
+    return check_sigmas(sigmas)
+
+
+def _predict(model: Callable, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, shift: str) -> tuple:
+    """(x0 for P_t, eps for D_t) under the edit mode of this step: "none", "symmetric" or "asymmetric"."""
+    s_in = x.new_ones([x.shape[0]])
+    if shift == "asymmetric":
+        both = model(torch.cat([x, x]), sigma * torch.cat([s_in, s_in]), **with_hspace_flags(extra_args, split=True))
+        x0_unshifted, x0_shifted = both.chunk(2)
+        return x0_shifted, (x - x0_unshifted) / sigma
+    x0 = model(x, sigma * s_in, **with_hspace_flags(extra_args, shift=shift == "symmetric"))
+    return x0, (x - x0) / sigma
+
+
+@torch.no_grad()
+def sample_asyrp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                 callback: Callable | None = None, disable: bool | None = None, mode: str = "asymmetric",
+                 sigma_edit: float = 0.0, sigma_boost: float = 0.0, eta: float = 0.0, eta_boost: float = 1.0,
+                 noises: Sequence[torch.Tensor] | None = None, seed: int | None = None) -> torch.Tensor:
+    """The asymmetric reverse process of Kwon et al. 2023 (Asyrp, §3.2 and eq. 4), with quality boosting.
+
+    On steps with ``sigma >= sigma_edit`` (the edit window [T, t_edit]) the predicted x0 comes from the
+    shifted bottleneck and the direction term from the unshifted one, both from one batched call:
+    ``x_next = x0_shifted + sigma_down * eps_unshifted + noise``. ``mode="symmetric"`` shifts both terms
+    (Haas et al.). On steps with ``sigma < sigma_boost`` nothing is shifted and eta is ``eta_boost``
+    (eta = 1, the stochastic DDPM step, in the paper). Elsewhere plain DDIM with ``eta``.
+    """
+    if mode not in MODES:
+        raise HSpaceError(f"mode must be one of {MODES}, got {mode!r}")
+    sigmas = _check(x, sigmas)
+    extra_args = extra_args or {}
+    generator = _generator(seed)
+    etas = step_etas(sigmas, eta, sigma_boost, eta_boost)
+    for i in trange(len(sigmas) - 1, disable=disable):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        boosted = sigma < sigma_boost * (1 - 1e-6)
+        edit = mode if sigma >= sigma_edit * (1 - 1e-6) and not boosted else "none"
+        x0, eps = _predict(model, x, sigmas[i].to(x), extra_args, edit)
+        sigma_down, sigma_up = ddim_sigmas(sigma, sigma_next, etas[i])
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0})
+        x = x0 + sigma_down * eps + _noise_for(i, x, sigma_up, noises, generator)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                callback: Callable | None = None, disable: bool | None = None, eta: float = 0.0,
+                noises: Sequence[torch.Tensor] | None = None, seed: int | None = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12): ``x_next = x0 + sigma_down * eps + sigma_up * z``; eta = 0 is deterministic.
+
+    A model patched with a direction is edited on every call (the symmetric edit of Haas et al.).
+    """
+    sigmas = _check(x, sigmas)
+    extra_args = extra_args or {}
+    generator = _generator(seed)
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x0 = model(x, sigmas[i].to(x) * s_in, **extra_args)
+        eps = (x - x0) / sigmas[i].to(x)
+        sigma_down, sigma_up = ddim_sigmas(float(sigmas[i]), float(sigmas[i + 1]), eta)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0})
+        x = x0 + sigma_down * eps + _noise_for(i, x, sigma_up, noises, generator)
+    return x
+
+
+@torch.no_grad()
+def invert_ddim(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                callback: Callable | None = None, disable: bool | None = None) -> torch.Tensor:
+    """Deterministic DDIM inversion: the DDIM step along an increasing schedule, the model at the lower sigma.
+
+    Use :func:`~hspace_core.schedule.inversion_sigmas` to invert exactly the pairs a generation grid uses.
+    The bottleneck is never shifted here; a capturing controller records h along the way.
+    """
+    sigmas = _check(x, sigmas)
+    if not (sigmas[1:] > sigmas[:-1]).all() or sigmas[0] <= 0:
+        raise HSpaceError(f"an increasing schedule of positive sigmas expected for inversion, got {sigmas.tolist()}")
+    extra_args = with_hspace_flags(extra_args, shift=False)
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x0 = model(x, sigmas[i].to(x) * s_in, **extra_args)
+        eps = (x - x0) / sigmas[i].to(x)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0})
+        x = x0 + sigmas[i + 1].to(x) * eps
+    return x
+
+
+@torch.no_grad()
+def invert_edit_friendly(model: Callable, x0: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                         callback: Callable | None = None, disable: bool | None = None, eta: float = 1.0,
+                         seed: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Edit-friendly DDPM inversion (Huberman-Spiegelglas, Kulikov, Michaeli 2023, Algorithm 1).
+
+    Every noisy ``x_i = x0 + sigma_i * n_i`` is drawn independently; the noise terms are then solved for,
+    ``noise_i = x_{i+1} - x0_hat(x_i) - sigma_down * eps(x_i)``, so that
+    ``sample_ddim(model, x_T, sigmas, eta=eta, noises=noises)`` reproduces ``x0`` (generation sigmas ending
+    in 0; the last term is the residual of the deterministic final step). Returns ``(x_T, noises)``.
+    """
+    sigmas = _check(x0, sigmas)
+    if sigmas[-1] != 0 or not (sigmas[1:] < sigmas[:-1]).all():
+        raise HSpaceError("a decreasing generation schedule ending in 0 expected for edit-friendly inversion")
+    if eta <= 0:
+        raise HSpaceError(f"edit-friendly inversion needs eta > 0, got {eta}")
+    generator = _generator(seed)
+    noisy = [x0 + float(s) * torch.randn(x0.shape, generator=generator).to(x0) for s in sigmas[:-1]] + [x0]
+    extra_args = with_hspace_flags(extra_args, shift=False)
+    s_in = x0.new_ones([x0.shape[0]])
+    noises = []
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(noisy[i], sigmas[i].to(x0) * s_in, **extra_args)
+        eps = (noisy[i] - denoised) / sigmas[i].to(x0)
+        sigma_down = ddim_sigmas(float(sigmas[i]), float(sigmas[i + 1]), eta)[0]
+        if callback is not None:
+            callback({"x": noisy[i], "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        noises.append(noisy[i + 1] - denoised - sigma_down * eps)
+    return noisy[0], noises

@@ -1,0 +1,196 @@
+import math
+
+import pytest
+import torch
+
+from hspace_core.bottleneck import Bottleneck, EditSpec, edit_coefficients
+from hspace_core.direction import Direction
+from hspace_core.errors import HSpaceError
+from hspace_core.samplers import (ddpm_noises, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim,
+                                  step_etas)
+from hspace_core.schedule import VPSchedule, asyrp_timesteps, inversion_sigmas, window_sigmas
+from tiny import ConstantEps, GaussianOracle, tiny_denoiser
+
+SCHEDULE = VPSchedule.linear()
+
+
+def grid(n):
+    return SCHEDULE.sigmas_for(asyrp_timesteps(n))
+
+
+def round_trip(model, x0, n):
+    sigmas = grid(n)
+    x_T = invert_ddim(model, x0, inversion_sigmas(sigmas), disable=True)
+    return sample_ddim(model, x_T, sigmas[:-1], disable=True)  # back to x at the smallest sigma
+
+
+def test_exact_round_trip_with_constant_eps():
+    x0 = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    model = ConstantEps(torch.randn(1, 3, 4, 4, dtype=torch.float64))
+    for n in (10, 40):
+        assert (round_trip(model, x0, n) - x0).abs().max() < 1e-12
+
+
+def test_ddim_round_trip_error_falls_like_one_over_n():
+    x0 = torch.randn(1, 2000, dtype=torch.float64)
+    model = GaussianOracle()
+    errors = {}
+    for n in (10, 40, 100, 1000):
+        sigmas = grid(n)
+        x_T = invert_ddim(model, x0, inversion_sigmas(sigmas), disable=True)
+        x_rec = sample_ddim(model, x_T, sigmas, disable=True)
+        errors[n] = float((x_rec - x0).norm() / x0.norm())
+    assert errors[10] > errors[40] > errors[100] > errors[1000]
+    assert errors[1000] < 5e-3 and errors[40] / errors[1000] > 10
+
+
+def test_general_gaussian_oracle_round_trip_also_converges():
+    x0 = 0.5 + 0.3 * torch.randn(1, 1000, dtype=torch.float64)
+    model = GaussianOracle(mu=0.5, std=0.3)
+    errs = []
+    for n in (10, 100, 1000):
+        sigmas = grid(n)
+        x_rec = sample_ddim(model, invert_ddim(model, x0, inversion_sigmas(sigmas), disable=True), sigmas, disable=True)
+        errs.append(float((x_rec - x0).norm() / x0.norm()))
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_stochastic_generation_is_deterministic_given_the_noise():
+    model = tiny_denoiser()
+    sigmas = grid(10)
+    x = torch.randn(2, 3, 8, 8) * float(sigmas[0])
+    noises = ddpm_noises(x.shape, sigmas, 1.0, seed=3)
+    a = sample_ddim(model, x, sigmas, eta=1.0, noises=noises, disable=True)
+    b = sample_ddim(model, x, sigmas, eta=1.0, noises=noises, disable=True)
+    c = sample_ddim(model, x, sigmas, eta=1.0, seed=3, disable=True)
+    assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-6)
+
+
+def test_edit_friendly_inversion_reproduces_the_input_on_a_random_unet():
+    model = tiny_denoiser(seed=1)
+    sigmas = grid(20)
+    x0 = torch.rand(2, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    for dtype, bound in ((torch.float64, 1e-5), (torch.float32, 2e-4)):
+        # float32 states at sigma_max ~ 157 keep ~1e-5 absolute precision, hence the looser float32 bound
+        x_T, noises = invert_edit_friendly(model, x0.to(dtype), sigmas, eta=1.0, seed=0, disable=True)
+        x_rec = sample_ddim(model, x_T, sigmas, eta=1.0, noises=noises, disable=True)
+        assert x_rec.dtype == dtype
+        assert float((x_rec.double() - x0).norm() / x0.norm()) <= bound
+
+
+def direction_for(model, value=1.0, seed=0):
+    torch.manual_seed(seed)
+    return Direction(value * torch.randn(model.h_shape()))
+
+
+def test_asyrp_with_zero_shift_reproduces_ddim():
+    model = tiny_denoiser()
+    sigmas = grid(10)
+    x = torch.randn(2, 3, 8, 8) * float(sigmas[0])
+    plain = sample_ddim(model, x, sigmas, disable=True)
+    with model.attached(Bottleneck([EditSpec(direction_for(model, 0.0))])):
+        edited = sample_asyrp(model, x, sigmas, disable=True)
+    assert torch.allclose(edited, plain, atol=1e-5)
+    with model.attached(Bottleneck([EditSpec(direction_for(model))])):
+        outside = sample_asyrp(model, x, sigmas, sigma_edit=float(sigmas[0]) * 2, disable=True)
+    assert torch.equal(outside, plain)
+
+
+def test_asyrp_with_boost_reproduces_the_same_stochastic_run():
+    model = tiny_denoiser()
+    sigmas = grid(10)
+    x = torch.randn(1, 3, 8, 8) * float(sigmas[0])
+    sigma_boost = float(SCHEDULE.sigma(300))
+    noises = ddpm_noises(x.shape, sigmas, step_etas(sigmas, 0.0, sigma_boost), seed=1)
+    with model.attached(Bottleneck([EditSpec(direction_for(model, 0.0))])):
+        a = sample_asyrp(model, x, sigmas, sigma_boost=sigma_boost, noises=noises, disable=True)
+    b = sample_asyrp(model, x, sigmas, sigma_boost=sigma_boost, noises=noises, disable=True)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def one_step(model, x, sigmas, mode, shift):
+    with model.attached(Bottleneck([EditSpec(shift)])):
+        if mode == "none":
+            return sample_ddim(model, x, sigmas, extra_args={"model_options": {"transformer_options": {"hspace": {"shift": False}}}}, disable=True)
+        return sample_asyrp(model, x, sigmas, mode=mode, disable=True)
+
+
+def test_asymmetric_and_symmetric_coefficients():
+    model = tiny_denoiser()
+    t, t_next = 999, 973
+    sigmas = torch.stack([SCHEDULE.sigmas[t], SCHEDULE.sigmas[t_next]])
+    x = torch.randn(1, 3, 8, 8) * float(sigmas[0])
+    shift = direction_for(model, 5.0)
+    plain = one_step(model, x, sigmas, "none", shift)
+    asym = one_step(model, x, sigmas, "asymmetric", shift)
+    sym = one_step(model, x, sigmas, "symmetric", shift)
+    with model.attached(Bottleneck([EditSpec(shift)])):
+        eps_shift = model.eps(x, sigmas[0])
+    eps = model.eps(x, sigmas[0])
+    a, a_next = SCHEDULE.alphas_cumprod[t], SCHEDULE.alphas_cumprod[t_next]
+    coef_asym = -math.sqrt(a_next) * math.sqrt(1 - a) / math.sqrt(a)
+    coef_sym = math.sqrt(1 - a_next) + coef_asym
+    assert coef_asym == pytest.approx(-1.296, abs=1e-3) and coef_sym == pytest.approx(-0.296, abs=1e-3)
+    d_eps = eps_shift - eps
+    unscale = math.sqrt(a_next)
+    assert torch.allclose((asym - plain) * unscale, coef_asym * d_eps, atol=1e-4)
+    assert torch.allclose((sym - plain) * unscale, coef_sym * d_eps, atol=1e-4)
+    assert d_eps.abs().max() > 1e-2
+
+
+class FlagRecorder:
+    """An analytic denoiser that records, per call, the sigma and the hspace flags a sampler set."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, sigma, model_options=None, **extra):
+        flags = (model_options or {}).get("transformer_options", {}).get("hspace", {})
+        self.calls.append((float(sigma.flatten()[0]), dict(flags), x.shape[0]))
+        return x / (1 + sigma.view(-1, *[1] * (x.ndim - 1)) ** 2)
+
+
+def test_edit_window_and_boost_steps():
+    sigmas = grid(20)
+    timesteps = asyrp_timesteps(20)
+    sigma_edit, sigma_boost = window_sigmas(SCHEDULE, sigmas, t_edit=500, t_boost=200)
+    model = FlagRecorder()
+    x = torch.randn(1, 4)
+    sample_asyrp(model, x, sigmas, sigma_edit=sigma_edit, sigma_boost=sigma_boost, seed=0, disable=True)
+    edited = [t for t, (s, flags, rows) in zip(timesteps, model.calls) if flags.get("split")]
+    assert edited == [t for t in timesteps if t >= 500]
+    etas = step_etas(sigmas, 0.0, sigma_boost)
+    assert [t for t, e in zip(timesteps, etas) if e == 1.0] == [t for t in timesteps if t < 200]
+    boosted_calls = [flags for t, (s, flags, rows) in zip(timesteps, model.calls) if t < 200]
+    assert all(flags.get("shift") is False and not flags.get("split") for flags in boosted_calls)
+
+
+def test_window_outside_the_schedule_is_refused():
+    sigmas = SCHEDULE.sigmas_for([400, 300, 200])
+    with pytest.raises(HSpaceError, match="outside this schedule"):
+        window_sigmas(SCHEDULE, sigmas, t_edit=600)
+    with pytest.raises(HSpaceError, match="t_edit must lie"):
+        window_sigmas(SCHEDULE, sigmas, t_edit=1500)
+    with pytest.raises(HSpaceError, match="must not exceed"):
+        window_sigmas(SCHEDULE, sigmas, t_edit=100, t_boost=200)
+
+
+def test_step_count_scaling_and_multi_attribute_coefficients():
+    assert edit_coefficients([2.0], n_train_steps=40, n_test_steps=1000) == [pytest.approx(2.0 * 40 / 1000)]
+    coefs = edit_coefficients([1.0, -0.5, 2.0], n_train_steps=40, n_test_steps=40)
+    assert coefs == [pytest.approx(a / math.sqrt(3)) for a in (1.0, -0.5, 2.0)]
+    model = tiny_denoiser()
+    d = direction_for(model)
+    controller = Bottleneck([EditSpec(d, 2.0)], n_train_steps=40, n_test_steps=1000)
+    h = torch.zeros(1, *model.h_shape())
+    assert torch.allclose(controller(h, 500.0), 2.0 * 0.04 * d.delta)
+
+
+def test_nan_input_is_refused():
+    with pytest.raises(HSpaceError, match="NaN"):
+        sample_ddim(tiny_denoiser(), torch.full((1, 3, 8, 8), float("nan")), grid(5), disable=True)
+
+
+def test_inversion_needs_an_increasing_schedule():
+    with pytest.raises(HSpaceError, match="increasing"):
+        invert_ddim(GaussianOracle(), torch.randn(1, 4), grid(5)[:-1], disable=True)
