@@ -1,0 +1,358 @@
+"""Unsupervised global directions: principal components of captured h (Haas et al. 2024, ALGORITHMS.md §2.4).
+
+h is captured for N samples over S steps, ``[N, S, C, H, W]``. Two variants:
+
+- per timestep (Haas ``get_PCs_indv``, the paper's default): one PCA per step over N vectors of
+  dimension D = C*H*W;
+- concatenated (Haas ``get_PCs_all``): one PCA over N vectors of dimension S*D.
+
+Internally both are "groups": G = S groups of dimension D, or G = 1 group of dimension S*D.
+
+Algorithms (chosen by ``method``; all accumulate in float64):
+
+- ``"gram"`` (in memory, n < d; Haas's kernel trick): eigendecompose the n x n Gram matrix X Xᵀ of the
+  centred data; components u_i = Xᵀ v_i / s_i. Cost O(n² d) time, O(n d) memory.
+- ``"svd"`` (in memory): ``torch.linalg.svd`` of the centred data, the reference route. O(n d min(n, d)).
+- ``"covariance"`` (streaming, one pass, exact): the d x d scatter matrix per group, merged over sample
+  chunks with Chan et al.'s pairwise update (mean and scatter of each chunk, plus the outer product of
+  the difference of means), then ``eigh``. O(n d²) time, O(G d²) memory: for moderate d.
+- ``"randomized"`` (streaming, several passes): block subspace iteration with Rayleigh-Ritz on the
+  covariance (Halko, Martinsson & Tropp 2011, Alg. 4.4 without forming C): a first pass for the mean,
+  then per pass Z = Σ_chunks X_cᵀ (X_c Q) for an orthonormal d x l block Q (l = k + oversample), the Ritz
+  pairs of Qᵀ Z, and Q <- qr(Z), until the relative residual ‖C v_i - λ_i v_i‖ / λ_i of the top k Ritz
+  pairs is below ``tol``. O(passes · n d l) time, O(G d l) memory plus one chunk: 10,000 samples x 40
+  steps x 512·8·8 with k = 25 needs about 40 · 32768 · 35 · 8 B · 2 = 0.7 GB, never the 10 GB of data.
+
+``"auto"`` picks ``"gram"`` or ``"svd"`` for an in-memory tensor (by n < d), and for streamed chunks
+``"covariance"`` when G·d²·8 bytes fit in ``max_memory_bytes``, else ``"randomized"``.
+
+Signs (Haas): each component's first coordinate is made positive; then, per timestep, PC_k at every
+step is flipped to have a positive inner product with PC_k at the first step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Union
+
+import torch
+
+from ..direction import Direction, Trajectory, check_finite
+from ..errors import HSpaceError
+
+METHODS = ("auto", "gram", "svd", "covariance", "randomized")
+
+HData = Union[torch.Tensor, Trajectory, Iterable[torch.Tensor], Callable[[], Iterable[torch.Tensor]]]
+"""h as one tensor ``[N, S, C, H, W]`` (or a Trajectory), a re-iterable of such chunks (a list, a
+shard reader), or a function returning a fresh iterator of chunks on every call."""
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class PCAResult:
+    """Principal directions of h, one PCA per group (per timestep: G = S; concatenated: G = 1).
+
+    Attributes:
+        components: ``[G, k, D]`` unit principal directions (rows), in the dtype of the input.
+        stds: ``[G, k]`` float64 standard deviations along them, s / sqrt(n - 1), descending.
+        explained_variance_ratio: ``[G, k]`` float64 share of each group's total variance.
+        total_variance: ``[G]`` float64 total variance (trace of the covariance) of each group.
+        mean: ``[G, D]`` the sample mean (zeros when not centred).
+        h_shape: ``(C, H, W)``; num_steps: S; num_samples: N.
+        per_timestep: which variant; method: the algorithm that ran; iterations: passes of
+        ``"randomized"`` (0 otherwise).
+    """
+
+    components: torch.Tensor
+    stds: torch.Tensor
+    explained_variance_ratio: torch.Tensor
+    total_variance: torch.Tensor
+    mean: torch.Tensor
+    h_shape: tuple[int, int, int]
+    num_steps: int
+    num_samples: int
+    per_timestep: bool
+    method: str
+    iterations: int = 0
+
+    @property
+    def explained_variance(self) -> torch.Tensor:
+        """``[G, k]`` the variance along each component (the spectrum), stds squared."""
+        return self.stds ** 2
+
+    @property
+    def num_components(self) -> int:
+        return self.components.shape[1]
+
+    def direction(self, index: int, scaled: bool = True) -> torch.Tensor:
+        """Δh of component ``index`` as ``[S, C, H, W]``: σ_{k,t}·u_{k,t} (``scaled``) or the unit u_{k,t}.
+
+        For the concatenated variant the one unit vector spans all steps (norm 1 over [S, C, H, W]).
+        """
+        if not 0 <= index < self.num_components:
+            raise HSpaceError(f"component index in [0, {self.num_components}) expected, got {index}")
+        unit = self.components[:, index]
+        delta = unit * self.stds[:, index, None].to(unit.dtype) if scaled else unit
+        return delta.reshape(self.num_steps, *self.h_shape)
+
+    def to_direction(self, index: int, timesteps: Iterable[float], scaled: bool = True,
+                     meta: dict[str, Any] | None = None) -> Direction:
+        """Component ``index`` as a per-timestep :class:`Direction` keyed by the capture's timesteps."""
+        timesteps = [float(t) for t in timesteps]
+        if len(timesteps) != self.num_steps:
+            raise HSpaceError(f"{self.num_steps} timesteps expected (one per captured step), got {len(timesteps)}")
+        info = {"method": "pca", "component": index, "per_timestep": self.per_timestep,
+                "num_samples": self.num_samples, "algorithm": self.method, "units": "std" if scaled else "unit",
+                "explained_variance_ratio": self.explained_variance_ratio[:, index].tolist()}
+        return Direction(self.direction(index, scaled), timesteps, {**info, **(meta or {})})
+
+
+def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = True, center: bool = True,
+                   method: str = "auto", max_memory_bytes: int = 2 ** 30, oversample: int = 10,
+                   max_iter: int = 30, tol: float = 1e-6, seed: int = 0,
+                   callback: Callback | None = None) -> PCAResult:
+    """Principal directions of captured h (Haas et al. 2024, ``get_PCs_indv`` / ``get_PCs_all``).
+
+    Args:
+        data: ``[N, S, C, H, W]`` h (tensor or :class:`Trajectory`), or chunks of it (see :data:`HData`).
+        num_components: k, clamped to the rank bound min(N - 1 if centred else N, D).
+        per_timestep: one PCA per step (True) or one over the concatenation of all steps.
+        center: subtract the sample mean first.
+        method: ``"auto"``, ``"gram"``, ``"svd"`` (in-memory tensors), ``"covariance"``, ``"randomized"``
+            (any input); see the module docstring for costs.
+        max_memory_bytes: the budget for the d x d scatter matrices that ``"auto"`` respects.
+        oversample, max_iter, tol, seed: block size l = k + oversample, pass limit, relative Ritz residual
+            and the seed of the start block of ``"randomized"``.
+        callback: called with ``{"pass", "chunk", "samples"}`` after every chunk read; raise to stop.
+    """
+    if method not in METHODS:
+        raise HSpaceError(f"method must be one of {METHODS}, got {method!r}")
+    if num_components < 1:
+        raise HSpaceError(f"at least one component expected, got num_components={num_components}")
+    source = _ChunkSource(data)
+    if source.tensor is not None and method in ("auto", "gram", "svd"):
+        x = _grouped(source.tensor, per_timestep)
+        n, g, d = x.shape
+        k = _rank_bound(num_components, n, d, center)
+        method = ("gram" if n < d else "svd") if method == "auto" else method
+        comps, variances, totals, mean = _in_memory(x, k, center, method)
+        iterations = 0
+    else:
+        if method in ("gram", "svd"):
+            raise HSpaceError(f"method {method!r} needs all of h in memory as one tensor; for chunks use "
+                              "'covariance' or 'randomized'")
+        first = source.first_chunk()
+        g, d = _grouped(first, per_timestep).shape[1:]
+        if method == "auto":
+            method = "covariance" if g * d * d * 8 <= max_memory_bytes else "randomized"
+        if method == "covariance":
+            comps, variances, totals, mean, n = _covariance_pca(source, per_timestep, center, num_components,
+                                                                callback)
+            iterations = 0
+        else:
+            comps, variances, totals, mean, n, iterations = _randomized_pca(
+                source, per_timestep, center, num_components, oversample, max_iter, tol, seed, callback)
+    n_dof = max(n - 1, 1) if center else n
+    comps = _fix_signs(comps, per_timestep)
+    shape = source.h_shape
+    steps = source.num_steps
+    return PCAResult(components=comps.to(source.dtype), stds=(variances.clamp(min=0) / n_dof).sqrt(),
+                     explained_variance_ratio=variances / totals.clamp(min=torch.finfo(torch.float64).tiny)[:, None],
+                     total_variance=totals / n_dof, mean=mean.to(source.dtype), h_shape=shape, num_steps=steps,
+                     num_samples=n, per_timestep=per_timestep, method=method, iterations=iterations)
+
+
+# -- input handling ---------------------------------------------------------------------------------
+class _ChunkSource:
+    """Uniform access to h given as a tensor, a Trajectory, a re-iterable or a factory of chunks."""
+
+    def __init__(self, data: HData):
+        self.tensor: torch.Tensor | None = None
+        self._factory: Callable[[], Iterable[torch.Tensor]] | None = None
+        self._one_shot: Iterator[torch.Tensor] | None = None
+        self._first: torch.Tensor | None = None
+        self._shape: tuple[int, ...] | None = None
+        self.dtype = torch.float32
+        if isinstance(data, Trajectory):
+            data = data.h
+        if isinstance(data, torch.Tensor):
+            self.tensor = _check_chunk(data, None)
+            self._shape, self.dtype = tuple(data.shape[1:]), _float_dtype(data)
+        elif callable(data):
+            self._factory = data
+        elif isinstance(data, Iterable):
+            if iter(data) is data:
+                self._one_shot = data
+            else:
+                self._factory = lambda: data
+        else:
+            raise HSpaceError(f"h as a tensor [N, S, C, H, W], a Trajectory or an iterable of chunks expected, "
+                              f"got {type(data).__name__}")
+
+    @property
+    def h_shape(self) -> tuple[int, int, int]:
+        return tuple(self._shape[1:])
+
+    @property
+    def num_steps(self) -> int:
+        return self._shape[0]
+
+    def first_chunk(self) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor
+        if self._first is None:
+            iterator = iter(self._factory()) if self._factory else self._one_shot
+            for chunk in iterator:
+                self._first = _check_chunk(chunk, None)
+                break
+            else:
+                raise HSpaceError("no h to analyse: the chunk iterable is empty")
+            self._shape, self.dtype = tuple(self._first.shape[1:]), _float_dtype(self._first)
+        return self._first
+
+    def chunks(self, multi_pass: bool) -> Iterator[torch.Tensor]:
+        if self.tensor is not None:
+            yield self.tensor
+            return
+        self.first_chunk()
+        if self._factory is not None:
+            iterator = iter(self._factory())
+        elif multi_pass:
+            raise HSpaceError("the randomized PCA reads h several times, but a one-shot iterator came: pass a "
+                              "list, a re-iterable shard reader, or a function returning a fresh iterator")
+        else:
+            iterator, self._one_shot = self._one_shot, None
+            if iterator is None:
+                raise HSpaceError("the one-shot chunk iterator was already consumed")
+            yield self._first
+        seen = False
+        for chunk in iterator:
+            seen = True
+            yield _check_chunk(chunk, self._shape)
+        if self._factory is not None and not seen:
+            raise HSpaceError("no h to analyse: the chunk iterable is empty")
+
+
+def _check_chunk(chunk: Any, shape: tuple[int, ...] | None) -> torch.Tensor:
+    if isinstance(chunk, Trajectory):
+        chunk = chunk.h
+    if not isinstance(chunk, torch.Tensor) or chunk.ndim != 5:
+        got = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
+        raise HSpaceError(f"h chunks of shape [N, S, C, H, W] expected, got {got}")
+    if shape is not None and tuple(chunk.shape[1:]) != shape:
+        raise HSpaceError(f"every chunk must have per-sample shape {list(shape)}, got {list(chunk.shape[1:])}")
+    if chunk.shape[0] == 0 or chunk.shape[1] == 0:
+        raise HSpaceError(f"empty h chunk of shape {tuple(chunk.shape)}")
+    return check_finite(chunk, "the captured h")
+
+
+def _float_dtype(t: torch.Tensor) -> torch.dtype:
+    return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _grouped(h: torch.Tensor, per_timestep: bool) -> torch.Tensor:
+    """[n, S, C, H, W] -> [n, G, D] in float64."""
+    n, s = h.shape[:2]
+    return h.reshape(n, s, -1).double() if per_timestep else h.reshape(n, 1, -1).double()
+
+
+def _rank_bound(k: int, n: int, d: int, center: bool) -> int:
+    bound = min(n - 1 if center else n, d)
+    if bound < 1:
+        raise HSpaceError(f"PCA needs at least 2 samples when centring, got {n}")
+    return min(k, bound)
+
+
+# -- in memory ----------------------------------------------------------------------------------------
+def _in_memory(x: torch.Tensor, k: int, center: bool, method: str):
+    mean = x.mean(0) if center else torch.zeros_like(x[0])
+    xc = (x - mean).transpose(0, 1)  # [G, n, D]
+    totals = xc.pow(2).sum(dim=(1, 2))
+    if method == "svd":
+        _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+        return vh[:, :k], s[:, :k] ** 2, totals, mean
+    gram = xc @ xc.transpose(1, 2)  # [G, n, n]
+    eigvals, eigvecs = torch.linalg.eigh(gram)
+    eigvals, eigvecs = eigvals.flip(-1)[:, :k].clamp(min=0), eigvecs.flip(-1)[:, :, :k]
+    s = eigvals.sqrt().clamp(min=torch.finfo(torch.float64).tiny)
+    comps = (eigvecs.transpose(1, 2) @ xc) / s[:, :, None]
+    return comps, eigvals, totals, mean
+
+
+# -- streaming: exact scatter ------------------------------------------------------------------------
+def _covariance_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: int, callback: Callback | None):
+    n, mean, scatter = 0, None, None
+    for i, chunk in enumerate(source.chunks(multi_pass=False)):
+        x = _grouped(chunk, per_timestep).transpose(0, 1)  # [G, m, D]
+        m = x.shape[1]
+        if center:
+            chunk_mean = x.mean(1)
+            xc = x - chunk_mean[:, None]
+            chunk_scatter = xc.transpose(1, 2) @ xc
+            if scatter is None:
+                mean, scatter = chunk_mean, chunk_scatter
+            else:
+                delta = chunk_mean - mean
+                scatter += chunk_scatter + (n * m / (n + m)) * delta[:, :, None] * delta[:, None, :]
+                mean = mean + delta * (m / (n + m))
+        else:
+            chunk_scatter = x.transpose(1, 2) @ x
+            scatter = chunk_scatter if scatter is None else scatter + chunk_scatter
+            mean = torch.zeros_like(x[:, 0]) if mean is None else mean
+        n += m
+        _report(callback, 0, i, n)
+    k = _rank_bound(k, n, scatter.shape[-1], center)
+    eigvals, eigvecs = torch.linalg.eigh(scatter)
+    totals = scatter.diagonal(dim1=1, dim2=2).sum(-1)
+    return eigvecs.flip(-1)[:, :, :k].transpose(1, 2), eigvals.flip(-1)[:, :k].clamp(min=0), totals, mean, n
+
+
+# -- streaming: randomized subspace iteration --------------------------------------------------------
+def _randomized_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: int, oversample: int,
+                    max_iter: int, tol: float, seed: int, callback: Callback | None):
+    n, total, sq = 0, None, None
+    for i, chunk in enumerate(source.chunks(multi_pass=True)):
+        x = _grouped(chunk, per_timestep)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        sq = x.pow(2).sum(dim=(0, 2)) if sq is None else sq + x.pow(2).sum(dim=(0, 2))
+        n += x.shape[0]
+        _report(callback, 0, i, n)
+    g, d = total.shape
+    k = _rank_bound(k, n, d, center)
+    mean = total / n if center else torch.zeros_like(total)
+    totals = sq - n * mean.pow(2).sum(-1)
+    width = min(k + oversample, d, n)
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(g, d, width, generator=generator, dtype=torch.float64)).Q
+    ritz_values = ritz_vectors = None
+    for iteration in range(1, max_iter + 1):
+        z = torch.zeros_like(q)
+        for i, chunk in enumerate(source.chunks(multi_pass=True)):
+            xc = (_grouped(chunk, per_timestep) - mean).transpose(0, 1)  # [G, m, D]
+            z += xc.transpose(1, 2) @ (xc @ q)
+            _report(callback, iteration, i, n)
+        eigvals, rotation = torch.linalg.eigh(q.transpose(1, 2) @ z)
+        eigvals, rotation = eigvals.flip(-1), rotation.flip(-1)
+        ritz_values, ritz_vectors = eigvals[:, :k], (q @ rotation)[:, :, :k]
+        residual = (z @ rotation[:, :, :k] - ritz_vectors * ritz_values[:, None, :]).norm(dim=1)
+        scale = ritz_values.clamp(min=ritz_values[:, :1].clamp(min=torch.finfo(torch.float64).tiny) * 1e-12)
+        if float((residual / scale).max()) <= tol:
+            break
+        q = torch.linalg.qr(z).Q
+    return ritz_vectors.transpose(1, 2), ritz_values.clamp(min=0), totals, mean, n, iteration
+
+
+def _report(callback: Callback | None, pass_index: int, chunk_index: int, samples: int) -> None:
+    if callback is not None:
+        callback({"pass": pass_index, "chunk": chunk_index, "samples": samples})
+
+
+# -- signs ----------------------------------------------------------------------------------------------
+def _fix_signs(components: torch.Tensor, per_timestep: bool) -> torch.Tensor:
+    """First coordinate positive (Haas); then, per timestep, PC_k at every step agrees with PC_k at step 0."""
+    first = components[:, :, 0]
+    components = components * torch.where(first < 0, -1.0, 1.0).to(components)[:, :, None]
+    if per_timestep and components.shape[0] > 1:
+        agreement = (components * components[:1]).sum(-1)
+        components = components * torch.where(agreement < 0, -1.0, 1.0).to(components)[:, :, None]
+    return components

@@ -1,0 +1,162 @@
+"""PCA directions (ALGORITHMS.md §2.4; acceptance test 14, 15)."""
+import numpy as np
+import pytest
+import torch
+
+from hspace_core.direction import Direction, Trajectory
+from hspace_core.discovery.pca import pca_directions
+from hspace_core.errors import HSpaceError
+
+torch.set_num_threads(1)
+
+
+def _data(n=12, s=3, shape=(2, 3, 3), seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(3.0, 0.1, int(np.prod(shape)), dtype=dtype)
+    h = torch.randn(n, s, *shape, generator=g, dtype=dtype) * scales.view(*shape)
+    return h + 5.0  # a mean far from zero: centring must matter
+
+
+def _match_up_to_sign(a, b, atol):
+    signs = torch.sign((a * b).sum(-1, keepdim=True))
+    torch.testing.assert_close(a * signs, b, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["gram", "svd", "covariance", "randomized"])
+def test_components_match_numpy_svd(method):
+    h = _data(n=12)
+    res = pca_directions(h, num_components=5, method=method, tol=1e-12, max_iter=200)
+    assert res.method == method
+    for t in range(h.shape[1]):
+        x = h[:, t].reshape(12, -1).numpy()
+        x = x - x.mean(0)
+        _, s, vt = np.linalg.svd(x, full_matrices=False)
+        comps = res.components[t]
+        eye = comps @ comps.T
+        assert (eye - torch.eye(5, dtype=eye.dtype)).abs().max() < 1e-6
+        _match_up_to_sign(comps, torch.from_numpy(vt[:5]), atol=1e-6)
+        torch.testing.assert_close(res.stds[t], torch.from_numpy(s[:5] / np.sqrt(11)), rtol=1e-6, atol=0)
+        assert torch.all(res.stds[t][1:] <= res.stds[t][:-1])
+        torch.testing.assert_close(res.explained_variance_ratio[t].sum(), torch.tensor(float((s[:5] ** 2).sum() / (s ** 2).sum()), dtype=torch.float64))
+
+
+def test_gram_route_equals_direct_svd_when_n_less_than_d():
+    h = _data(n=6, shape=(4, 4, 4))  # d = 64 > n
+    gram = pca_directions(h, num_components=4, method="gram")
+    direct = pca_directions(h, num_components=4, method="svd")
+    torch.testing.assert_close(gram.components, direct.components, atol=1e-8, rtol=0)
+    torch.testing.assert_close(gram.stds, direct.stds, rtol=1e-10, atol=0)
+    assert pca_directions(h, num_components=4).method == "gram"
+
+
+def test_signs_first_coordinate_and_alignment_with_first_step():
+    h = _data(n=20, s=5)
+    res = pca_directions(h, num_components=4)
+    assert torch.all(res.components[0, :, 0] > 0)
+    agreement = (res.components * res.components[:1]).sum(-1)
+    assert torch.all(agreement > 0)
+    concat = pca_directions(h, num_components=4, per_timestep=False)
+    assert torch.all(concat.components[0, :, 0] > 0)
+
+
+def test_planted_direction_is_recovered():
+    g = torch.Generator().manual_seed(3)
+    d = 4 * 4 * 4
+    w = torch.randn(d, generator=g)
+    w /= w.norm()
+    n = 200
+    h = torch.randn(n, d, generator=g) * 0.3 + torch.randn(n, 1, generator=g) * 5.0 * w
+    res = pca_directions(h.reshape(n, 1, 4, 4, 4), num_components=3)
+    assert abs(float(res.components[0, 0] @ w)) > 0.99
+    assert res.explained_variance_ratio[0, 0] > 0.8
+
+
+def test_per_timestep_and_concatenated_agree_with_one_step():
+    h = _data(n=10, s=1)
+    a = pca_directions(h, num_components=3, per_timestep=True)
+    b = pca_directions(h, num_components=3, per_timestep=False)
+    torch.testing.assert_close(a.components, b.components)
+    torch.testing.assert_close(a.stds, b.stds)
+
+
+def test_concatenated_is_pca_of_the_flattened_trajectory():
+    h = _data(n=9, s=3)
+    res = pca_directions(h, num_components=2, per_timestep=False)
+    x = h.reshape(9, -1).numpy()
+    _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    _match_up_to_sign(res.components[0], torch.from_numpy(vt[:2]), atol=1e-8)
+    assert res.direction(0, scaled=False).shape == (3, 2, 3, 3)
+    assert abs(float(res.direction(0, scaled=False).norm()) - 1) < 1e-10
+
+
+@pytest.mark.parametrize("method", ["covariance", "randomized"])
+def test_streamed_chunks_equal_in_memory(method):
+    h = _data(n=23, s=2)
+    chunks = list(h.split(5))
+    streamed = pca_directions(chunks, num_components=4, method=method, tol=1e-12, max_iter=300)
+    reference = pca_directions(h, num_components=4, method="svd")
+    torch.testing.assert_close(streamed.components, reference.components, atol=1e-6, rtol=0)
+    torch.testing.assert_close(streamed.stds, reference.stds, rtol=1e-8, atol=0)
+    torch.testing.assert_close(streamed.mean, reference.mean)
+    assert streamed.num_samples == 23
+
+
+def test_factory_of_chunks_and_progress_callback_can_stop():
+    h = _data(n=16, s=2)
+    seen = []
+    res = pca_directions(lambda: iter(h.split(4)), num_components=2, method="randomized",
+                         callback=seen.append)
+    assert res.num_samples == 16 and seen and seen[-1]["samples"] == 16
+
+    class Stop(Exception):
+        pass
+
+    def stop(info):
+        raise Stop
+
+    with pytest.raises(Stop):
+        pca_directions(list(h.split(4)), num_components=2, method="covariance", callback=stop)
+
+
+def test_one_shot_iterator_single_pass_only():
+    h = _data(n=10, s=2)
+    res = pca_directions(iter(h.split(3)), num_components=2, method="covariance")
+    assert res.num_samples == 10
+    with pytest.raises(HSpaceError, match="several times"):
+        pca_directions(iter(h.split(3)), num_components=2, method="randomized")
+
+
+def test_auto_picks_randomized_under_a_small_memory_budget():
+    h = _data(n=30, s=2, shape=(4, 4, 4))
+    res = pca_directions(list(h.split(7)), num_components=3, max_memory_bytes=1000, tol=1e-10, max_iter=500)
+    assert res.method == "randomized"
+    ref = pca_directions(h, num_components=3)
+    torch.testing.assert_close(res.stds, ref.stds, rtol=1e-6, atol=0)
+
+
+def test_direction_units_and_metadata():
+    h = _data(n=10, s=3).float()
+    res = pca_directions(Trajectory(h, [900, 500, 100], [1.0, 0.5, 0.1]), num_components=2)
+    unit = res.direction(1, scaled=False)
+    scaled = res.direction(1)
+    assert unit.dtype == torch.float32 and unit.shape == (3, 2, 3, 3)
+    torch.testing.assert_close(scaled.flatten(1).norm(dim=1), res.stds[:, 1].float())
+    d = res.to_direction(1, [900, 500, 100])
+    assert isinstance(d, Direction) and d.meta["units"] == "std" and d.meta["method"] == "pca"
+    with pytest.raises(HSpaceError, match="3 timesteps"):
+        res.to_direction(0, [1, 2])
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(HSpaceError, match=r"\[N, S, C, H, W\]"):
+        pca_directions(torch.zeros(4, 3, 2))
+    with pytest.raises(HSpaceError, match="at least 2 samples"):
+        pca_directions(torch.zeros(1, 1, 1, 2, 2))
+    with pytest.raises(HSpaceError, match="NaN"):
+        pca_directions(torch.full((3, 1, 1, 2, 2), float("nan")))
+    with pytest.raises(HSpaceError, match="empty"):
+        pca_directions([], method="covariance")
+    with pytest.raises(HSpaceError, match="per-sample shape"):
+        pca_directions([torch.zeros(2, 1, 1, 2, 2), torch.zeros(2, 1, 1, 2, 3)], method="covariance")
+    with pytest.raises(HSpaceError, match="in memory"):
+        pca_directions([torch.zeros(2, 1, 1, 2, 2)], method="gram")
