@@ -1,0 +1,163 @@
+"""A diffusers UNet ready for h-space work: generate, capture, invert, edit. The library's front door."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .bottleneck import Bottleneck, EditSpec
+from .denoisers import DiffusersDenoiser
+from .direction import Direction, Trajectory
+from .errors import HSpaceError
+from .samplers import invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
+from .schedule import VPSchedule, asyrp_timesteps, inversion_sigmas, leading_timesteps, window_sigmas
+
+GRIDS = {"asyrp": asyrp_timesteps, "leading": leading_timesteps}
+
+
+@dataclass
+class Inversion:
+    """x_T of real images, the noise terms for exact (edit-friendly) regeneration, and h along the way."""
+
+    x_T: torch.Tensor
+    sigmas: torch.Tensor
+    noises: list[torch.Tensor] | None
+    eta: float
+    trajectory: Trajectory | None
+
+
+class HSpacePipeline:
+    """Capture h, invert real images and sample with h shifted, on a diffusers UNet.
+
+    >>> pipe = HSpacePipeline.default()                       # the embedded MNIST model
+    >>> traj, images = pipe.capture(seeds=range(64), steps=20)
+    """
+
+    def __init__(self, unet: torch.nn.Module, schedule: VPSchedule, prediction_type: str = "epsilon",
+                 **denoiser_kwargs):
+        self.denoiser = DiffusersDenoiser(unet, schedule, prediction_type, **denoiser_kwargs)
+        self.schedule = schedule
+        self._fingerprint: dict | None = None
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "HSpacePipeline":
+        """A diffusers pixel-DDPM folder: ``unet/`` (or the UNet at the top) and ``scheduler_config.json``
+        (in ``scheduler/`` or at the top; the DDPM default schedule when absent)."""
+        from diffusers import UNet2DModel
+
+        folder = Path(folder)
+        unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+        if not (unet_dir / "config.json").is_file():
+            raise HSpaceError(f"no diffusers UNet (config.json) in {folder} or {folder / 'unet'}")
+        config = {}
+        for candidate in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"):
+            if candidate.is_file():
+                config = json.loads(candidate.read_text())
+                break
+        unet = UNet2DModel.from_pretrained(unet_dir).to(device).eval()
+        return cls(unet, VPSchedule.from_diffusers_config(config), config.get("prediction_type", "epsilon"))
+
+    @classmethod
+    def default(cls, device: str = "cpu") -> "HSpacePipeline":
+        """The small MNIST model that ships with hspace (see hspace_core/default_model/MODEL_CARD.md)."""
+        from .embedded import default_model_dir
+
+        return cls.from_pretrained(default_model_dir(), device)
+
+    @property
+    def fingerprint(self) -> dict:
+        if self._fingerprint is None:
+            self._fingerprint = self.denoiser.fingerprint()
+        return self._fingerprint
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        cfg = self.denoiser.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        return cfg.in_channels, size, size
+
+    def sigmas(self, steps: int, grid: str = "asyrp") -> torch.Tensor:
+        """Generation sigmas (ending in 0) on Asyrp's grid or diffusers' leading DDIM grid."""
+        if grid not in GRIDS:
+            raise HSpaceError(f"grid must be one of {sorted(GRIDS)}, got {grid!r}")
+        return self.schedule.sigmas_for(GRIDS[grid](steps))
+
+    def noise(self, seeds: Sequence[int], sigmas: torch.Tensor) -> torch.Tensor:
+        """x_T ~ N(0, I) per seed, in the k-diffusion scaling of the first sigma."""
+        scale = float((1 + sigmas[0] ** 2).sqrt())
+        z = torch.stack([torch.randn(self.image_shape, generator=torch.Generator().manual_seed(int(s)))
+                         for s in seeds])
+        return (z * scale).to(self.denoiser.device)
+
+    def _batches(self, total: int, batch_size: int):
+        for start in range(0, total, batch_size):
+            yield slice(start, min(total, start + batch_size))
+
+    @torch.no_grad()
+    def capture(self, seeds: Sequence[int], steps: int = 20, batch_size: int = 64, grid: str = "asyrp",
+                progress: Callable[[int, int], None] | None = None) -> tuple[Trajectory, torch.Tensor]:
+        """Sample one image per seed with plain DDIM, recording h at every step. Returns (trajectory, images)."""
+        seeds = list(seeds)
+        if not seeds:
+            raise HSpaceError("at least one seed expected")
+        sigmas = self.sigmas(steps, grid)
+        parts, images = [], []
+        for batch in self._batches(len(seeds), batch_size):
+            with self.denoiser.attached(Bottleneck(capture=True)) as controller:
+                images.append(sample_ddim(self.denoiser, self.noise(seeds[batch], sigmas), sigmas, disable=True))
+            parts.append(controller.trajectory(meta={"seeds": seeds[batch], "fingerprint": self.fingerprint}))
+            if progress:
+                progress(batch.stop, len(seeds))
+        trajectory = Trajectory.concat(parts)
+        trajectory.meta["seeds"] = seeds
+        return trajectory, torch.cat(images)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, steps: int = 20, method: str = "ddim", grid: str = "asyrp",
+               seed: int = 0, capture: bool = True) -> Inversion:
+        """DDIM inversion (deterministic; h captured along the way) or exact edit-friendly DDPM inversion."""
+        sigmas = self.sigmas(steps, grid)
+        images = images.to(self.denoiser.device)
+        controller = Bottleneck(capture=capture)
+        with self.denoiser.attached(controller):
+            if method == "ddim":
+                x_T = invert_ddim(self.denoiser, images, inversion_sigmas(sigmas), disable=True)
+                noises, eta = None, 0.0
+            elif method == "edit_friendly":
+                x_T, noises = invert_edit_friendly(self.denoiser, images, sigmas, eta=1.0, seed=seed, disable=True)
+                eta = 1.0
+            else:
+                raise HSpaceError(f"method must be 'ddim' or 'edit_friendly', got {method!r}")
+        trajectory = None
+        if capture:
+            trajectory = controller.trajectory(meta={"source": f"{method} inversion",
+                                                     "fingerprint": self.fingerprint})
+            if method == "ddim":  # recorded along increasing sigmas: store in generation order
+                trajectory = Trajectory(trajectory.h.flip(1), trajectory.timesteps.flip(0),
+                                        trajectory.sigmas.flip(0), trajectory.meta)
+        return Inversion(x_T, sigmas, noises, eta, trajectory)
+
+    @torch.no_grad()
+    def edit(self, x_T: torch.Tensor, sigmas: torch.Tensor, edits: Sequence[tuple[Direction, float]] = (),
+             t_edit: float = 0.0, t_boost: float = 0.0, mode: str = "asymmetric", eta: float = 0.0,
+             noises: Sequence[torch.Tensor] | None = None, seed: int | None = None,
+             n_train_steps: int | None = None, allow_foreign: bool = False) -> torch.Tensor:
+        """Sample from x_T with h shifted by the edits on the steps with t >= t_edit (Asyrp).
+
+        ``noises`` (from an edit-friendly inversion or :func:`~hspace_core.samplers.ddpm_noises`) fixes the
+        stochastic terms; without edits this reproduces the plain run.
+        """
+        for direction, _ in edits:
+            direction.check_model(self.fingerprint, allow_foreign)
+        sigma_edit, sigma_boost = window_sigmas(self.schedule, sigmas, t_edit, t_boost)
+        if not edits:  # no batched shifted/unshifted calls: bitwise the plain run
+            sigma_edit = float("inf")
+        controller = Bottleneck([EditSpec(d, s) for d, s in edits], n_train_steps=n_train_steps,
+                                n_test_steps=len(sigmas) - 1 if n_train_steps else None)
+        with self.denoiser.attached(controller):
+            return sample_asyrp(self.denoiser, x_T.to(self.denoiser.device), sigmas, mode=mode,
+                                sigma_edit=sigma_edit, sigma_boost=sigma_boost, eta=eta, noises=noises, seed=seed,
+                                disable=True)
