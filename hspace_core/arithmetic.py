@@ -112,3 +112,14 @@ def slerp(a: Direction, b: Direction, t: float) -> Direction:
     else:
         unit = (math.sin((1 - t) * omega) * ux + math.sin(t * omega) * uy) / math.sin(omega)
     return _combine(a, (unit * ((1 - t) * nx + t * ny)).float(), keys, "slerp")
+
+
+def random_like(a: Direction, seed: int = 0) -> Direction:
+    """A Gaussian random direction with the same norm as ``a`` at every timestep: the baseline of edit tests."""
+    noise = torch.randn(a.delta.shape, generator=torch.Generator().manual_seed(seed))
+    if a.per_timestep:
+        scale = a.delta.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1)
+        noise = noise * scale.view(-1, 1, 1, 1)
+    else:
+        noise = noise * a.delta.norm() / noise.norm()
+    return a.with_delta(noise, method="random", seed=seed)

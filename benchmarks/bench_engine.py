@@ -1,0 +1,94 @@
+"""Cost of Asyrp editing relative to plain DDIM, measured in one run on one model.
+
+Prints the median wall time over repeats of: plain DDIM; Asyrp with the edit window over the first half
+of the steps (shifted and unshifted predictions from one batched call); the same with the naive step
+that makes two sequential full UNet calls. Ratios are against plain DDIM.
+
+    python benchmarks/bench_engine.py [--model embedded|celeba-like] [--steps 40] [--batch 4] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from hspace_core.bottleneck import Bottleneck, EditSpec
+from hspace_core.denoisers import DiffusersDenoiser
+from hspace_core.direction import Direction
+from hspace_core.samplers import sample_asyrp, sample_ddim, with_hspace_flags
+from hspace_core.schedule import VPSchedule, asyrp_timesteps
+
+
+def naive_asyrp(model, x, sigmas, sigma_edit):
+    """The baseline: shifted and unshifted predictions from two sequential full passes."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i].to(x)
+        x0_u = model(x, sigma * s_in, **with_hspace_flags({}, shift=False))
+        x0_s = model(x, sigma * s_in, **with_hspace_flags({}, shift=True)) if sigmas[i] >= sigma_edit else x0_u
+        x = x0_s + sigmas[i + 1].to(x) * (x - x0_u) / sigma
+    return x
+
+
+def build(model: str, device: str) -> DiffusersDenoiser:
+    from diffusers import UNet2DModel
+
+    if model == "embedded":
+        from hspace_core.embedded import load_default_unet
+
+        unet = load_default_unet()
+    else:  # the CelebA-HQ DDPM topology at a CPU-friendly width and size
+        torch.manual_seed(0)
+        unet = UNet2DModel(sample_size=64, in_channels=3, out_channels=3, block_out_channels=(32, 32, 64, 64, 128),
+                           layers_per_block=2, down_block_types=("DownBlock2D",) * 3 + ("AttnDownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 3).eval()
+    return DiffusersDenoiser(unet.to(device), VPSchedule.linear())
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["embedded", "celeba-like"], default="celeba-like")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    model = build(args.model, args.device)
+    schedule = model.schedule
+    timesteps = asyrp_timesteps(args.steps)
+    sigmas = schedule.sigmas_for(timesteps)
+    sigma_edit = float(schedule.sigma(timesteps[args.steps // 2 - 1]))  # first half of the steps edited
+    size = model.unet.config.sample_size
+    x = torch.randn(args.batch, model.unet.config.in_channels, size, size, device=args.device) * float(sigmas[0])
+    direction = Direction(torch.randn(model.h_shape()))
+    runs = {
+        "plain DDIM": lambda: sample_ddim(model, x, sigmas, disable=True),
+        "Asyrp, one batched call": lambda: sample_asyrp(model, x, sigmas, sigma_edit=sigma_edit, disable=True),
+        "Asyrp, two sequential passes": lambda: naive_asyrp(model, x, sigmas, sigma_edit),
+    }
+    times = {name: [] for name in runs}
+    with model.attached(Bottleneck([EditSpec(direction, 1.0)])):
+        for fn in runs.values():
+            fn()  # warm-up
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                fn()
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["plain DDIM"])
+    print(f"model={args.model} device={args.device} threads={torch.get_num_threads()} steps={args.steps} "
+          f"batch={args.batch} repeats={args.repeats}; edit window = first {args.steps // 2} steps")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:32s} {median:8.3f} s   ratio to plain DDIM {median / base:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
