@@ -179,6 +179,30 @@ class JacobianOperator:
         return self.vjp(basis).reshape(out_dim, -1)
 
 
+def batch_jvp(f: BatchFunction, points: torch.Tensor, tangents: torch.Tensor, jvp_mode: str = "auto") -> torch.Tensor:
+    """Row-wise J(z_i) v_i for a batch-native f at a batch of points (one call, not one per point).
+
+    ``jvp_mode`` as for :class:`JacobianOperator`: forward mode, or the VJP of u -> Jᵀu where forward mode
+    is missing (``"auto"`` picks).
+    """
+    if jvp_mode not in JVP_MODES:
+        raise HSpaceError(f"jvp_mode must be one of {JVP_MODES}, got {jvp_mode!r}")
+    if points.shape != tangents.shape:
+        raise HSpaceError(f"points and tangents of the same shape expected, got {tuple(points.shape)} and "
+                          f"{tuple(tangents.shape)}")
+    points, tangents = points.detach().contiguous(), tangents.to(points).contiguous()
+    with sdpa_kernel([SDPBackend.MATH]):
+        if jvp_mode != "reverse":
+            try:
+                return torch.func.jvp(f, (points,), (tangents,))[1].detach()
+            except (RuntimeError, NotImplementedError):
+                if jvp_mode == "forward":
+                    raise
+        out, pullback = torch.func.vjp(f, points)
+        transposed = torch.func.vjp(lambda u: pullback(u)[0], torch.zeros_like(out))[1]
+        return transposed(tangents)[0].detach()
+
+
 def subspace_iteration(op: JacobianOperator, num_vectors: int, oversample: int = 2, max_iter: int = 50,
                        min_iter: int = 1, tol: float = 1e-5, seed: int = 0,
                        callback: Callback | None = None) -> JacobianSVD:

@@ -1,0 +1,121 @@
+"""Park's pullback geometry (ALGORITHMS.md §3; acceptance tests 16, 22-25)."""
+import math
+
+import pytest
+import torch
+
+from hspace_core.discovery.jacobian import JacobianOperator, batched
+from hspace_core.discovery.pullback import (curvedness, encoder_function, grassmann_distance, pullback_basis,
+                                            transport_direction, x_space_guidance)
+from hspace_core.errors import HSpaceError
+from tests.tiny import tiny_denoiser
+
+torch.set_num_threads(1)
+
+
+def _encoder_like(seed=0):
+    """x [2, 4, 4] -> h [3, 2, 2] with a decaying spectrum, per sample."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(12, 32, generator=g, dtype=torch.float64) * torch.logspace(0, -1.5, 32, dtype=torch.float64)
+    return lambda x: torch.tanh(a @ x.reshape(32)).reshape(3, 2, 2)
+
+
+def test_basis_matches_dense_svd_on_analytic_encoder():
+    per_sample = _encoder_like()
+    x = torch.randn(2, 4, 4, dtype=torch.float64)
+    basis = pullback_basis(batched(per_sample), x, num_vectors=4, tol=1e-10, max_iter=500)
+    jac = torch.func.jacrev(lambda z: per_sample(z).flatten())(x).reshape(12, 32)
+    u, s, vh = torch.linalg.svd(jac)
+    torch.testing.assert_close(basis.singular_values, s[:4], rtol=1e-6, atol=0)
+    assert grassmann_distance(basis.x_basis, vh[:4].reshape(4, 2, 4, 4)) < 1e-3
+    assert grassmann_distance(basis.h_basis, u.T[:4].reshape(4, 3, 2, 2)) < 1e-3
+    flat = basis.x_basis.reshape(4, -1)
+    torch.testing.assert_close(flat @ flat.T, torch.eye(4, dtype=flat.dtype), atol=1e-8, rtol=0)
+    torch.testing.assert_close(basis.h_basis.reshape(4, -1).norm(dim=1), torch.ones(4, dtype=torch.float64))
+
+
+def test_basis_on_tiny_unet_encoder_matches_dense():
+    den = tiny_denoiser()
+    den.unet.requires_grad_(False)
+    x = torch.randn(3, 8, 8)
+    f = encoder_function(den, 2.0)
+    basis = pullback_basis(f, x, num_vectors=3, min_iter=2, max_iter=400, tol=1e-5)
+    dense = JacobianOperator(f, x).dense().double()  # [256, 192]
+    _, s, vh = torch.linalg.svd(dense)
+    torch.testing.assert_close(basis.singular_values.double(), s[:3], rtol=1e-4, atol=0)
+    assert grassmann_distance(basis.x_basis, vh[:3].reshape(3, 3, 8, 8)) < 1e-3
+    assert basis.h_basis.shape == (3, 16, 4, 4) and basis.x_basis.shape == (3, 3, 8, 8)
+
+
+def test_grassmann_distance_properties():
+    g = torch.Generator().manual_seed(0)
+    u = torch.linalg.qr(torch.randn(20, 3, generator=g, dtype=torch.float64)).Q.T  # rows
+    r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64)).Q
+    assert grassmann_distance(u, r @ u) < 1e-7
+    w = torch.linalg.qr(torch.randn(20, 3, generator=g, dtype=torch.float64)).Q.T
+    torch.testing.assert_close(grassmann_distance(u, w), grassmann_distance(w, u))
+    eye = torch.eye(6, dtype=torch.float64)
+    torch.testing.assert_close(grassmann_distance(eye[:3], eye[3:]),
+                               torch.tensor(math.sqrt(3) * math.pi / 2, dtype=torch.float64))
+    small = torch.stack([eye[0], math.cos(1e-6) * eye[1] + math.sin(1e-6) * eye[5]])
+    torch.testing.assert_close(grassmann_distance(eye[:2], small), torch.tensor(1e-6, dtype=torch.float64),
+                               rtol=1e-6, atol=0)
+    with pytest.raises(HSpaceError, match="same shape"):
+        grassmann_distance(eye[:2], eye[:3])
+
+
+def test_transport_direction():
+    g = torch.Generator().manual_seed(1)
+    h_basis = torch.linalg.qr(torch.randn(12, 3, generator=g, dtype=torch.float64)).Q.T.reshape(3, 3, 2, 2)
+    x_basis = torch.linalg.qr(torch.randn(32, 3, generator=g, dtype=torch.float64)).Q.T.reshape(3, 2, 4, 4)
+    torch.testing.assert_close(transport_direction(h_basis[1], h_basis, x_basis), x_basis[1])
+    v = transport_direction(torch.randn(3, 2, 2, generator=g, dtype=torch.float64), h_basis, x_basis)
+    assert abs(float(v.norm()) - 1) < 1e-12
+    flat = x_basis.reshape(3, -1)
+    torch.testing.assert_close(flat.T @ (flat @ v.reshape(-1)), v.reshape(-1))  # in span(V1)
+    with pytest.raises(HSpaceError, match="u0"):
+        transport_direction(torch.randn(5), h_basis, x_basis)
+
+
+def test_x_space_guidance_linear_for_small_step_and_identity_for_zero_strength():
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(32, 32, generator=g, dtype=torch.float64) * 0.3
+    eps = batched(lambda x: torch.sin(a @ x.reshape(32)).reshape(2, 4, 4))
+    x = torch.randn(2, 4, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 4, 4, generator=g, dtype=torch.float64)
+    v /= v.norm()
+    step, strength = 1e-6, 0.1
+    first = x_space_guidance(eps, x, v, step_size=step, strength=strength, num_iters=1)[1]
+    jv = JacobianOperator(eps, x).jvp(v[None])[0]
+    torch.testing.assert_close((first - x) / step, strength * jv, rtol=1e-5, atol=1e-8)
+    frozen = x_space_guidance(eps, x, v, strength=0.0, num_iters=4)
+    assert len(frozen) == 5 and all(torch.equal(it, x) for it in frozen)
+    assert x_space_guidance(eps, x, v, num_iters=0) == [x]
+
+
+def test_x_space_guidance_on_unet_denoiser():
+    den = tiny_denoiser()
+    x = torch.randn(1, 3, 8, 8)
+    v = torch.randn_like(x)
+    iterates = x_space_guidance(lambda z: den.eps(z, 2.0), x, v / v.norm(), num_iters=3, strength=0.5)
+    assert len(iterates) == 4 and iterates[-1].shape == x.shape and not torch.equal(iterates[-1], x)
+
+
+def test_curvedness_zero_for_affine_and_positive_for_curved():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    affine = lambda x: x @ a.T + 1.0
+    x_a, x_b = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    assert abs(float(curvedness(affine, x_a, x_b))) < 1e-12
+    lifted = lambda x: torch.cat([x, (x ** 2).sum(1, keepdim=True)], 1)  # f(x) = (x, |x|^2)
+    kappa = float(curvedness(lifted, x_a, x_b, num_points=32))
+    assert 0 < kappa < 1
+    # a segment through the origin folds back in the last coordinate: strictly more curved than a short one
+    assert curvedness(lifted, -x_a, x_a) > curvedness(lifted, x_a, 1.01 * x_a)
+
+
+def test_curvedness_of_unet_encoder_is_finite():
+    den = tiny_denoiser()
+    f = encoder_function(den, 1.0)
+    kappa = curvedness(f, torch.randn(3, 8, 8), torch.randn(3, 8, 8), num_points=4)
+    assert 0 <= float(kappa) < 1
