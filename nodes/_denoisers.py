@@ -1,0 +1,89 @@
+"""Autograd-capable denoisers over a ComfyUI MODEL, for the Jacobian-based discovery of hspace_core.
+
+hspace_core's Jacobian code needs ``encode(x, sigma) -> h`` (the encoder up to the middle block) and
+``decode_from(x, sigma, h) -> eps`` (the UNet with its middle-block output replaced), both differentiable.
+
+- Pixel DDPMs (the pack's loader) hold a diffusers UNet: hspace_core's ``DiffusersDenoiser`` runs on it.
+- Other ComfyUI UNets go through :class:`ComfyUNetDenoiser`: an autograd-capable copy of the MODEL, patched
+  with a controller that either stops at the middle block or replaces h, called through ``apply_model``
+  unguided with the positive prompt (SD1.x / SD2.x: cross-attention conditioning only).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hspace_core.denoisers import DiffusersDenoiser
+from hspace_core.errors import HSpaceError
+
+from . import _comfy, comfy_adapter
+
+
+class _StopAtMiddle(Exception):
+    def __init__(self, h: torch.Tensor):
+        self.h = h
+
+
+class _StopOrReplace:
+    """A bottleneck controller: raise with h (encode), return a given h (decode_from), or pass h through."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.replacement: torch.Tensor | None = None
+
+    def __call__(self, h: torch.Tensor, timestep: Any, cond_or_uncond: Any, flags: Any, sigma: Any = None):
+        if self.stop:
+            raise _StopAtMiddle(h)
+        return h if self.replacement is None else self.replacement
+
+
+class ComfyUNetDenoiser:
+    """``encode`` / ``decode_from`` on a ComfyUI UNet MODEL, unguided, with one cross-attention conditioning."""
+
+    def __init__(self, model: Any, positive: list | None):
+        base = comfy_adapter.base_model(model)
+        if getattr(base, "adm_channels", 0):
+            raise HSpaceError(f"{type(base).__name__} needs pooled/size conditioning (SDXL-like); Jacobian "
+                              "directions support SD1.x/SD2.x checkpoints and pixel DDPMs")
+        if not positive:
+            raise HSpaceError("a positive CONDITIONING is needed for the Jacobian of a text-conditioned model")
+        self.context = positive[0][0]
+        self.controller = _StopOrReplace()
+        self.patcher = comfy_adapter.patch_model(comfy_adapter.autograd_copy(model), self.controller)
+        _comfy.require("comfy.model_management").load_models_gpu([self.patcher])
+
+    def _call(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        base = self.patcher.model
+        sigmas = torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
+        options = {**self.patcher.model_options.get("transformer_options", {}), "sigmas": sigmas,
+                   "cond_or_uncond": [0]}
+        context = self.context.to(x.device).expand(x.shape[0], *self.context.shape[1:])
+        denoised = base.apply_model(x, sigmas, c_crossattn=context, transformer_options=options)
+        return (x - denoised) / float(sigma)
+
+    def encode(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.controller.stop = True
+        try:
+            self._call(x, sigma)
+        except _StopAtMiddle as stop:
+            return stop.h
+        finally:
+            self.controller.stop = False
+        raise HSpaceError("the UNet never reached its middle block")
+
+    def decode_from(self, x: torch.Tensor, sigma: float, h: torch.Tensor) -> torch.Tensor:
+        self.controller.replacement = h
+        try:
+            return self._call(x, sigma)
+        finally:
+            self.controller.replacement = None
+
+
+def autograd_denoiser(model: Any, positive: list | None = None) -> Any:
+    """The denoiser the Jacobian code needs, for a pixel DDPM or a ComfyUI UNet MODEL."""
+    inner = comfy_adapter.check_unet(model)
+    unet = getattr(inner, "unet", None)
+    if unet is not None:
+        return DiffusersDenoiser(unet, comfy_adapter.vp_schedule(model), comfy_adapter.prediction_type(model))
+    return ComfyUNetDenoiser(model, positive)

@@ -1,0 +1,65 @@
+"""Input declarations shared by several node families, so their tooltips stay the same everywhere."""
+from __future__ import annotations
+
+from typing import Any
+
+from ._types import DIRECTION, NOISE, TRAJECTORY
+
+Spec = tuple[str, dict[str, Any]]
+
+
+def model(tooltip: str = "a UNet MODEL (SD1.x/2.x/XL checkpoint, or a pixel DDPM from the hspace loader)") -> Spec:
+    return ("MODEL", {"tooltip": tooltip})
+
+
+def sigmas(tooltip: str = "the sampling schedule, e.g. BasicScheduler with ddim_uniform") -> Spec:
+    return ("SIGMAS", {"tooltip": tooltip})
+
+
+def latent(tooltip: str) -> Spec:
+    return ("LATENT", {"tooltip": tooltip})
+
+
+def cfg(default: float = 1.0) -> Spec:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                      "tooltip": "classifier-free guidance scale (1 = no guidance, one model call per step)"})
+
+
+def seed(tooltip: str = "random seed of the start noise") -> Spec:
+    return ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                    "tooltip": tooltip})
+
+
+def eta(default: float = 0.0, tooltip: str = "DDIM eta: 0 = deterministic, 1 = DDPM (stochastic)") -> Spec:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": tooltip})
+
+
+def conditioning(which: str) -> Spec:
+    return ("CONDITIONING", {"tooltip": f"{which} prompt; leave unconnected for unconditional (pixel) models"})
+
+
+def direction(tooltip: str = "a direction (a set of one), e.g. from Pick Direction or Load Direction") -> Spec:
+    return (DIRECTION, {"tooltip": tooltip})
+
+
+def trajectory(tooltip: str = "captured h (from Capture h or Invert Image)") -> Spec:
+    return (TRAJECTORY, {"tooltip": tooltip})
+
+
+def noise_record(tooltip: str = "the noise record of Invert Image") -> Spec:
+    return (NOISE, {"tooltip": tooltip})
+
+
+def timestep(default: int, tooltip: str) -> Spec:
+    return ("INT", {"default": default, "min": 0, "max": 999, "tooltip": f"{tooltip} (model timestep 0..999)"})
+
+
+def percent(default: float, tooltip: str) -> Spec:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tooltip})
+
+
+def optional_conditioning() -> dict[str, Spec]:
+    return {"positive": conditioning("positive"), "negative": conditioning("negative")}
+
+
+HIDDEN = {"unique_id": "UNIQUE_ID"}

@@ -1,0 +1,104 @@
+"""Running hspace_core's k-diffusion samplers on a ComfyUI MODEL, and what the nodes need around that.
+
+:func:`run_sampler` goes through ``comfy.sample.sample_custom`` (so CFG, conditioning, latent formats and
+model patches behave as in SamplerCustom) with the sampler function wrapped as a KSAMPLER; it returns the
+LATENT and the sampler function's own return value in model space (x_T and the noise terms of an
+inversion, for example). The adapter (``comfy_adapter``) does the patching and the schedule conversions.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from hspace_core.bottleneck import Bottleneck
+from hspace_core.direction import Trajectory, model_fingerprint
+from hspace_core.errors import HSpaceError
+
+from . import _comfy, comfy_adapter
+
+SamplerFn = Callable[..., Any]
+
+
+def empty_conditioning() -> list:
+    """The CONDITIONING an unconditional model ignores (pixel DDPMs), used when none is wired."""
+    return [[torch.zeros(1, 1, 1), {}]]
+
+
+def fingerprint(model: Any, h_shape: tuple[int, ...]) -> dict[str, Any]:
+    """hspace's model fingerprint of a ComfyUI MODEL (architecture, h shape, sampled weights hash)."""
+    arch = type(comfy_adapter.base_model(model)).__name__
+    return model_fingerprint(comfy_adapter.check_unet(model), arch, h_shape)
+
+
+def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise HSpaceError("SIGMAS (a 1-D schedule from BasicScheduler or similar) of at least 2 values expected")
+    return sigmas
+
+
+def run_comfy_sampler(model: Any, sampler: Any, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,
+                      negative: list | None, cfg: float, noise: torch.Tensor | None = None, seed: int = 0,
+                      node_id: str | None = None) -> dict[str, Any]:
+    """SamplerCustom's sampling with a SAMPLER object; ``noise`` None means no added noise. Returns a LATENT."""
+    sample = _comfy.require("comfy.sample")
+    sigmas = check_sigmas(sigmas)
+    samples = sample.fix_empty_latent_channels(model, latent["samples"])
+    progress = comfy_adapter.progress_callback(len(sigmas) - 1, node_id)
+    callback = None if progress is None else (lambda step, x0, x, total: progress({"i": step}))
+    noise = torch.zeros_like(samples) if noise is None else noise
+    out = sample.sample_custom(model, noise, cfg, sampler, sigmas, positive or empty_conditioning(),
+                               negative or empty_conditioning(), samples, noise_mask=latent.get("noise_mask"),
+                               callback=callback, disable_pbar=True, seed=seed)
+    return {**latent, "samples": out}
+
+
+def run_sampler(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,
+                negative: list | None, cfg: float, noise: torch.Tensor | None = None, seed: int = 0,
+                start: torch.Tensor | None = None, node_id: str | None = None,
+                options: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
+    """Run the sampler function ``fn`` (with keyword ``options``) through ComfyUI; ``(LATENT, fn's return value)``.
+
+    The return value stays in model space (x_T and the noise terms of an inversion, for example);
+    ``start`` replaces the sampler's start x outright (a recorded x_T).
+    """
+    returned: dict[str, Any] = {}
+
+    def recorded(model_k: Any, x: torch.Tensor, sigmas_k: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        returned["value"] = fn(model_k, x if start is None else start.to(x), sigmas_k, **kwargs)
+        out = returned["value"]
+        return out[0] if isinstance(out, tuple) else out
+
+    sampler = comfy_adapter.as_comfy_sampler(recorded, **(options or {}))
+    latent_out = run_comfy_sampler(model, sampler, sigmas, latent, positive, negative, cfg, noise, seed, node_id)
+    return latent_out, returned.get("value")
+
+
+def asyrp_options(model: Any, mode: str, t_edit: float, t_boost: float) -> dict[str, Any]:
+    """``sample_asyrp`` options for an edit window [T, t_edit] and quality boosting below t_boost (timesteps)."""
+    if t_boost > t_edit:
+        raise HSpaceError(f"t_boost ({t_boost}) must not exceed t_edit ({t_edit}): no step would be edited")
+    sigma_boost = float(comfy_adapter.timestep_to_sigma(model, t_boost)) if t_boost > 0 else 0.0
+    return {"mode": mode, "sigma_edit": float(comfy_adapter.timestep_to_sigma(model, t_edit)),
+            "sigma_boost": sigma_boost}
+
+
+def random_noise(latent: dict[str, Any], seed: int, model: Any) -> torch.Tensor:
+    """ComfyUI's noise for a latent and seed (what KSampler draws)."""
+    sample = _comfy.require("comfy.sample")
+    samples = sample.fix_empty_latent_channels(model, latent["samples"])
+    return sample.prepare_noise(samples, seed)
+
+
+def capture(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,
+            negative: list | None, cfg: float, noise: torch.Tensor | None, seed: int,
+            meta: dict[str, Any] | None = None, node_id: str | None = None,
+            options: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any, Trajectory]:
+    """:func:`run_sampler` on a copy of the model that records h on every call; the cond rows' trajectory."""
+    controller = Bottleneck(capture=True)
+    patched = comfy_adapter.patch_model(model, controller)
+    latent_out, value = run_sampler(patched, fn, sigmas, latent, positive, negative, cfg, noise, seed,
+                                     node_id=node_id, options=options)
+    trajectory = controller.trajectory("cond", meta)
+    trajectory.meta["fingerprint"] = fingerprint(model, tuple(trajectory.h.shape[2:]))
+    return latent_out, value, trajectory

@@ -1,0 +1,161 @@
+"""Applying directions: a model patch that edits under any sampler, the Asyrp SAMPLER, a strength sweep."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
+from hspace_core.errors import HSpaceError
+from hspace_core.samplers import MODES, sample_asyrp, sample_ddim
+
+from . import _inputs, _sampling, comfy_adapter, pixel_model
+from ._grid import labelled_grid
+from ._types import DirectionSet, single
+
+CATEGORY = "hspace/sampling"
+
+
+def _strength(default: float, tooltip: str) -> tuple[str, dict[str, Any]]:
+    return ("FLOAT", {"default": default, "min": -1000.0, "max": 1000.0, "step": 0.05, "tooltip": tooltip})
+
+
+def apply_direction(model: Any, directions: DirectionSet, strength: float, start_percent: float,
+                    end_percent: float, rows: str, allow_foreign: bool) -> Any:
+    """A patched clone of ``model`` that adds ``strength`` times the direction to h inside the window."""
+    direction = single(directions)
+    direction.check_model(_sampling.fingerprint(model, direction.h_shape), allow_foreign)
+    window = comfy_adapter.percent_window(model, start_percent, end_percent)
+    controller = Bottleneck([EditSpec(direction, strength)], window=window, rows=rows)
+    return comfy_adapter.patch_model(model, controller)
+
+
+def apply_inputs() -> dict[str, Any]:
+    return {
+        "strength": _strength(1.0, "how far to move along the direction (PCA directions: in standard deviations)"),
+        "start_percent": _inputs.percent(0.0, "edit from this point of the sampling process (0 = first step)"),
+        "end_percent": _inputs.percent(1.0, "edit until this point (1 = last step)"),
+        "rows": (list(ROW_CHOICES), {"tooltip": "which CFG rows are edited: cond (positive), uncond, or both"}),
+        "allow_foreign": ("BOOLEAN", {"default": False, "tooltip": "apply a direction made for another model "
+                                                                     "(same h shape) instead of refusing it"}),
+    }
+
+
+class HSpaceApplyDirection:
+    """Patch a MODEL so that every sampler (KSampler, SamplerCustom, ...) samples with h shifted along a direction
+    between start_percent and end_percent. The input MODEL is left unchanged."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"model": _inputs.model(), "direction": _inputs.direction(), **apply_inputs()}}
+
+    def apply(self, model: Any, direction: DirectionSet, strength: float, start_percent: float, end_percent: float,
+              rows: str, allow_foreign: bool) -> tuple[Any]:
+        return (apply_direction(model, direction, strength, start_percent, end_percent, rows, allow_foreign),)
+
+
+class HSpaceAsyrpSampler:
+    """A SAMPLER for SamplerCustom / SamplerCustomAdvanced running Asyrp's reverse process (Kwon et al.): with a
+    model from Apply Direction, edit for t >= t_edit (asymmetric: x0 from the shifted h, the noise direction from
+    the unshifted one; symmetric: both shifted), plain DDIM below, and stochastic steps without edit below t_boost."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": _inputs.model("the model whose timesteps t_edit and t_boost refer to"),
+            "mode": (list(MODES), {"tooltip": "asymmetric: Asyrp's process; symmetric: the shift enters both terms"}),
+            "t_edit": _inputs.timestep(400, "edit at timesteps >= t_edit"),
+            "t_boost": _inputs.timestep(0, "no edit and eta_boost below t_boost (quality boosting); 0 = off"),
+            "eta": _inputs.eta(0.0, "eta of the steps above t_boost (0 = deterministic DDIM)"),
+            "eta_boost": _inputs.eta(1.0, "eta of the boosted steps below t_boost (1 = DDPM)"),
+            "seed": _inputs.seed("seed of the noise of stochastic steps"),
+        }}
+
+    def make(self, model: Any, mode: str, t_edit: int, t_boost: int, eta: float, eta_boost: float,
+             seed: int) -> tuple[Any]:
+        options = _sampling.asyrp_options(model, mode, t_edit, t_boost)
+        return (comfy_adapter.as_comfy_sampler(sample_asyrp, **options, eta=eta, eta_boost=eta_boost, seed=seed),)
+
+
+class HSpaceStrengthSweep:
+    """Sample the same noise at evenly spaced strengths of a direction and lay the results out as a labelled grid
+    (columns: strengths, rows: the latent's batch). Uses DDIM unless a SAMPLER is connected."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("grid", "images")
+    FUNCTION = "sweep"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        inputs = apply_inputs()
+        del inputs["strength"]
+        return {
+            "required": {
+                "model": _inputs.model(),
+                "direction": _inputs.direction(),
+                "sigmas": _inputs.sigmas(),
+                "latent_image": _inputs.latent("an empty latent (or an inversion's x_T with seed noise off)"),
+                "seed": _inputs.seed(),
+                "cfg": _inputs.cfg(),
+                "strength_min": _strength(-2.0, "strength of the first column"),
+                "strength_max": _strength(2.0, "strength of the last column"),
+                "count": ("INT", {"default": 5, "min": 2, "max": 64, "tooltip": "number of strengths (columns)"}),
+                **inputs,
+            },
+            "optional": {
+                **_inputs.optional_conditioning(),
+                "vae": ("VAE", {"tooltip": "decodes the samples; leave unconnected for pixel models"}),
+                "sampler": ("SAMPLER", {"tooltip": "sampler to use (e.g. Asyrp Sampler); default DDIM, eta 0"}),
+            },
+            "hidden": _inputs.HIDDEN,
+        }
+
+    def sweep(self, model: Any, direction: DirectionSet, sigmas: torch.Tensor, latent_image: dict[str, Any],
+              seed: int, cfg: float, strength_min: float, strength_max: float, count: int, start_percent: float,
+              end_percent: float, rows: str, allow_foreign: bool, positive: list | None = None,
+              negative: list | None = None, vae: Any = None, sampler: Any = None,
+              unique_id: str | None = None) -> dict[str, Any]:
+        strengths = [strength_min + (strength_max - strength_min) * i / (count - 1) for i in range(count)]
+        noise = _sampling.random_noise(latent_image, seed, model)
+        columns = []
+        for strength in strengths:
+            patched = apply_direction(model, direction, strength, start_percent, end_percent, rows, allow_foreign)
+            if sampler is None:
+                latent, _ = _sampling.run_sampler(patched, sample_ddim, sigmas, latent_image, positive, negative,
+                                                  cfg, noise, seed, node_id=unique_id)
+            else:
+                latent = _sampling.run_comfy_sampler(patched, sampler, sigmas, latent_image, positive, negative,
+                                                     cfg, noise, seed, unique_id)
+            columns.append(_decode(latent["samples"], vae))
+        labels = [f"{s:+.2f}" for s in strengths]
+        grid = labelled_grid(columns, labels)
+        return {"ui": {"hspace_sweep": [{"strengths": strengths, "rows": int(columns[0].shape[0])}]},
+                "result": (grid, torch.cat(columns))}
+
+
+def _decode(samples: torch.Tensor, vae: Any) -> torch.Tensor:
+    if vae is not None:
+        images = vae.decode(samples)
+        return images.reshape(-1, *images.shape[-3:])
+    if samples.shape[1] not in (1, 3):
+        raise HSpaceError(f"latents with {samples.shape[1]} channels need a VAE to become images: connect one")
+    return pixel_model.latent_to_image(samples)
+
+
+NODE_CLASSES = (HSpaceApplyDirection, HSpaceAsyrpSampler, HSpaceStrengthSweep)
+DISPLAY_NAMES = {"HSpaceApplyDirection": "Apply Direction (hspace)", "HSpaceAsyrpSampler": "Asyrp Sampler (hspace)",
+                 "HSpaceStrengthSweep": "Strength Sweep (hspace)"}

@@ -1,0 +1,314 @@
+"""Direction nodes: load and save in models/hspace_directions, arithmetic, picking from a set, info."""
+from __future__ import annotations
+
+from typing import Any
+
+from hspace_core import arithmetic
+from hspace_core.direction import Direction
+from hspace_core.errors import HSpaceError
+from hspace_core.fileio import load_direction, save_direction
+
+from . import _folders
+from ._types import DIRECTION, DirectionSet, as_set, single
+
+CATEGORY = "hspace/directions"
+INFO_KEYS = ("method", "component", "units", "per_timestep", "num_samples", "default_strength", "hook_site",
+             "version")
+
+
+def _direction_input(tooltip: str) -> tuple[str, dict[str, str]]:
+    return (DIRECTION, {"tooltip": tooltip})
+
+
+def summary(direction: Direction) -> dict[str, Any]:
+    """What a person wants to know about a direction, JSON-ready (also sent to the frontend)."""
+    meta = direction.meta
+    fingerprint = meta.get("fingerprint") or {}
+    info = {"h_shape": list(direction.h_shape), "norm": round(arithmetic.norm(direction), 6),
+            "per_timestep_keys": len(direction.timesteps) if direction.per_timestep else 0,
+            "model": fingerprint.get("arch", "unknown"), "weights": fingerprint.get("weights", "unknown")}
+    info.update({key: meta[key] for key in INFO_KEYS if key in meta})
+    if direction.per_timestep:
+        info["timesteps"] = [round(direction.timesteps[0], 2), round(direction.timesteps[-1], 2)]
+    spectrum = meta.get("explained_variance_ratio")
+    if spectrum:
+        info["explained_variance_ratio_mean"] = round(sum(spectrum) / len(spectrum), 6)
+    return info
+
+
+def describe(directions: DirectionSet) -> str:
+    """Plain-text info of a set, one block per direction."""
+    blocks = []
+    for i, direction in enumerate(as_set(directions)):
+        lines = [f"[{i}]"] + [f"  {key}: {value}" for key, value in summary(direction).items()]
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
+class HSpaceLoadDirection:
+    """Load a direction (.safetensors with hspace metadata) from models/hspace_directions."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION, "STRING")
+    RETURN_NAMES = ("direction", "info")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"direction_name": (_folders.list_names(), {
+            "tooltip": "a direction file in models/hspace_directions (saved by Save Direction)"})}}
+
+    @classmethod
+    def IS_CHANGED(cls, direction_name: str) -> str:
+        stat = _folders.resolve(direction_name).stat()
+        return f"{stat.st_mtime_ns}-{stat.st_size}"
+
+    def load(self, direction_name: str) -> dict[str, Any]:
+        directions = [load_direction(_folders.resolve(direction_name))]
+        return {"ui": {"hspace_info": [summary(directions[0])]}, "result": (directions, describe(directions))}
+
+
+class HSpaceSaveDirection:
+    """Save a direction (or each direction of a set) to models/hspace_directions as .safetensors."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "direction": _direction_input("the direction or set to save; a set of k gets k files, name_0 ... name_k-1"),
+            "filename": ("STRING", {"default": "hspace/direction",
+                                    "tooltip": "file name inside models/hspace_directions, without extension"}),
+            "overwrite": ("BOOLEAN", {"default": False,
+                                      "tooltip": "replace an existing file; off: add a counter to the name"}),
+        }}
+
+    def save(self, direction: DirectionSet, filename: str, overwrite: bool) -> dict[str, Any]:
+        items = as_set(direction)
+        names = [filename] if len(items) == 1 else [f"{filename}_{i}" for i in range(len(items))]
+        paths = [save_direction(d, _folders.save_path(n, overwrite)) for d, n in zip(items, names)]
+        return {"ui": {"text": [str(p) for p in paths]}}
+
+
+class HSpaceDirectionInfo:
+    """Show a direction's metadata (method, model, norm, timesteps, spectrum) as text on the node."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("info",)
+    FUNCTION = "info"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"direction": _direction_input("the direction or set to describe")}}
+
+    def info(self, direction: DirectionSet) -> dict[str, Any]:
+        items = as_set(direction)
+        text = describe(items)
+        return {"ui": {"text": [text], "hspace_info": [summary(d) for d in items]}, "result": (text,)}
+
+
+class HSpacePickDirection:
+    """Take the k-th direction out of a set (PCA components, Jacobian vectors, ...)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("direction",)
+    FUNCTION = "pick"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "directions": _direction_input("a set of directions"),
+            "index": ("INT", {"default": 0, "min": 0, "max": 4096,
+                              "tooltip": "which one, counting from 0 (PCA: 0 is the largest component)"}),
+        }}
+
+    def pick(self, directions: DirectionSet, index: int) -> tuple[DirectionSet]:
+        items = as_set(directions)
+        if index >= len(items):
+            raise HSpaceError(f"index {index} is out of range: this set holds {len(items)} directions "
+                              f"(0..{len(items) - 1})")
+        return ([items[index]],)
+
+
+class HSpaceJoinDirections:
+    """Join two directions or sets into one set (e.g. the conditions for Project Out)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("directions",)
+    FUNCTION = "join"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"a": _direction_input("first direction or set"),
+                             "b": _direction_input("second direction or set, appended after a")}}
+
+    def join(self, a: DirectionSet, b: DirectionSet) -> tuple[DirectionSet]:
+        return (as_set(a) + as_set(b),)
+
+
+class HSpaceAddDirections:
+    """a + b (per-timestep keys are matched; a global direction is used at every key)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("direction",)
+    FUNCTION = "add"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"a": _direction_input("first direction"), "b": _direction_input("second direction")}}
+
+    def add(self, a: DirectionSet, b: DirectionSet) -> tuple[DirectionSet]:
+        return ([arithmetic.add(single(a), single(b))],)
+
+
+class HSpaceSubtractDirections:
+    """a - b (per-timestep keys are matched; a global direction is used at every key)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("direction",)
+    FUNCTION = "subtract"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"a": _direction_input("the direction to subtract from"),
+                             "b": _direction_input("the direction subtracted")}}
+
+    def subtract(self, a: DirectionSet, b: DirectionSet) -> tuple[DirectionSet]:
+        return ([arithmetic.subtract(single(a), single(b))],)
+
+
+class HSpaceScaleDirection:
+    """factor * direction (a negative factor reverses it)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("direction",)
+    FUNCTION = "scale"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "direction": _direction_input("the direction to scale"),
+            "factor": ("FLOAT", {"default": 1.0, "min": -1000.0, "max": 1000.0, "step": 0.01,
+                                 "tooltip": "multiplier; negative reverses the direction"}),
+        }}
+
+    def scale(self, direction: DirectionSet, factor: float) -> tuple[DirectionSet]:
+        return ([arithmetic.scale(single(direction), factor)],)
+
+
+class HSpaceNormalizeDirection:
+    """Scale a direction to unit norm (over the whole tensor, or each timestep's slice)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("direction",)
+    FUNCTION = "normalize"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "direction": _direction_input("the direction to normalize"),
+            "per_timestep": ("BOOLEAN", {"default": False,
+                                         "tooltip": "unit norm for every timestep's slice instead of the whole tensor"}),
+        }}
+
+    def normalize(self, direction: DirectionSet, per_timestep: bool) -> tuple[DirectionSet]:
+        return ([arithmetic.normalize(single(direction), per_timestep)],)
+
+
+class HSpaceOrthogonalizeDirections:
+    """Gram-Schmidt on a set: each direction minus its projection on the ones before it (norms kept)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("directions",)
+    FUNCTION = "orthogonalize"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"directions": _direction_input("the set to orthogonalize, in order")}}
+
+    def orthogonalize(self, directions: DirectionSet) -> tuple[DirectionSet]:
+        return (arithmetic.orthogonalize(as_set(directions)),)
+
+
+class HSpaceProjectOutDirections:
+    """Remove from a direction the span of all condition directions at once (Haas et al.'s disentangling)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("direction",)
+    FUNCTION = "project_out"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "direction": _direction_input("the direction to disentangle"),
+            "conditions": _direction_input("the directions (a set) to become orthogonal to, projected jointly"),
+        }}
+
+    def project_out(self, direction: DirectionSet, conditions: DirectionSet) -> tuple[DirectionSet]:
+        return ([arithmetic.project_out(single(direction), as_set(conditions))],)
+
+
+class HSpaceSlerpDirections:
+    """Spherical interpolation between two directions (norm interpolated linearly)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("direction",)
+    FUNCTION = "slerp"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "a": _direction_input("the direction at t = 0"),
+            "b": _direction_input("the direction at t = 1"),
+            "t": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
+                            "tooltip": "interpolation position between a (0) and b (1)"}),
+        }}
+
+    def slerp(self, a: DirectionSet, b: DirectionSet, t: float) -> tuple[DirectionSet]:
+        return ([arithmetic.slerp(single(a), single(b), t)],)
+
+
+NODE_CLASSES = (HSpaceLoadDirection, HSpaceSaveDirection, HSpaceDirectionInfo, HSpacePickDirection,
+                HSpaceJoinDirections, HSpaceAddDirections, HSpaceSubtractDirections, HSpaceScaleDirection,
+                HSpaceNormalizeDirection, HSpaceOrthogonalizeDirections, HSpaceProjectOutDirections,
+                HSpaceSlerpDirections)
+DISPLAY_NAMES = {
+    "HSpaceLoadDirection": "Load Direction (hspace)",
+    "HSpaceSaveDirection": "Save Direction (hspace)",
+    "HSpaceDirectionInfo": "Direction Info (hspace)",
+    "HSpacePickDirection": "Pick Direction (hspace)",
+    "HSpaceJoinDirections": "Join Directions (hspace)",
+    "HSpaceAddDirections": "Add Directions (hspace)",
+    "HSpaceSubtractDirections": "Subtract Directions (hspace)",
+    "HSpaceScaleDirection": "Scale Direction (hspace)",
+    "HSpaceNormalizeDirection": "Normalize Direction (hspace)",
+    "HSpaceOrthogonalizeDirections": "Orthogonalize Directions (hspace)",
+    "HSpaceProjectOutDirections": "Project Out Directions (hspace)",
+    "HSpaceSlerpDirections": "Slerp Directions (hspace)",
+}

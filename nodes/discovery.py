@@ -1,0 +1,131 @@
+"""Discovery nodes: PCA of captured h (Haas et al.) and image-specific Jacobian directions (Haas et al.)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hspace_core.direction import Direction, Trajectory
+from hspace_core.discovery.jacobian import trajectory_jacobian_directions
+from hspace_core.discovery.pca import METHODS as PCA_METHODS
+from hspace_core.discovery.pca import pca_directions
+from hspace_core.samplers import sample_ddim
+
+from . import _inputs, _sampling, comfy_adapter
+from ._denoisers import autograd_denoiser
+from ._types import DIRECTION, DirectionSet, NoiseRecord
+
+CATEGORY = "hspace/discovery"
+
+
+def spectrum_text(ratios: list[float]) -> str:
+    return "\n".join(f"PC{i}: {100 * r:.2f}% of the variance" for i, r in enumerate(ratios))
+
+
+class HSpacePCA:
+    """Principal directions of captured h (Haas et al. 2024): one PCA per timestep (their default) or over all
+    steps at once. Outputs the set of the top components, largest first, and their share of the variance."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION, "STRING")
+    RETURN_NAMES = ("directions", "spectrum")
+    FUNCTION = "discover"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "trajectory": _inputs.trajectory("captured h of many samples (Capture h)"),
+            "num_components": ("INT", {"default": 10, "min": 1, "max": 1000,
+                                       "tooltip": "how many components to keep (at most samples - 1)"}),
+            "per_timestep": ("BOOLEAN", {"default": True, "tooltip": "one PCA per step (Haas's default) instead "
+                                                                     "of one over all steps concatenated"}),
+            "scaled": ("BOOLEAN", {"default": True, "tooltip": "scale each component by its standard deviation, "
+                                                               "so strength is in std units (Haas)"}),
+            "method": (list(PCA_METHODS), {"tooltip": "auto picks the Gram or SVD route in memory"}),
+        }}
+
+    def discover(self, trajectory: Trajectory, num_components: int, per_timestep: bool, scaled: bool,
+                 method: str) -> dict[str, Any]:
+        result = pca_directions(trajectory, num_components, per_timestep=per_timestep, method=method)
+        meta = {"fingerprint": trajectory.meta.get("fingerprint")}
+        directions = [result.to_direction(i, trajectory.timesteps.tolist(), scaled, meta)
+                      for i in range(result.num_components)]
+        ratios = result.explained_variance_ratio.mean(0).tolist()
+        return {"ui": {"hspace_spectrum": [{"explained_variance_ratio": ratios}]},
+                "result": (directions, spectrum_text(ratios))}
+
+
+def _ddim_recording_x(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                      callback: Any = None, disable: bool | None = None, **options: Any) -> tuple:
+    """sample_ddim that also returns x at every step, ``[S, B, C, H, W]``."""
+    xs: list[torch.Tensor] = []
+
+    def record(info: dict[str, Any]) -> None:
+        xs.append(info["x"].detach().clone())
+        if callback is not None:
+            callback(info)
+
+    return sample_ddim(model, x, sigmas, extra_args, record, disable, **options), torch.stack(xs)
+
+
+class HSpaceJacobianDirections:
+    """Image-specific directions (Haas et al. 2024): the top right singular vectors of J = d eps / d h at every step
+    of one sample's DDIM run; the vectors found at step_index are used at every step, scaled by each step's
+    singular value. Samples the latent with the seed, or regenerates an inverted image from its noise record."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION, "LATENT")
+    RETURN_NAMES = ("directions", "samples")
+    FUNCTION = "discover"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": _inputs.model(),
+                "sigmas": _inputs.sigmas(),
+                "latent_image": _inputs.latent("an empty latent of batch size 1 (ignored with a noise record)"),
+                "seed": _inputs.seed(),
+                "num_vectors": ("INT", {"default": 3, "min": 1, "max": 64,
+                                        "tooltip": "how many singular vectors (directions) to find"}),
+                "step_index": ("INT", {"default": 0, "min": 0, "max": 1000,
+                                       "tooltip": "the step whose vectors are used at every step (0 = first)"}),
+                "method": (["subspace", "power"], {"tooltip": "subspace: block power iteration; power: the paper's "
+                                                              "one-vector-at-a-time iteration with deflation"}),
+                "max_iter": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                     "tooltip": "iteration limit of the solver at each step"}),
+            },
+            "optional": {"noise": _inputs.noise_record("an inversion's record: find directions for that real image"),
+                         "positive": _inputs.conditioning("positive")},
+            "hidden": _inputs.HIDDEN,
+        }
+
+    def discover(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, num_vectors: int,
+                 step_index: int, method: str, max_iter: int, noise: NoiseRecord | None = None,
+                 positive: list | None = None, unique_id: str | None = None) -> tuple[DirectionSet, dict[str, Any]]:
+        if noise is None:
+            start, options = None, {}
+            latent = {"samples": latent_image["samples"][:1]}
+            start_noise = _sampling.random_noise(latent, seed, model)
+        else:
+            start, options, sigmas = noise.x_T[:1], {"eta": noise.eta, "noises": noise.noises}, noise.sigmas
+            latent, start_noise = {"samples": torch.zeros_like(start)}, None
+        samples, (_, xs) = _sampling.run_sampler(model, _ddim_recording_x, sigmas, latent, positive, None, 1.0,
+                                                 start_noise, seed, start=start, node_id=unique_id, options=options)
+        denoiser = autograd_denoiser(model, positive)
+        progress = comfy_adapter.progress_callback(xs.shape[0], unique_id)
+        with comfy_adapter.autograd_enabled():
+            result = trajectory_jacobian_directions(denoiser, comfy_adapter.grad_ready(xs[:, 0]), sigmas[:-1],
+                                                    num_vectors, method=method, callback=progress, max_iter=max_iter)
+        timesteps = comfy_adapter.sigma_to_timestep(model, sigmas[:-1]).tolist()
+        meta = {"method": "jacobian", "step_index": step_index, "solver": method,
+                "fingerprint": _sampling.fingerprint(model, tuple(result.right.shape[2:]))}
+        directions = [Direction(result.broadcast(step_index, k), timesteps, {**meta, "component": k})
+                      for k in range(result.right.shape[1])]
+        return directions, samples
+
+
+NODE_CLASSES = (HSpacePCA, HSpaceJacobianDirections)
+DISPLAY_NAMES = {"HSpacePCA": "PCA Directions (hspace)", "HSpaceJacobianDirections": "Jacobian Directions (hspace)"}

@@ -1,0 +1,106 @@
+"""Real-image inversion (DDIM or edit-friendly DDPM) and sampling back from its noise record, edited or not."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hspace_core.direction import Trajectory
+from hspace_core.samplers import MODES, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
+from hspace_core.schedule import inversion_sigmas
+
+from . import _inputs, _sampling
+from ._types import NOISE, TRAJECTORY, NoiseRecord
+
+CATEGORY = "hspace/inversion"
+METHODS = ("ddim", "edit_friendly")
+RESAMPLE_MODES = ("ddim", *MODES)
+
+
+class HSpaceInvertImage:
+    """Invert an encoded image to the noise that regenerates it: deterministic DDIM inversion, or edit-friendly
+    DDPM inversion (Huberman-Spiegelglas et al.), which stores one noise map per step and reconstructs exactly.
+    Records h along the way (a trajectory of the image, e.g. for supervised directions from real images)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (NOISE, TRAJECTORY, "LATENT")
+    RETURN_NAMES = ("noise", "trajectory", "x_T")
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": _inputs.model(),
+                "sigmas": _inputs.sigmas("the generation schedule to invert (the same one samples it back)"),
+                "latent": _inputs.latent("the image to invert (VAEEncode, or Image to Pixel Latent)"),
+                "method": (list(METHODS), {"tooltip": "ddim: deterministic, approximate; edit_friendly: exact, "
+                                                      "stores a noise map per step"}),
+                "cfg": _inputs.cfg(),
+                "eta": _inputs.eta(1.0, "eta of edit-friendly inversion (> 0; 1 = DDPM); ignored by ddim"),
+                "seed": _inputs.seed("seed of the independent noisy images of edit-friendly inversion"),
+            },
+            "optional": _inputs.optional_conditioning(),
+            "hidden": _inputs.HIDDEN,
+        }
+
+    def invert(self, model: Any, sigmas: torch.Tensor, latent: dict[str, Any], method: str, cfg: float, eta: float,
+               seed: int, positive: list | None = None, negative: list | None = None,
+               unique_id: str | None = None) -> tuple[NoiseRecord, Trajectory, dict[str, Any]]:
+        meta = {"source": "inversion", "method": method}
+        if method == "ddim":
+            x_T, value, trajectory = _sampling.capture(model, invert_ddim, inversion_sigmas(sigmas), latent,
+                                                       positive, negative, cfg, None, seed, meta, unique_id)
+            record = NoiseRecord(value, sigmas, None, 0.0, method)
+        else:
+            x_T, value, trajectory = _sampling.capture(model, invert_edit_friendly, sigmas, latent, positive,
+                                                       negative, cfg, None, seed, meta, unique_id,
+                                                       {"eta": eta, "seed": seed})
+            record = NoiseRecord(value[0], sigmas, value[1], eta, method)
+        return record, trajectory, x_T
+
+
+class HSpaceSampleFromNoise:
+    """Sample back from an inversion's noise record. With the unpatched model it reconstructs the image; with a
+    model from Apply Direction it edits it: ddim edits every step the patch allows (symmetric), asymmetric and
+    symmetric run the Asyrp process, editing only for t >= t_edit and boosting quality below t_boost."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("samples",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": _inputs.model("the model to sample with: the original, or one from Apply Direction"),
+                "noise": _inputs.noise_record(),
+                "mode": (list(RESAMPLE_MODES), {"tooltip": "ddim: the patched model edits every allowed step; "
+                                                           "asymmetric (Asyrp) / symmetric: edit only for t >= t_edit"}),
+                "t_edit": _inputs.timestep(400, "asymmetric/symmetric: edit at timesteps >= t_edit"),
+                "t_boost": _inputs.timestep(0, "asymmetric/symmetric: no edit and stochastic steps below t_boost; 0 = off"),
+                "cfg": _inputs.cfg(),
+            },
+            "optional": _inputs.optional_conditioning(),
+            "hidden": _inputs.HIDDEN,
+        }
+
+    def sample(self, model: Any, noise: NoiseRecord, mode: str, t_edit: int, t_boost: int, cfg: float,
+               positive: list | None = None, negative: list | None = None,
+               unique_id: str | None = None) -> tuple[dict[str, Any]]:
+        options: dict[str, Any] = {"eta": noise.eta, "noises": noise.noises}
+        fn = sample_ddim
+        if mode != "ddim":
+            fn = sample_asyrp
+            options.update(_sampling.asyrp_options(model, mode, t_edit, t_boost), eta_boost=noise.eta)
+        latent = {"samples": torch.zeros_like(noise.x_T)}
+        samples, _ = _sampling.run_sampler(model, fn, noise.sigmas, latent, positive, negative, cfg,
+                                           start=noise.x_T, node_id=unique_id, options=options)
+        return (samples,)
+
+
+NODE_CLASSES = (HSpaceInvertImage, HSpaceSampleFromNoise)
+DISPLAY_NAMES = {"HSpaceInvertImage": "Invert Image (hspace)", "HSpaceSampleFromNoise": "Sample From Noise (hspace)"}

@@ -1,0 +1,47 @@
+"""Loaders: pixel DDPMs as MODELs (nodes of ``pixel_model``) and the embedded model's held-out real digits."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hspace_core.embedded import load_heldout_digits
+from hspace_core.errors import HSpaceError
+
+from . import pixel_model
+
+CATEGORY = "hspace/loaders"
+DIGITS = ("any", *(str(d) for d in range(10)))
+
+
+class HSpaceEmbeddedDigits:
+    """Real 16x16 digits held out from the embedded model's training (50 per class), as an IMAGE batch: real images
+    to invert and edit, or labelled sets (positives / negatives) for supervised directions, with nothing to download."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "digit": (list(DIGITS), {"tooltip": "which class of digit, or any"}),
+            "count": ("INT", {"default": 8, "min": 1, "max": 500, "tooltip": "how many images"}),
+            "offset": ("INT", {"default": 0, "min": 0, "max": 499, "tooltip": "skip this many of the chosen class"}),
+        }}
+
+    def load(self, digit: str, count: int, offset: int) -> tuple[torch.Tensor]:
+        images, labels = load_heldout_digits()
+        if digit != "any":
+            images = images[labels == int(digit)]
+        chosen = images[offset:offset + count]
+        if chosen.shape[0] == 0:
+            raise HSpaceError(f"no digits left at offset {offset}: only {images.shape[0]} of class {digit!r}")
+        return (pixel_model.latent_to_image(chosen),)
+
+
+NODE_CLASSES = (pixel_model.HSpacePixelModelLoader, pixel_model.HSpaceImageToPixelLatent,
+                pixel_model.HSpacePixelLatentToImage, pixel_model.HSpaceUnconditional, HSpaceEmbeddedDigits)
+DISPLAY_NAMES = {**pixel_model.NODE_DISPLAY_NAME_MAPPINGS, "HSpaceEmbeddedDigits": "Embedded Digits (hspace)"}
