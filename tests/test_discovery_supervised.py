@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hspace_core.discovery.supervised import (disentangle, linear_probe_direction, mean_difference,
-                                              supervised_direction, top_bottom_indices)
+                                              supervised_direction, top_bottom_k)
 from hspace_core.errors import HSpaceError
 
 torch.set_num_threads(1)
@@ -22,12 +22,12 @@ def test_mean_difference_is_the_difference_of_means_and_linear():
 
 def test_top_bottom_selection():
     scores = torch.tensor([0.3, 0.9, -1.0, 0.5, 0.95, 0.0, -0.2])
-    top, bottom = top_bottom_indices(scores, 2)
+    top, bottom = top_bottom_k(scores, 2)
     assert top.tolist() == [4, 1] and bottom.tolist() == [2, 6]
     h = torch.arange(7.0).view(7, 1, 1, 1) * torch.ones(7, 2, 2, 2)
     torch.testing.assert_close(supervised_direction(h, scores, 2), torch.full((2, 2, 2), 2.5 - 4.0))
     with pytest.raises(HSpaceError, match="2K distinct"):
-        top_bottom_indices(scores, 4)
+        top_bottom_k(scores, 4)
     with pytest.raises(HSpaceError, match="one score per sample"):
         supervised_direction(h, scores[:3], 1)
 

@@ -24,7 +24,7 @@ def mean_difference(h_pos: torch.Tensor, h_neg: torch.Tensor) -> torch.Tensor:
     return (h_pos.double().mean(0) - h_neg.double().mean(0)).to(_float(h_pos))
 
 
-def top_bottom_indices(scores: torch.Tensor | Sequence[float], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def top_bottom_k(scores: torch.Tensor | Sequence[float], k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the K highest scores (positives, best first) and the K lowest (negatives, lowest first).
 
     Haas et al. score 10,000 generated samples with an attribute classifier and keep K = 100 each.
@@ -44,7 +44,7 @@ def supervised_direction(h: torch.Tensor, scores: torch.Tensor | Sequence[float]
     scores = torch.as_tensor(scores).flatten()
     if scores.numel() != h.shape[0]:
         raise HSpaceError(f"one score per sample expected: {h.shape[0]} samples, {scores.numel()} scores")
-    top, bottom = top_bottom_indices(scores, k)
+    top, bottom = top_bottom_k(scores, k)
     return mean_difference(h[top], h[bottom])
 
 
