@@ -1,7 +1,8 @@
 """Autograd-capable denoisers over a ComfyUI MODEL, for the Jacobian-based discovery of hspace_core.
 
 hspace_core's Jacobian code needs ``encode(x, sigma) -> h`` (the encoder up to the middle block) and
-``decode_from(x, sigma, h) -> eps`` (the UNet with its middle-block output replaced), both differentiable.
+``decode_from(x, sigma, h) -> eps`` (the UNet with its middle-block output replaced), both differentiable;
+Park's x-space guidance needs ``eps(x, sigma)``.
 
 - Pixel DDPMs (the pack's loader) hold a diffusers UNet: hspace_core's ``DiffusersDenoiser`` runs on it.
 - Other ComfyUI UNets go through :class:`ComfyUNetDenoiser`: an autograd-capable copy of the MODEL, patched
@@ -61,6 +62,9 @@ class ComfyUNetDenoiser:
         context = self.context.to(x.device).expand(x.shape[0], *self.context.shape[1:])
         denoised = base.apply_model(x, sigmas, c_crossattn=context, transformer_options=options)
         return (x - denoised) / float(sigma)
+
+    def eps(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return self._call(x, sigma)
 
     def encode(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         self.controller.stop = True

@@ -9,7 +9,7 @@ from hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
 from hspace_core.errors import HSpaceError
 from hspace_core.samplers import MODES, sample_asyrp, sample_ddim
 
-from . import _inputs, _sampling, comfy_adapter, pixel_model
+from . import _comfy, _inputs, _sampling, comfy_adapter, pixel_model
 from ._grid import labelled_grid
 from ._types import DirectionSet, single
 
@@ -141,10 +141,12 @@ class HSpaceStrengthSweep:
                 latent = _sampling.run_comfy_sampler(patched, sampler, sigmas, latent_image, positive, negative,
                                                      cfg, noise, seed, unique_id)
             columns.append(_decode(latent["samples"], vae))
-        labels = [f"{s:+.2f}" for s in strengths]
-        grid = labelled_grid(columns, labels)
-        return {"ui": {"hspace_sweep": [{"strengths": strengths, "rows": int(columns[0].shape[0])}]},
-                "result": (grid, torch.cat(columns))}
+        grid = labelled_grid(columns, [f"{s:+.2f}" for s in strengths])
+        ui: dict[str, Any] = {"hspace_sweep": [{"strengths": strengths, "rows": int(columns[0].shape[0])}]}
+        comfy_nodes = _comfy.optional("nodes")
+        if comfy_nodes is not None:  # the grid as a preview on the node, like PreviewImage
+            ui["images"] = comfy_nodes.PreviewImage().save_images(grid)["ui"]["images"]
+        return {"ui": ui, "result": (grid, torch.cat(columns))}
 
 
 def _decode(samples: torch.Tensor, vae: Any) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Discovery nodes: PCA of captured h (Haas et al.) and image-specific Jacobian directions (Haas et al.)."""
+"""Discovery nodes: PCA of captured h and image-specific Jacobian directions (Haas et al.), Park et al.'s pullback edit."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,7 +9,9 @@ from hspace_core.direction import Direction, Trajectory
 from hspace_core.discovery.jacobian import trajectory_jacobian_directions
 from hspace_core.discovery.pca import METHODS as PCA_METHODS
 from hspace_core.discovery.pca import pca_directions
-from hspace_core.samplers import sample_ddim
+from hspace_core.discovery.pullback import encoder_function, pullback_basis, x_space_guidance
+from hspace_core.errors import HSpaceError
+from hspace_core.samplers import sample_asyrp, sample_ddim
 
 from . import _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser
@@ -69,6 +71,22 @@ def _ddim_recording_x(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_a
     return sample_ddim(model, x, sigmas, extra_args, record, disable, **options), torch.stack(xs)
 
 
+def _unedited_run(model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int,
+                  noise: NoiseRecord | None, positive: list | None,
+                  unique_id: str | None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """DDIM of one sample (from seed noise, or from an inversion's record): (LATENT, x per step, sigmas)."""
+    if noise is None:
+        start, options = None, {}
+        latent = {"samples": latent_image["samples"][:1]}
+        start_noise = _sampling.random_noise(latent, seed, model)
+    else:
+        start, options, sigmas = noise.x_T[:1], {"eta": noise.eta, "noises": noise.noises}, noise.sigmas
+        latent, start_noise = {"samples": torch.zeros_like(start)}, None
+    samples, (_, xs) = _sampling.run_sampler(model, _ddim_recording_x, sigmas, latent, positive, None, 1.0,
+                                             start_noise, seed, start=start, node_id=unique_id, options=options)
+    return samples, xs[:, 0], sigmas
+
+
 class HSpaceJacobianDirections:
     """Image-specific directions (Haas et al. 2024): the top right singular vectors of J = d eps / d h at every step
     of one sample's DDIM run; the vectors found at step_index are used at every step, scaled by each step's
@@ -105,19 +123,11 @@ class HSpaceJacobianDirections:
     def discover(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, num_vectors: int,
                  step_index: int, method: str, max_iter: int, noise: NoiseRecord | None = None,
                  positive: list | None = None, unique_id: str | None = None) -> tuple[DirectionSet, dict[str, Any]]:
-        if noise is None:
-            start, options = None, {}
-            latent = {"samples": latent_image["samples"][:1]}
-            start_noise = _sampling.random_noise(latent, seed, model)
-        else:
-            start, options, sigmas = noise.x_T[:1], {"eta": noise.eta, "noises": noise.noises}, noise.sigmas
-            latent, start_noise = {"samples": torch.zeros_like(start)}, None
-        samples, (_, xs) = _sampling.run_sampler(model, _ddim_recording_x, sigmas, latent, positive, None, 1.0,
-                                                 start_noise, seed, start=start, node_id=unique_id, options=options)
+        samples, xs, sigmas = _unedited_run(model, sigmas, latent_image, seed, noise, positive, unique_id)
         denoiser = autograd_denoiser(model, positive)
         progress = comfy_adapter.progress_callback(xs.shape[0], unique_id)
         with comfy_adapter.autograd_enabled():
-            result = trajectory_jacobian_directions(denoiser, comfy_adapter.grad_ready(xs[:, 0]), sigmas[:-1],
+            result = trajectory_jacobian_directions(denoiser, comfy_adapter.grad_ready(xs), sigmas[:-1],
                                                     num_vectors, method=method, callback=progress, max_iter=max_iter)
         timesteps = comfy_adapter.sigma_to_timestep(model, sigmas[:-1]).tolist()
         meta = {"method": "jacobian", "step_index": step_index, "solver": method,
@@ -127,5 +137,75 @@ class HSpaceJacobianDirections:
         return directions, samples
 
 
-NODE_CLASSES = (HSpacePCA, HSpaceJacobianDirections)
-DISPLAY_NAMES = {"HSpacePCA": "PCA Directions (hspace)", "HSpaceJacobianDirections": "Jacobian Directions (hspace)"}
+class HSpacePullbackEdit:
+    """Park et al. 2023: run one sample (or an inverted image) to t_edit, find the local basis of x-space from the
+    Jacobian of the encoder x -> h there, move along basis vector `component` with x-space guidance, and finish
+    with DDIM (stochastic below t_boost). Also outputs the h-space tangent vectors of the basis as directions."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT", DIRECTION, "STRING")
+    RETURN_NAMES = ("samples", "h_directions", "singular_values")
+    FUNCTION = "edit"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": _inputs.model(),
+                "sigmas": _inputs.sigmas(),
+                "latent_image": _inputs.latent("an empty latent of batch size 1 (ignored with a noise record)"),
+                "seed": _inputs.seed(),
+                "t_edit": _inputs.timestep(800, "the timestep at which the basis is found and the edit made"),
+                "num_vectors": ("INT", {"default": 3, "min": 1, "max": 256,
+                                        "tooltip": "size n of the local basis (Park: 2 for editing)"}),
+                "component": ("INT", {"default": 0, "min": 0, "max": 255,
+                                      "tooltip": "which basis vector to move along (0 = largest singular value)"}),
+                "sign": (["+", "-"], {"tooltip": "direction along the basis vector"}),
+                "guidance_strength": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 100.0, "step": 0.01,
+                                                "tooltip": "lambda of x-space guidance (Park: 0.1 at T, more later)"}),
+                "guidance_steps": ("INT", {"default": 16, "min": 0, "max": 256,
+                                           "tooltip": "K, the x-space guidance iterations (Park: 16)"}),
+                "t_boost": _inputs.timestep(0, "stochastic (eta 1) steps below t_boost after the edit; 0 = off"),
+                "max_iter": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                     "tooltip": "iteration limit of the basis computation"}),
+            },
+            "optional": {"noise": _inputs.noise_record("an inversion's record: edit that real image"),
+                         "positive": _inputs.conditioning("positive (the edit prompt)")},
+            "hidden": _inputs.HIDDEN,
+        }
+
+    def edit(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, t_edit: int,
+             num_vectors: int, component: int, sign: str, guidance_strength: float, guidance_steps: int,
+             t_boost: int, max_iter: int, noise: NoiseRecord | None = None, positive: list | None = None,
+             unique_id: str | None = None) -> tuple[dict[str, Any], DirectionSet, str]:
+        if component >= num_vectors:
+            raise HSpaceError(f"component {component} needs a basis of more than {num_vectors} vectors")
+        _, xs, sigmas = _unedited_run(model, sigmas, latent_image, seed, noise, positive, unique_id)
+        timesteps = comfy_adapter.sigma_to_timestep(model, sigmas[:-1])
+        step = int((timesteps <= t_edit).nonzero()[0]) if bool((timesteps <= t_edit).any()) else len(timesteps) - 1
+        sigma = float(sigmas[step])
+        denoiser = autograd_denoiser(model, positive)
+        with comfy_adapter.autograd_enabled():
+            x = comfy_adapter.grad_ready(xs[step])
+            basis = pullback_basis(encoder_function(denoiser, sigma), x, num_vectors, max_iter=max_iter,
+                                   callback=comfy_adapter.progress_callback(max_iter, unique_id))
+            v = basis.x_basis[component] * (1.0 if sign == "+" else -1.0)
+            edited = x_space_guidance(lambda z: denoiser.eps(z, sigma), x, v, strength=guidance_strength,
+                                      num_iters=guidance_steps)[-1]
+        options = {**_sampling.asyrp_options(model, "symmetric", 999, t_boost), "eta_boost": 1.0, "seed": seed}
+        if noise is not None and noise.noises is not None:
+            options.update(eta=noise.eta, eta_boost=noise.eta, noises=noise.noises[step:])
+        start = edited.detach().unsqueeze(0)
+        samples, _ = _sampling.run_sampler(model, sample_asyrp, sigmas[step:], {"samples": torch.zeros_like(start)},
+                                           positive, None, 1.0, start=start, node_id=unique_id, options=options)
+        meta = {"method": "pullback", "timestep": float(timesteps[step]),
+                "fingerprint": _sampling.fingerprint(model, tuple(basis.h_basis.shape[1:]))}
+        directions = [Direction(u, None, {**meta, "component": i}) for i, u in enumerate(basis.h_basis)]
+        values = ", ".join(f"{float(s):.4g}" for s in basis.singular_values)
+        return samples, directions, f"t = {float(timesteps[step]):.0f}: singular values {values}"
+
+
+NODE_CLASSES = (HSpacePCA, HSpaceJacobianDirections, HSpacePullbackEdit)
+DISPLAY_NAMES = {"HSpacePCA": "PCA Directions (hspace)", "HSpaceJacobianDirections": "Jacobian Directions (hspace)",
+                 "HSpacePullbackEdit": "Pullback Edit (hspace)"}

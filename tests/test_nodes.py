@@ -1,0 +1,210 @@
+"""The node classes in plain pytest (no ComfyUI): declarations, and everything a node does without ComfyUI."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hspace_core import arithmetic
+from hspace_core.direction import Direction, Trajectory
+from hspace_core.errors import HSpaceError
+from nodes import _folders, _grid
+from nodes._types import DIRECTION, NOISE, TRAJECTORY
+from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE_TYPES = {"MODEL", "LATENT", "IMAGE", "CONDITIONING", "SIGMAS", "SAMPLER", "VAE", "STRING", "INT", "FLOAT",
+              "BOOLEAN"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+NODES = sorted(NODE_CLASS_MAPPINGS.items())
+
+
+def node(name: str):
+    return NODE_CLASS_MAPPINGS[name]()
+
+
+def declared_inputs(cls) -> dict[str, tuple]:
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"}
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def socket_type(declaration: tuple) -> str:
+    kind = declaration[0]
+    return "COMBO" if isinstance(kind, (list, tuple)) else kind
+
+
+@pytest.mark.parametrize("name,cls", NODES)
+def test_declaration_is_consistent(name, cls):
+    assert cls.__name__ == name and name.startswith("HSpace")
+    assert callable(getattr(cls, cls.FUNCTION))
+    assert cls.CATEGORY.startswith("hspace/")
+    assert isinstance(cls.RETURN_TYPES, tuple)
+    assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+    assert cls.DESCRIPTION.strip()
+    assert name in NODE_DISPLAY_NAME_MAPPINGS
+
+
+@pytest.mark.parametrize("name,cls", NODES)
+def test_every_input_has_a_tooltip_and_the_method_takes_it(name, cls):
+    parameters = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+    hidden = cls.INPUT_TYPES().get("hidden", {})
+    for input_name, declaration in declared_inputs(cls).items():
+        assert len(declaration) == 2 and declaration[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        assert input_name in parameters, f"{name}.{cls.FUNCTION} lacks the parameter {input_name}"
+    for input_name in hidden:
+        assert input_name in parameters
+    optional = set(cls.INPUT_TYPES().get("optional", {})) | set(hidden)
+    for parameter in list(parameters.values())[1:]:
+        assert parameter.name in declared_inputs(cls) or parameter.name in hidden
+        if parameter.name in optional:
+            assert parameter.default is None, f"{name}: optional input {parameter.name} needs a default"
+
+
+@pytest.mark.parametrize("name,cls", NODES)
+def test_socket_types_are_core_or_hspace(name, cls):
+    types = [socket_type(d) for d in declared_inputs(cls).values()] + list(cls.RETURN_TYPES)
+    for kind in types:
+        assert kind == "COMBO" or kind in CORE_TYPES or kind in {DIRECTION, TRAJECTORY, NOISE}, f"{name}: {kind}"
+
+
+@pytest.mark.parametrize("name,cls", NODES)
+def test_every_node_has_a_doc_page(name, cls):
+    page = ROOT / "web" / "docs" / f"{name}.md"
+    assert page.is_file(), f"missing {page}"
+    text = page.read_text()
+    for input_name in declared_inputs(cls):
+        assert f"`{input_name}`" in text, f"{page.name} does not document {input_name}"
+
+
+def test_the_pack_imports_the_way_comfyui_imports_it():
+    spec = importlib.util.spec_from_file_location("hspace_pack_under_test", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    assert set(module.NODE_CLASS_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
+    assert (ROOT / module.WEB_DIRECTORY / "js" / "hspace.js").is_file()
+
+
+# -- directions -------------------------------------------------------------------------------------------
+def per_step(seed: int, steps: int = 3, shape=(4, 2, 2)) -> list[Direction]:
+    generator = torch.Generator().manual_seed(seed)
+    delta = torch.randn(steps, *shape, generator=generator)
+    return [Direction(delta, [900.0 - 300 * i for i in range(steps)], {"method": f"test{seed}"})]
+
+
+def test_arithmetic_nodes_match_the_library():
+    a, b = per_step(1), per_step(2)
+    (added,) = node("HSpaceAddDirections").add(a, b)
+    (subtracted,) = node("HSpaceSubtractDirections").subtract(a, b)
+    (scaled,) = node("HSpaceScaleDirection").scale(a, -2.0)
+    (unit,) = node("HSpaceNormalizeDirection").normalize(a, False)
+    (halfway,) = node("HSpaceSlerpDirections").slerp(a, b, 0.5)
+    torch.testing.assert_close(added[0].delta, a[0].delta + b[0].delta)
+    torch.testing.assert_close(subtracted[0].delta, a[0].delta - b[0].delta)
+    torch.testing.assert_close(scaled[0].delta, -2 * a[0].delta)
+    assert arithmetic.norm(unit[0]) == pytest.approx(1.0, abs=1e-5)
+    assert added[0].timesteps == a[0].timesteps
+    assert arithmetic.cosine(halfway[0], a[0]) == pytest.approx(arithmetic.cosine(halfway[0], b[0]), abs=1e-5)
+
+
+def test_sets_join_pick_orthogonalize_and_project_out():
+    (joined,) = node("HSpaceJoinDirections").join(per_step(1), per_step(2) + per_step(3))
+    assert len(joined) == 3
+    (picked,) = node("HSpacePickDirection").pick(joined, 2)
+    assert picked[0] is joined[2]
+    (orthogonal,) = node("HSpaceOrthogonalizeDirections").orthogonalize(joined)
+    assert abs(arithmetic.cosine(orthogonal[2], orthogonal[0])) < 1e-5
+    (free,) = node("HSpaceProjectOutDirections").project_out(per_step(4), joined)
+    for condition in joined:
+        assert abs(arithmetic.cosine(free[0], condition)) < 1e-5
+
+
+def test_single_direction_nodes_refuse_a_set_with_a_hint():
+    with pytest.raises(HSpaceError, match="Pick Direction"):
+        node("HSpaceScaleDirection").scale(per_step(1) + per_step(2), 2.0)
+    with pytest.raises(HSpaceError, match="out of range"):
+        node("HSpacePickDirection").pick(per_step(1), 1)
+    with pytest.raises(HSpaceError, match="empty"):
+        node("HSpaceDirectionInfo").info([])
+
+
+def test_save_list_load_and_info_in_a_temporary_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(_folders.ENV_VAR, str(tmp_path))
+    saved = node("HSpaceSaveDirection").save(per_step(1), "edits/smile", overwrite=False)
+    again = node("HSpaceSaveDirection").save(per_step(2), "edits/smile", overwrite=False)
+    assert Path(saved["ui"]["text"][0]).name == "smile.safetensors"
+    assert Path(again["ui"]["text"][0]).name == "smile_00001.safetensors"
+    node("HSpaceSaveDirection").save(per_step(1) + per_step(2), "set", overwrite=True)
+    names = node("HSpaceLoadDirection").INPUT_TYPES()["required"]["direction_name"][0]
+    assert names == ["edits/smile.safetensors", "edits/smile_00001.safetensors", "set_0.safetensors",
+                     "set_1.safetensors"]
+    loaded = node("HSpaceLoadDirection").load("edits/smile.safetensors")
+    direction = loaded["result"][0][0]
+    torch.testing.assert_close(direction.delta, per_step(1)[0].delta)
+    assert "method: test1" in loaded["result"][1]
+    assert loaded["ui"]["hspace_info"][0]["h_shape"] == [4, 2, 2]
+    assert HSpaceLoadDirection_is_changed("edits/smile.safetensors")
+    info = node("HSpaceDirectionInfo").info(per_step(1) + per_step(2))
+    assert info["result"][0].count("h_shape") == 2 and len(info["ui"]["hspace_info"]) == 2
+
+
+def HSpaceLoadDirection_is_changed(name: str) -> str:
+    return NODE_CLASS_MAPPINGS["HSpaceLoadDirection"].IS_CHANGED(name)
+
+
+def test_the_direction_folder_refuses_escaping_names(tmp_path, monkeypatch):
+    monkeypatch.setenv(_folders.ENV_VAR, str(tmp_path))
+    with pytest.raises(HSpaceError):
+        _folders.save_path("../outside", overwrite=True)
+    with pytest.raises(HSpaceError):
+        _folders.resolve("../outside.safetensors")
+    with pytest.raises(HSpaceError, match="no direction named"):
+        _folders.resolve("missing.safetensors")
+
+
+# -- discovery without ComfyUI ----------------------------------------------------------------------------
+def test_pca_on_a_synthetic_trajectory_finds_the_planted_direction():
+    generator = torch.Generator().manual_seed(0)
+    n, steps, shape = 40, 3, (4, 2, 2)
+    planted = torch.zeros(shape)
+    planted[1, 0, 1] = 1.0
+    h = 0.05 * torch.randn(n, steps, *shape, generator=generator)
+    h += 3.0 * torch.randn(n, 1, 1, 1, 1, generator=generator) * planted
+    trajectory = Trajectory(h, [900.0, 500.0, 100.0], [3.0, 1.0, 0.1], {"fingerprint": {"arch": "Test"}})
+    out = node("HSpacePCA").discover(trajectory, 4, per_timestep=True, scaled=False, method="auto")
+    directions, spectrum = out["result"]
+    assert len(directions) == 4 and directions[0].timesteps == (900.0, 500.0, 100.0)
+    assert abs(float((directions[0].delta[0] * planted).sum())) == pytest.approx(1.0, abs=1e-3)
+    ratios = out["ui"]["hspace_spectrum"][0]["explained_variance_ratio"]
+    assert ratios == sorted(ratios, reverse=True) and ratios[0] > 0.9
+    assert spectrum.startswith("PC0:")
+    assert directions[0].meta["fingerprint"] == {"arch": "Test"}
+
+
+def test_embedded_digits_are_images_of_the_chosen_class():
+    (images,) = node("HSpaceEmbeddedDigits").load("3", 5, 2)
+    assert images.shape == (5, 16, 16, 3) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    with pytest.raises(HSpaceError, match="no digits left"):
+        node("HSpaceEmbeddedDigits").load("3", 5, 50)
+
+
+def test_labelled_grid_lays_out_strengths_as_columns():
+    columns = [torch.full((2, 16, 16, 3), v) for v in (0.0, 0.5, 1.0)]
+    grid = _grid.labelled_grid(columns, ["-1", "0", "+1"])
+    assert grid.shape == (1, _grid.LABEL_HEIGHT + 2 * 64, 3 * 64, 3)
+    assert float(grid[0, -1, -1, 0]) == pytest.approx(1.0) and float(grid[0, -1, 0, 0]) == pytest.approx(0.0)
+
+
+def test_nodes_that_need_comfyui_say_so():
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    with pytest.raises(HSpaceError, match="ComfyUI"):
+        node("HSpaceCaptureH").capture(object(), torch.tensor([1.0, 0.0]), latent, 2, 0, 1.0, 0.0)
