@@ -1,0 +1,274 @@
+"""The ComfyUI adapter: the h-space controller on a ComfyUI MODEL, samplers as SAMPLERs, schedules, autograd.
+
+ComfyUI is imported only inside functions (through :mod:`._comfy`), so this module imports in plain pytest.
+
+The hook site is ComfyUI's ``middle_block_after_patch`` (``ModelPatcher.set_model_middle_block_after_patch``),
+registered on a ``model.clone()``; on ComfyUI versions without it, an ``output_block_patch`` that acts only at
+block ``("output", 0)``, where ``h`` is still the middle-block output. The patch reads the timestep of the call,
+the cond/uncond chunk labels and the per-call flags a sampler put under ``transformer_options["hspace"]``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Callable, Iterator
+
+import torch
+
+from hspace_core.errors import HSpaceError
+
+from . import _comfy
+
+Controller = Callable[..., torch.Tensor]
+
+FLAGS_KEY = "hspace"
+MIDDLE_PATCH = "middle_block_after_patch"
+NON_UNET_REASON = ("h-space editing acts on the output of a UNet's middle block; this model has no "
+                   "diffusion_model.middle_block (DiT/MMDiT models such as SD3, Flux, PixArt, WAN and "
+                   "Stable Cascade's stages have no spatial bottleneck)")
+
+
+# -- model inspection -------------------------------------------------------------------------------------
+
+def base_model(model: Any) -> Any:
+    """The ``BaseModel`` of a ModelPatcher (or the object itself when it is already one)."""
+    return getattr(model, "model", model)
+
+
+def diffusion_model(model: Any) -> Any:
+    """``model.model.diffusion_model`` of a ComfyUI MODEL, or a clear error."""
+    inner = getattr(base_model(model), "diffusion_model", None)
+    if inner is None:
+        raise HSpaceError(f"a ComfyUI MODEL (a ModelPatcher over a BaseModel with a diffusion_model) expected, "
+                          f"got {type(model).__name__}")
+    return inner
+
+
+def check_unet(model: Any) -> Any:
+    """The UNet of a ComfyUI MODEL; refuses models without a middle block, naming the model class."""
+    inner = diffusion_model(model)
+    if getattr(inner, "middle_block", None) is None:
+        kind = type(base_model(model)).__name__
+        raise HSpaceError(f"{kind} ({type(inner).__name__}) is not supported: {NON_UNET_REASON}")
+    return inner
+
+
+def model_sampling(model: Any) -> Any:
+    """ComfyUI's ``model_sampling`` object of a MODEL (honouring object patches such as ModelSamplingDiscrete)."""
+    if hasattr(model, "get_model_object"):
+        return model.get_model_object("model_sampling")
+    ms = getattr(base_model(model), "model_sampling", None)
+    if ms is None:
+        raise HSpaceError(f"a ComfyUI MODEL with a model_sampling expected, got {type(model).__name__}")
+    return ms
+
+
+# -- the patch ----------------------------------------------------------------------------------------------
+
+def _first(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().flatten()[0] if value.numel() else None
+    return value
+
+
+class _ControllerPatch:
+    """Calls the controller with what ComfyUI's transformer_options say about the current model call."""
+
+    def __init__(self, controller: Controller, sampling: Any):
+        self.controller = controller
+        self.sampling = sampling
+
+    def timestep(self, transformer_options: dict[str, Any], timesteps: Any = None) -> Any:
+        if timesteps is not None:
+            return _first(timesteps)
+        sigmas = transformer_options.get("sigmas")
+        if sigmas is None:
+            raise HSpaceError("the h-space patch found neither the timesteps nor transformer_options['sigmas']")
+        sigma = torch.as_tensor(sigmas).flatten()[:1]
+        return _first(self.sampling.timestep(sigma.to(self.sampling.sigmas.device)))
+
+    def apply(self, h: torch.Tensor, transformer_options: dict[str, Any], timesteps: Any = None) -> torch.Tensor:
+        sigmas = transformer_options.get("sigmas")
+        cond_or_uncond = list(transformer_options.get("cond_or_uncond") or [0])
+        flags = transformer_options.get(FLAGS_KEY) or {}
+        return self.controller(h, self.timestep(transformer_options, timesteps), cond_or_uncond, flags,
+                               sigma=None if sigmas is None else _first(sigmas))
+
+
+class MiddleBlockPatch(_ControllerPatch):
+    """A ``middle_block_after_patch``: ``args -> args`` with ``"h"`` replaced."""
+
+    def __call__(self, args: dict[str, Any]) -> dict[str, Any]:
+        h = self.apply(args["h"], args.get("transformer_options") or {}, args.get("timesteps"))
+        return {**args, "h": h}
+
+
+class OutputBlockPatch(_ControllerPatch):
+    """The fallback ``output_block_patch``: acts only at block ("output", 0), where h is the middle-block output."""
+
+    def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict[str, Any]):
+        if tuple(transformer_options.get("block", ())) != ("output", 0):
+            return h, hsp
+        return self.apply(h, transformer_options), hsp
+
+
+def has_middle_block_patch(model: Any) -> bool:
+    """Whether this ComfyUI's ModelPatcher offers ``set_model_middle_block_after_patch``."""
+    return hasattr(model, "set_model_middle_block_after_patch")
+
+
+SITES = ("auto", "middle", "output0")
+
+
+def patch_model(model: Any, controller: Controller, site: str = "auto") -> Any:
+    """A clone of the MODEL whose middle-block output goes through ``controller(h, t, cond_or_uncond, flags)``.
+
+    ``site``: "middle" = ``middle_block_after_patch``; "output0" = the ``output_block_patch`` fallback at block
+    ("output", 0) (same h, for ComfyUI versions without the middle patch); "auto" = the first available.
+    The input MODEL is never changed. Models without a middle block are refused with :class:`HSpaceError`.
+    """
+    if site not in SITES:
+        raise HSpaceError(f"site must be one of {SITES}, got {site!r}")
+    inner = check_unet(model)
+    patched = model.clone()
+    sampling = model_sampling(patched)
+    # Our pixel-model wrapper runs the named patch list itself, on every ComfyUI version.
+    own_wrapper = bool(getattr(inner, "calls_middle_block_after_patch", False))
+    if site == "output0" and own_wrapper:
+        raise HSpaceError(f"the output-block fallback needs a ComfyUI UNetModel, not {type(inner).__name__}")
+    if site == "middle" and not (own_wrapper or has_middle_block_patch(patched)):
+        raise HSpaceError("this ComfyUI has no set_model_middle_block_after_patch; use site='output0' or 'auto'")
+    if own_wrapper:
+        patched.set_model_patch(MiddleBlockPatch(controller, sampling), MIDDLE_PATCH)
+    elif site != "output0" and has_middle_block_patch(patched):
+        patched.set_model_middle_block_after_patch(MiddleBlockPatch(controller, sampling))
+    else:
+        patched.set_model_output_block_patch(OutputBlockPatch(controller, sampling))
+    return patched
+
+
+# -- samplers -----------------------------------------------------------------------------------------------
+
+def as_comfy_sampler(fn: Callable[..., torch.Tensor], **options: Any) -> Any:
+    """A ComfyUI SAMPLER running the k-diffusion sampler function ``fn`` with ``options``."""
+    samplers = _comfy.require("comfy.samplers")
+    return samplers.KSAMPLER(fn, extra_options=options)
+
+
+# -- schedules ----------------------------------------------------------------------------------------------
+
+def prediction_type(model: Any) -> str:
+    """"epsilon" or "v_prediction" for a discrete VP model; other parameterisations are refused."""
+    ms_mod = _comfy.require("comfy.model_sampling")
+    ms = model_sampling(model)
+    if isinstance(ms, ms_mod.V_PREDICTION) and not isinstance(ms, getattr(ms_mod, "EDM", ())):
+        return "v_prediction"
+    if isinstance(ms, ms_mod.EPS) and not isinstance(ms, (ms_mod.V_PREDICTION, getattr(ms_mod, "X0", ()))):
+        return "epsilon"
+    raise HSpaceError(f"an EPS or V_PREDICTION model expected, got model sampling {type(ms).__name__} "
+                      "(flow-matching, EDM and x0 models are not supported)")
+
+
+def vp_schedule(model: Any) -> Any:
+    """The :class:`hspace_core.schedule.VPSchedule` of a discrete VP MODEL: ``alphas_cumprod = 1 / (1 + sigmas^2)``."""
+    from hspace_core.schedule import VPSchedule
+
+    ms_mod = _comfy.require("comfy.model_sampling")
+    ms = model_sampling(model)
+    discrete = isinstance(ms, ms_mod.ModelSamplingDiscrete)
+    if not discrete or isinstance(ms, getattr(ms_mod, "ModelSamplingDiscreteEDM", ())):
+        raise HSpaceError(f"a discrete VP schedule (ModelSamplingDiscrete) expected, got {type(ms).__name__}")
+    prediction_type(model)
+    sigmas = ms.sigmas.detach().to("cpu", torch.float64)
+    return VPSchedule(1.0 / (1.0 + sigmas ** 2))
+
+
+def timestep_to_sigma(model: Any, timestep: float | torch.Tensor) -> torch.Tensor:
+    """ComfyUI's sigma for a model timestep (log-linear interpolation between integer steps)."""
+    ms = model_sampling(model)
+    return ms.sigma(torch.as_tensor(timestep, dtype=torch.float32, device=ms.sigmas.device)).cpu()
+
+
+def sigma_to_timestep(model: Any, sigma: float | torch.Tensor) -> torch.Tensor:
+    """ComfyUI's model timestep for a sigma (the nearest step in log sigma)."""
+    ms = model_sampling(model)
+    return ms.timestep(torch.as_tensor(sigma, dtype=torch.float32, device=ms.sigmas.device)).cpu()
+
+
+def percent_to_sigma(model: Any, percent: float) -> float:
+    """ComfyUI's start/end percent convention (0 = start of sampling, 1 = end) as a sigma."""
+    if not 0.0 <= percent <= 1.0:
+        raise HSpaceError(f"a percent between 0 and 1 expected, got {percent}")
+    return float(model_sampling(model).percent_to_sigma(percent))
+
+
+def percent_window(model: Any, start_percent: float, end_percent: float) -> tuple[float, float]:
+    """``(t_end, t_start)`` in model timesteps for an edit between two percents of the sampling process."""
+    if start_percent > end_percent:
+        raise HSpaceError(f"start_percent <= end_percent expected, got {start_percent} > {end_percent}")
+    sigma_start, sigma_end = percent_to_sigma(model, start_percent), percent_to_sigma(model, end_percent)
+    t_start = float(sigma_to_timestep(model, sigma_start))
+    t_end = float(sigma_to_timestep(model, max(sigma_end, 1e-10)))
+    return t_end, t_start
+
+
+# -- autograd ------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Leave ComfyUI's inference mode and enable grad (nodes run inside ``torch.inference_mode()``)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def grad_ready(tensor: torch.Tensor) -> torch.Tensor:
+    """A normal (non-inference) copy of a tensor that came from another node."""
+    with torch.inference_mode(False):
+        return tensor.detach().clone()
+
+
+def autograd_copy(model: Any) -> Any:
+    """A clone of the MODEL whose weights are ordinary tensors, so autograd can run through it.
+
+    ComfyUI loads weights as inference tensors, which cannot be saved for backward. ``force_deepcopy``
+    reloads the model outside inference mode (it doubles the UNet's memory); ComfyUI versions or models
+    without that route get a deep copy of the BaseModel instead.
+    """
+    with torch.inference_mode(False):
+        try:
+            return model.clone(force_deepcopy=True)
+        except (TypeError, RuntimeError):
+            pass
+        if not hasattr(model, "get_clone_model_override"):
+            raise HSpaceError(f"cannot make an autograd-capable copy of {type(model).__name__}: "
+                              "this ComfyUI offers neither clone(force_deepcopy=True) nor model overrides")
+        inner = copy.deepcopy(base_model(model))
+        for p in inner.parameters():
+            p.requires_grad_(False)
+        return model.clone(model_override=(inner, ({}, {}, {}, set())))
+
+
+# -- progress ------------------------------------------------------------------------------------------------
+
+def progress_callback(total: int, node_id: str | None = None) -> Callable[..., None] | None:
+    """A callback for hspace_core's long loops that drives a ComfyUI ``ProgressBar`` (and so honours Cancel).
+
+    Called as ``callback({"i": step, ...})`` (k-diffusion samplers) it sets the bar to ``i + 1``; called any other
+    way it advances the bar by one. Returns None outside ComfyUI.
+    """
+    utils = _comfy.optional("comfy.utils")
+    if utils is None:
+        return None
+    bar = utils.ProgressBar(total, node_id=node_id)
+    interrupt = _comfy.optional("comfy.model_management")
+
+    def callback(*args: Any, **kwargs: Any) -> None:
+        info = args[0] if args and isinstance(args[0], dict) else kwargs
+        if "i" in info:
+            bar.update_absolute(int(info["i"]) + 1)
+        else:
+            bar.update(1)
+        if interrupt is not None:
+            interrupt.throw_exception_if_processing_interrupted()
+
+    return callback

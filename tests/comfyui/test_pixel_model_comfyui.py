@@ -1,0 +1,94 @@
+"""Pixel DDPMs (diffusers UNet2DModel) as ComfyUI MODELs, sampled by ComfyUI's own nodes (needs COMFYUI_PATH)."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+_tags = itertools.count()
+EMBEDDED = "hspace-mnist-16 (embedded)"
+P = "HSpaceProbe_"  # the probe pack registers nodes/pixel_model.py's nodes under this prefix
+
+
+def pixel_prompt(*, patch: dict | None = None, batch: int = 2, steps: int = 4, cfg: float = 1.0,
+                 seed: int = 5) -> dict:
+    """Pixel loader -> (probe patch) -> KSampler -> SaveLatent and PixelLatentToImage -> SaveImage."""
+    prompt = {
+        "1": {"class_type": P + "HSpacePixelModelLoader", "inputs": {"model_name": EMBEDDED}},
+        "2": {"class_type": P + "HSpaceUnconditional", "inputs": {}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": batch}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler",
+            "scheduler": "normal", "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0],
+            "denoise": 1.0}},
+        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "pixel"}},
+        "6": {"class_type": P + "HSpacePixelLatentToImage", "inputs": {"samples": ["4", 0]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "pixel"}},
+    }
+    if patch is not None:
+        prompt["8"] = {"class_type": "HSpaceProbePatch", "inputs": {
+            "model": ["1", 0], "strength": 0.0, "seed": 1, "rows": "cond", "site": "auto", "h_shape": "64,4,4",
+            "tag": "pixel", **patch}}
+        prompt["4"]["inputs"]["model"] = ["8", 0]
+    return prompt
+
+
+def run(comfy, prompt: dict) -> tuple[torch.Tensor, dict]:
+    outputs = comfy.client.run(prompt, timeout_s=180)
+    return comfy.client.latent(outputs["5"]["latents"][0]), outputs
+
+
+def test_ksampler_samples_the_pixel_model(comfy):
+    latent, outputs = run(comfy, pixel_prompt())
+    assert latent.shape == (2, 1, 16, 16)  # EmptyLatentImage's zeros resized to downscale ratio 1, 1 channel
+    assert torch.isfinite(latent).all()
+    images = outputs["7"]["images"]
+    assert len(images) == 2
+    png = comfy.client.view(images[0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_patch_on_pixel_model(comfy):
+    tag = f"pixel_capture_{next(_tags)}"
+    plain, _ = run(comfy, pixel_prompt())
+    zero, _ = run(comfy, pixel_prompt(patch={"strength": 0.0, "tag": tag}))
+    records = comfy.probe_records(tag)
+    assert len(records) == 4
+    assert all(rec["shape"] == [2, 64, 4, 4] and rec["cond_or_uncond"] == [0] for rec in records)
+    assert torch.equal(plain, zero)
+    shifted, _ = run(comfy, pixel_prompt(patch={"strength": 20.0, "tag": tag + "_s"}))
+    assert torch.isfinite(shifted).all() and (shifted - plain).abs().max() > 1e-3
+
+
+def test_pixel_model_matches_hspace_core_and_supports_autograd(comfy):
+    prompt = {"1": {"class_type": P + "HSpacePixelModelLoader", "inputs": {"model_name": EMBEDDED}},
+              "2": {"class_type": "HSpaceProbeInspect", "inputs": {"model": ["1", 0], "tag": "pixel"}}}
+    report = json.loads(comfy.client.run(prompt)["2"]["text"][0])
+    assert report["prediction_type"] == "epsilon"
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    expected = torch.cumprod(1 - betas, 0)
+    assert report["alphas_cumprod"] == pytest.approx([float(expected[i]) for i in (0, 499, 999)], rel=1e-5)
+    assert report["pixel_vs_diffusers"] < 1e-4
+    assert report["copy_is_inference"] is False and report["grad_norm"] > 0
+
+
+def test_sampler_custom_with_hspace_ddim_on_pixel_model(comfy):
+    prompt = pixel_prompt()
+    del prompt["4"]
+    prompt.update({
+        "10": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 5,
+                                                           "denoise": 1.0}},
+        "11": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
+        "12": {"class_type": "HSpaceProbeDDIMSampler", "inputs": {"eta": 0.0}},
+    })
+    for node, sampler in (("4", "11"), ("13", "12")):
+        prompt[node] = {"class_type": "SamplerCustom", "inputs": {
+            "model": ["1", 0], "add_noise": True, "noise_seed": 9, "cfg": 1.0, "positive": ["2", 0],
+            "negative": ["2", 0], "sampler": [sampler, 0], "sigmas": ["10", 0], "latent_image": ["3", 0]}}
+    prompt["14"] = {"class_type": "SaveLatent", "inputs": {"samples": ["13", 0], "filename_prefix": "pxddim"}}
+    comfy_ddim, outputs = run(comfy, prompt)
+    ours = comfy.client.latent(outputs["14"]["latents"][0])
+    assert ours.shape == (2, 1, 16, 16)
+    torch.testing.assert_close(ours, comfy_ddim, atol=1e-3, rtol=1e-4)

@@ -1,0 +1,277 @@
+"""The ComfyUI adapter and the pixel-model glue in plain pytest, with fake ComfyUI objects (no ComfyUI needed).
+
+The same code runs against a real ComfyUI in tests/comfyui/ (when COMFYUI_PATH is set).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hspace_core.errors import HSpaceError
+from nodes import _comfy, comfy_adapter, pixel_model
+
+REPO = Path(__file__).resolve().parents[1]
+requires_no_comfy = pytest.mark.skipif(_comfy.available(), reason="ComfyUI is importable here")
+
+
+# -- fakes ------------------------------------------------------------------------------------------------------
+
+class FakeSampling:
+    """Stands in for ComfyUI's ModelSamplingDiscrete: integer timesteps, sigma = t / 100."""
+
+    sigmas = torch.arange(1, 1001, dtype=torch.float32) / 100
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return (torch.as_tensor(sigma) * 100).round()
+
+
+class FakeUNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.middle_block = torch.nn.Identity()
+
+
+class Flux(torch.nn.Module):
+    """A DiT: no middle block."""
+
+
+class FakeBaseModel:
+    def __init__(self, inner: torch.nn.Module):
+        self.diffusion_model = inner
+        self.model_sampling = FakeSampling()
+
+
+class FakePatcher:
+    """The parts of ComfyUI's ModelPatcher that the adapter uses."""
+
+    def __init__(self, inner: torch.nn.Module, middle_patch: bool = True):
+        self.model = FakeBaseModel(inner)
+        self.patches: dict[str, list] = {}
+        if middle_patch:
+            self.set_model_middle_block_after_patch = lambda fn: self.set_model_patch(fn, "middle_block_after_patch")
+
+    def clone(self) -> "FakePatcher":
+        other = FakePatcher.__new__(FakePatcher)
+        other.__dict__.update(self.__dict__)
+        other.patches = {k: list(v) for k, v in self.patches.items()}
+        if hasattr(self, "set_model_middle_block_after_patch"):
+            other.set_model_middle_block_after_patch = lambda fn: other.set_model_patch(fn, "middle_block_after_patch")
+        return other
+
+    def set_model_patch(self, fn, name: str) -> None:
+        self.patches.setdefault(name, []).append(fn)
+
+    def set_model_output_block_patch(self, fn) -> None:
+        self.set_model_patch(fn, "output_block_patch")
+
+    def get_model_object(self, name: str):
+        return getattr(self.model, name)
+
+
+class Recorder:
+    def __init__(self, shift: float = 1.0):
+        self.calls: list[tuple] = []
+        self.shift = shift
+
+    def __call__(self, h, timestep, cond_or_uncond, flags, sigma=None):
+        self.calls.append((float(timestep), list(cond_or_uncond), dict(flags), None if sigma is None else float(sigma)))
+        return h + self.shift
+
+
+# -- imports --------------------------------------------------------------------------------------------------------
+
+def test_node_modules_import_without_comfyui():
+    code = ("import sys; import nodes._comfy, nodes.comfy_adapter, nodes.pixel_model; "
+            "assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+@requires_no_comfy
+def test_comfy_only_helpers_explain_that_comfyui_is_needed():
+    assert comfy_adapter.progress_callback(3) is None
+    with pytest.raises(HSpaceError, match="needs ComfyUI"):
+        comfy_adapter.as_comfy_sampler(lambda *a, **k: None)
+    with pytest.raises(HSpaceError, match="needs ComfyUI"):
+        _comfy.require("comfy.samplers")
+    assert _comfy.optional("comfy.utils") is None
+
+
+# -- refusing models without a middle block ----------------------------------------------------------------------
+
+def test_model_without_middle_block_is_refused_with_its_class_name():
+    model = FakePatcher(Flux())
+    with pytest.raises(HSpaceError) as err:
+        comfy_adapter.patch_model(model, Recorder())
+    message = str(err.value)
+    assert "FakeBaseModel" in message and "Flux" in message and "middle block" in message
+    assert "DiT" in message
+    assert isinstance(err.value, ValueError)
+
+
+def test_not_a_model_is_refused():
+    with pytest.raises(HSpaceError, match="ComfyUI MODEL"):
+        comfy_adapter.patch_model(object(), Recorder())
+
+
+# -- the middle-block patch -----------------------------------------------------------------------------------------
+
+def test_patch_model_registers_on_a_clone_and_calls_the_controller():
+    model = FakePatcher(FakeUNet())
+    controller = Recorder(shift=2.0)
+    patched = comfy_adapter.patch_model(model, controller)
+    assert patched is not model and model.patches == {}
+    (patch,) = patched.patches["middle_block_after_patch"]
+    h = torch.zeros(4, 3, 2, 2)
+    options = {"sigmas": torch.tensor([5.0]), "cond_or_uncond": [1, 0], "hspace": {"shift": False}}
+    args = {"h": h, "x": None, "timesteps": torch.tensor([500.0] * 4), "transformer_options": options}
+    out = patch(args)
+    assert torch.equal(out["h"], h + 2.0) and out["timesteps"] is args["timesteps"]
+    assert controller.calls == [(500.0, [1, 0], {"shift": False}, 5.0)]
+
+
+def test_timestep_falls_back_to_sigmas_and_rows_to_cond():
+    patched = comfy_adapter.patch_model(FakePatcher(FakeUNet()), controller := Recorder())
+    (patch,) = patched.patches["middle_block_after_patch"]
+    patch({"h": torch.zeros(1, 1, 1, 1), "transformer_options": {"sigmas": torch.tensor([2.5])}})
+    assert controller.calls == [(250.0, [0], {}, 2.5)]
+
+
+def test_output_block_fallback_acts_only_at_output_block_zero():
+    model = FakePatcher(FakeUNet(), middle_patch=False)
+    controller = Recorder(shift=1.0)
+    patched = comfy_adapter.patch_model(model, controller)
+    assert "middle_block_after_patch" not in patched.patches
+    (patch,) = patched.patches["output_block_patch"]
+    h, hsp = torch.zeros(2, 3, 2, 2), torch.ones(2, 3, 2, 2)
+    options = {"sigmas": torch.tensor([1.0]), "cond_or_uncond": [0]}
+    out_h, out_hsp = patch(h, hsp, {**options, "block": ("output", 1)})
+    assert out_h is h and out_hsp is hsp and controller.calls == []
+    out_h, out_hsp = patch(h, hsp, {**options, "block": ("output", 0)})
+    assert torch.equal(out_h, h + 1.0) and out_hsp is hsp
+    assert controller.calls == [(100.0, [0], {}, 1.0)]
+
+
+def test_site_choice():
+    model = FakePatcher(FakeUNet())
+    assert "output_block_patch" in comfy_adapter.patch_model(model, Recorder(), site="output0").patches
+    with pytest.raises(HSpaceError, match="site"):
+        comfy_adapter.patch_model(model, Recorder(), site="input")
+    with pytest.raises(HSpaceError, match="no set_model_middle_block_after_patch"):
+        comfy_adapter.patch_model(FakePatcher(FakeUNet(), middle_patch=False), Recorder(), site="middle")
+
+
+def test_pixel_wrapper_always_gets_the_named_middle_patch():
+    wrapper = pixel_model.DiffusersUNetWrapper(_tiny_unet())
+    patched = comfy_adapter.patch_model(FakePatcher(wrapper, middle_patch=False), Recorder())
+    assert len(patched.patches["middle_block_after_patch"]) == 1
+    with pytest.raises(HSpaceError, match="UNetModel"):
+        comfy_adapter.patch_model(FakePatcher(wrapper), Recorder(), site="output0")
+
+
+# -- autograd helpers ------------------------------------------------------------------------------------------------
+
+def test_grad_ready_turns_inference_tensors_into_normal_ones():
+    with torch.inference_mode():
+        t = torch.ones(3)
+        copy = comfy_adapter.grad_ready(t)
+    assert t.is_inference() and not copy.is_inference()
+    with comfy_adapter.autograd_enabled():
+        x = copy.requires_grad_(True)
+        (x * 2).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), 2.0))
+
+
+# -- pixel models ------------------------------------------------------------------------------
+
+def _tiny_unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4).eval()
+
+
+def test_wrapper_equals_the_unet_and_runs_the_middle_patches():
+    unet = _tiny_unet()
+    wrapper = pixel_model.DiffusersUNetWrapper(unet)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 10.0])
+    with torch.no_grad():
+        plain = unet(x, t).sample
+        assert torch.equal(wrapper(x, t, transformer_options={}), plain)
+        seen = []
+
+        def patch(args):
+            seen.append((tuple(args["h"].shape), args["transformer_options"]["block"], args["timesteps"]))
+            return {**args, "h": args["h"] + 1.0}
+
+        shifted = wrapper(x, t, transformer_options={"patches": {"middle_block_after_patch": [patch]}})
+    assert seen == [((2, 16, 4, 4), ("middle", 0), t)]
+    assert not torch.equal(shifted, plain)
+    assert not unet.mid_block._forward_hooks  # the hook lives only for the call
+    assert wrapper.middle_block is unet.mid_block
+
+
+def test_comfy_sampling_settings_from_diffusers_configs():
+    settings, kind = pixel_model.comfy_sampling_settings({"beta_schedule": "linear", "beta_start": 1e-4,
+                                                          "beta_end": 0.02, "num_train_timesteps": 1000})
+    assert settings == {"beta_schedule": "sqrt_linear", "linear_start": 1e-4, "linear_end": 0.02, "timesteps": 1000}
+    assert kind == "EPS"
+    settings, kind = pixel_model.comfy_sampling_settings({"beta_schedule": "scaled_linear",
+                                                          "prediction_type": "v_prediction"})
+    assert settings["beta_schedule"] == "linear" and kind == "V_PREDICTION"
+    with pytest.raises(HSpaceError, match="beta_schedule"):
+        pixel_model.comfy_sampling_settings({"beta_schedule": "exp"})
+    with pytest.raises(HSpaceError, match="prediction_type"):
+        pixel_model.comfy_sampling_settings({"prediction_type": "sample"})
+
+
+def test_comfy_linear_names_match_the_ddpm_schedule():
+    """ComfyUI's "sqrt_linear" is linear in beta (DDPM); its "linear" is linear in sqrt(beta) (Stable Diffusion)."""
+    from hspace_core.schedule import VPSchedule
+
+    ddpm = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    assert torch.allclose(VPSchedule.linear().alphas_cumprod, torch.cumprod(1 - ddpm, 0))
+
+
+def test_latent_image_round_trip():
+    latents = torch.rand(2, 1, 4, 4) * 2 - 1
+    images = pixel_model.latent_to_image(latents)
+    assert images.shape == (2, 4, 4, 3) and images.min() >= 0 and images.max() <= 1
+    torch.testing.assert_close(pixel_model.image_to_latent(images, 1), latents)
+    rgb = torch.rand(1, 4, 4, 3) * 2 - 1
+    torch.testing.assert_close(pixel_model.image_to_latent(pixel_model.latent_to_image(rgb.movedim(-1, 1)), 3),
+                               rgb.movedim(-1, 1).clamp(-1, 1))
+    with pytest.raises(HSpaceError, match="pixel latents"):
+        pixel_model.latent_to_image(torch.zeros(1, 4, 2, 2))
+    with pytest.raises(HSpaceError, match="channels"):
+        pixel_model.image_to_latent(torch.zeros(1, 2, 2, 3), 4)
+
+
+def test_diffusers_folder_errors(tmp_path):
+    with pytest.raises(HSpaceError, match="diffusers folder"):
+        pixel_model.load_unet_and_schedule(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(HSpaceError, match="scheduler_config.json"):
+        pixel_model.load_unet_and_schedule(str(tmp_path))
+
+
+def test_pixel_unet_checks():
+    with pytest.raises(HSpaceError, match="mid_block"):
+        pixel_model.check_pixel_unet(torch.nn.Linear(1, 1))
+
+
+def test_pixel_nodes_declare_and_run_without_comfyui():
+    for cls in pixel_model.NODE_CLASS_MAPPINGS.values():
+        inputs = cls.INPUT_TYPES()
+        assert "required" in inputs and isinstance(cls.RETURN_TYPES, tuple) and hasattr(cls, cls.FUNCTION)
+    assert pixel_model.EMBEDDED in pixel_model.HSpacePixelModelLoader.INPUT_TYPES()["required"]["model_name"][0]
+    (image,) = pixel_model.HSpacePixelLatentToImage().convert({"samples": torch.zeros(1, 1, 4, 4)})
+    assert torch.allclose(image, torch.full((1, 4, 4, 3), 0.5))
+    (cond,) = pixel_model.HSpaceUnconditional().make()
+    assert isinstance(cond, list) and cond[0][1] == {}
+
