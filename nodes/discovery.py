@@ -1,4 +1,4 @@
-"""Discovery nodes: PCA of captured h and image-specific Jacobian directions (Haas et al.), Park et al.'s pullback edit."""
+"""Discovery nodes: PCA, supervised and image-specific Jacobian directions (Haas et al.), Park et al.'s pullback edit."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,6 +10,7 @@ from hspace_core.discovery.jacobian import trajectory_jacobian_directions
 from hspace_core.discovery.pca import METHODS as PCA_METHODS
 from hspace_core.discovery.pca import pca_directions
 from hspace_core.discovery.pullback import encoder_function, pullback_basis, x_space_guidance
+from hspace_core.discovery.supervised import linear_probe_direction, mean_difference
 from hspace_core.errors import HSpaceError
 from hspace_core.samplers import sample_asyrp, sample_ddim
 
@@ -56,6 +57,36 @@ class HSpacePCA:
         ratios = result.explained_variance_ratio.mean(0).tolist()
         return {"ui": {"hspace_spectrum": [{"explained_variance_ratio": ratios}]},
                 "result": (directions, spectrum_text(ratios))}
+
+
+class HSpaceSupervisedDirection:
+    """A direction from labelled examples (Haas et al. 2024): mean h of the positives minus mean h of the negatives
+    at every step, or the normal of a logistic-regression boundary between them (unit norm). Positives and negatives
+    are trajectories of generated samples (Capture h) or of inverted real images (Invert Image), same schedule."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION,)
+    RETURN_NAMES = ("direction",)
+    FUNCTION = "discover"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "positive": _inputs.trajectory("h of examples that have the attribute"),
+            "negative": _inputs.trajectory("h of examples without it (paired or not)"),
+            "method": (["mean_difference", "linear_probe"], {
+                "tooltip": "mean_difference: Haas et al.; linear_probe: unit normal of a logistic-regression boundary"}),
+        }}
+
+    def discover(self, positive: Trajectory, negative: Trajectory, method: str) -> tuple[DirectionSet]:
+        if positive.num_steps != negative.num_steps or not torch.allclose(positive.timesteps, negative.timesteps):
+            raise HSpaceError(f"positive and negative trajectories must share their steps: timesteps "
+                              f"{positive.timesteps.tolist()} and {negative.timesteps.tolist()}")
+        find = mean_difference if method == "mean_difference" else linear_probe_direction
+        meta = {"method": f"supervised:{method}", "num_samples": positive.num_samples + negative.num_samples,
+                "fingerprint": positive.meta.get("fingerprint")}
+        return ([Direction(find(positive.h, negative.h), positive.timesteps.tolist(), meta)],)
 
 
 def _ddim_recording_x(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
@@ -206,6 +237,6 @@ class HSpacePullbackEdit:
         return samples, directions, f"t = {float(timesteps[step]):.0f}: singular values {values}"
 
 
-NODE_CLASSES = (HSpacePCA, HSpaceJacobianDirections, HSpacePullbackEdit)
-DISPLAY_NAMES = {"HSpacePCA": "PCA Directions (hspace)", "HSpaceJacobianDirections": "Jacobian Directions (hspace)",
+NODE_CLASSES = (HSpacePCA, HSpaceSupervisedDirection, HSpaceJacobianDirections, HSpacePullbackEdit)
+DISPLAY_NAMES = {"HSpacePCA": "PCA Directions (hspace)", "HSpaceSupervisedDirection": "Supervised Direction (hspace)", "HSpaceJacobianDirections": "Jacobian Directions (hspace)",
                  "HSpacePullbackEdit": "Pullback Edit (hspace)"}
