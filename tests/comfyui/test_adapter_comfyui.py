@@ -58,8 +58,12 @@ def test_pack_loads(comfy):
         pytest.skip("the pack has no __init__.py yet")
     log = comfy.log_text()
     assert "IMPORT FAILED" not in log or str(REPO) not in log.split("IMPORT FAILED", 1)[1].splitlines()[0], log[-3000:]
-    modules = {v.get("python_module") for v in comfy.client.object_info().values()}
-    assert f"custom_nodes.{comfy.pack_name}" in modules, "none of the pack's nodes is listed in /object_info"
+    info = comfy.client.object_info()
+    ours = {name for name, v in info.items() if v.get("python_module") == f"custom_nodes.{comfy.pack_name}"}
+    assert ours, "none of the pack's nodes is listed in /object_info"
+    missing = {"HSpacePixelModelLoader", "HSpacePixelLatentToImage", "HSpaceImageToPixelLatent",
+               "HSpaceUnconditional"} - ours
+    assert not missing, f"nodes/pixel_model.py's nodes are not registered by the pack: {sorted(missing)}"
 
 
 def test_patch_captures_h_from_ksampler(comfy):
@@ -145,6 +149,46 @@ def test_hspace_ddim_sampler_matches_comfy_ddim(comfy):
     ours = comfy.client.latent(outputs["15"]["latents"][0])
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours, comfy_ddim, atol=1e-4, rtol=1e-4)
+
+
+def custom_prompt(checkpoint: str, sampler: dict, patch: dict | None, cfg: float = 2.0) -> dict:
+    """SamplerCustom with a given SAMPLER node on the (optionally probe-patched) tiny checkpoint."""
+    prompt = sd_prompt(checkpoint, patch=patch, batch=2)
+    model = prompt["5"]["inputs"]["model"]
+    del prompt["5"]
+    prompt.update({
+        "10": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 3,
+                                                           "denoise": 1.0}},
+        "11": sampler,
+        "5": {"class_type": "SamplerCustom", "inputs": {
+            "model": model, "add_noise": True, "noise_seed": 4, "cfg": cfg, "positive": ["2", 0],
+            "negative": ["3", 0], "sampler": ["11", 0], "sigmas": ["10", 0], "latent_image": ["4", 0]}},
+    })
+    return prompt
+
+
+def test_asyrp_sampler_flags_reach_the_patch(comfy):
+    """sample_asyrp asks for [unshifted; shifted] rows through transformer_options["hspace"]; the patch obeys."""
+    asyrp = {"class_type": "HSpaceProbeAsyrpSampler", "inputs": {"mode": "asymmetric"}}
+    ddim = {"class_type": "HSpaceProbeDDIMSampler", "inputs": {"eta": 0.0}}
+    plain = run_latent(comfy, custom_prompt(comfy.checkpoint, ddim, None))
+    zero = run_latent(comfy, custom_prompt(comfy.checkpoint, asyrp, {"strength": 0.0, "tag": _tag("asy0")}))
+    torch.testing.assert_close(zero, plain, atol=1e-4, rtol=1e-4)
+
+    tag = _tag("asy")
+    edited = run_latent(comfy, custom_prompt(comfy.checkpoint, asyrp, {"strength": 10.0, "rows": "both",
+                                                                       "tag": tag}))
+    symmetric = run_latent(comfy, custom_prompt(comfy.checkpoint, ddim, {"strength": 10.0, "rows": "both",
+                                                                         "tag": _tag("sym")}))
+    assert (edited - plain).abs().max() > 1e-3 and (edited - symmetric).abs().max() > 1e-3
+    records = comfy.probe_records(tag)
+    assert records and all(rec["flags"].get("split") for rec in records), records[:1]
+    for rec in records:  # per cond/uncond chunk: first half unshifted, second half shifted
+        chunk = rec["shape"][0] // len(rec["cond_or_uncond"])
+        for i in range(len(rec["cond_or_uncond"])):
+            norms = rec["row_shift"][i * chunk:(i + 1) * chunk]
+            assert norms[:chunk // 2] == [0.0] * (chunk // 2)
+            assert all(n == pytest.approx(10.0, rel=1e-3) for n in norms[chunk // 2:])
 
 
 def test_schedule_autograd_and_progress_helpers_on_sd(comfy):

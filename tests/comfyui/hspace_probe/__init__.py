@@ -107,6 +107,23 @@ class HSpaceProbeDDIMSampler:
         return (adapter.as_comfy_sampler(sample_ddim, eta=eta),)
 
 
+class HSpaceProbeAsyrpSampler:
+    """hspace_core's sample_asyrp as a ComfyUI SAMPLER: per-call flags must reach the patch through ComfyUI."""
+
+    CATEGORY = "hspace_probe"
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"mode": (["asymmetric", "symmetric"],)}}
+
+    def make(self, mode):
+        from hspace_core.samplers import sample_asyrp
+
+        return (adapter.as_comfy_sampler(sample_asyrp, mode=mode),)
+
+
 class HSpaceProbeInspect:
     """Report what the adapter's schedule, autograd and progress helpers give for a MODEL."""
 
@@ -171,6 +188,7 @@ class HSpaceProbeInspect:
 NODE_CLASS_MAPPINGS = {
     "HSpaceProbePatch": HSpaceProbePatch,
     "HSpaceProbeDDIMSampler": HSpaceProbeDDIMSampler,
+    "HSpaceProbeAsyrpSampler": HSpaceProbeAsyrpSampler,
     "HSpaceProbeInspect": HSpaceProbeInspect,
     **{f"HSpaceProbe_{name}": cls for name, cls in pixel_model.NODE_CLASS_MAPPINGS.items()},
 }
