@@ -37,20 +37,33 @@ def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas
 
 
+def _latent_samples(model: Any, latent: dict[str, Any]) -> torch.Tensor:
+    """The latent tensor as the model expects it (an empty latent gets the model's channels and downscale)."""
+    sample = _comfy.require("comfy.sample")
+    return sample.fix_empty_latent_channels(model, latent["samples"], latent.get("downscale_ratio_spacial"))
+
+
+def latent_output(latent: dict[str, Any], samples: torch.Tensor) -> dict[str, Any]:
+    """A LATENT like ``latent`` holding ``samples`` (without the empty latent's downscale marker)."""
+    out = {k: v for k, v in latent.items() if k != "downscale_ratio_spacial"}
+    out["samples"] = samples
+    return out
+
+
 def run_comfy_sampler(model: Any, sampler: Any, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,
                       negative: list | None, cfg: float, noise: torch.Tensor | None = None, seed: int = 0,
                       node_id: str | None = None) -> dict[str, Any]:
     """SamplerCustom's sampling with a SAMPLER object; ``noise`` None means no added noise. Returns a LATENT."""
     sample = _comfy.require("comfy.sample")
     sigmas = check_sigmas(sigmas)
-    samples = sample.fix_empty_latent_channels(model, latent["samples"])
+    samples = _latent_samples(model, latent)
     progress = comfy_adapter.progress_callback(len(sigmas) - 1, node_id)
     callback = None if progress is None else (lambda step, x0, x, total: progress({"i": step}))
     noise = torch.zeros_like(samples) if noise is None else noise
     out = sample.sample_custom(model, noise, cfg, sampler, sigmas, positive or empty_conditioning(),
                                negative or empty_conditioning(), samples, noise_mask=latent.get("noise_mask"),
                                callback=callback, disable_pbar=True, seed=seed)
-    return {**latent, "samples": out}
+    return latent_output(latent, out)
 
 
 def run_sampler(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,
@@ -85,9 +98,7 @@ def asyrp_options(model: Any, mode: str, t_edit: float, t_boost: float) -> dict[
 
 def random_noise(latent: dict[str, Any], seed: int, model: Any) -> torch.Tensor:
     """ComfyUI's noise for a latent and seed (what KSampler draws)."""
-    sample = _comfy.require("comfy.sample")
-    samples = sample.fix_empty_latent_channels(model, latent["samples"])
-    return sample.prepare_noise(samples, seed)
+    return _comfy.require("comfy.sample").prepare_noise(_latent_samples(model, latent), seed)
 
 
 def capture(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,

@@ -59,7 +59,7 @@ class HSpaceCaptureH:
             parts.append(trajectory)
             latents.append(latent["samples"])
         trajectory = Trajectory.concat(parts).select(slice(0, num_samples))
-        return trajectory, {"samples": torch.cat(latents)[:num_samples]}
+        return trajectory, _sampling.latent_output(latent_image, torch.cat(latents)[:num_samples])
 
 
 NODE_CLASSES = (HSpaceCaptureH,)

@@ -108,7 +108,7 @@ def _unedited_run(model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any]
     """DDIM of one sample (from seed noise, or from an inversion's record): (LATENT, x per step, sigmas)."""
     if noise is None:
         start, options = None, {}
-        latent = {"samples": latent_image["samples"][:1]}
+        latent = {**latent_image, "samples": latent_image["samples"][:1]}
         start_noise = _sampling.random_noise(latent, seed, model)
     else:
         start, options, sigmas = noise.x_T[:1], {"eta": noise.eta, "noises": noise.noises}, noise.sigmas

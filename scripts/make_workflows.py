@@ -1,0 +1,357 @@
+"""Write example_workflows/*.json (ComfyUI UI format, version 0.4) and same-name .png diagrams.
+
+Each workflow is described compactly below (nodes with their widget values and links); the sockets, widget
+order and output types come from the node declarations of this pack (nodes/registry.py) and, for ComfyUI core
+nodes, from CORE_NODES, so the files stay consistent with the code. Run from anywhere:
+
+    python scripts/make_workflows.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nodes.pixel_model import EMBEDDED  # noqa: E402
+from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+OUT_DIR = ROOT / "example_workflows"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+SEED_NAMES = {"seed", "noise_seed"}
+NOTE = "Note"  # a frontend-only node holding text
+
+# ComfyUI core nodes: (socket inputs, widget inputs with defaults, outputs), as ComfyUI declares them.
+CORE_NODES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, Any]], list[tuple[str, str]]]] = {
+    "CheckpointLoaderSimple": ([], [("ckpt_name", "v1-5-pruned-emaonly.safetensors")],
+                               [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "CLIPTextEncode": ([("clip", "CLIP")], [("text", "")], [("CONDITIONING", "CONDITIONING")]),
+    "EmptyLatentImage": ([], [("width", 512), ("height", 512), ("batch_size", 1)], [("LATENT", "LATENT")]),
+    "BasicScheduler": ([("model", "MODEL")], [("scheduler", "ddim_uniform"), ("steps", 20), ("denoise", 1.0)],
+                       [("SIGMAS", "SIGMAS")]),
+    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                  ("latent_image", "LATENT")],
+                 [("seed", 0), ("steps", 20), ("cfg", 8.0), ("sampler_name", "euler"), ("scheduler", "normal"),
+                  ("denoise", 1.0)], [("LATENT", "LATENT")]),
+    "SamplerCustom": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                       ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
+                      [("add_noise", True), ("noise_seed", 0), ("cfg", 8.0)],
+                      [("output", "LATENT"), ("denoised_output", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE")], [("filename_prefix", "ComfyUI")], []),
+    NOTE: ([], [("text", "")], []),
+}
+TYPE_COLOURS = {"MODEL": "#b39ddb", "LATENT": "#ff9cf9", "IMAGE": "#64b5f6", "CONDITIONING": "#ffa931",
+                "SIGMAS": "#cddc39", "SAMPLER": "#ecb4b4", "CLIP": "#ffd500", "VAE": "#ff6e6e",
+                "HSPACE_DIRECTION": "#4db6ac", "HSPACE_TRAJECTORY": "#81c784", "HSPACE_NOISE": "#a1887f"}
+
+
+# -- node interfaces -------------------------------------------------------------------------------------
+@dataclass
+class Interface:
+    sockets: list[tuple[str, str]]
+    widgets: list[tuple[str, Any, bool]]  # name, default, followed by a control_after_generate value
+    outputs: list[tuple[str, str]]
+
+
+def interface(node_type: str) -> Interface:
+    if node_type in CORE_NODES:
+        sockets, widgets, outputs = CORE_NODES[node_type]
+        return Interface(list(sockets), [(n, d, n in SEED_NAMES) for n, d in widgets], list(outputs))
+    cls = NODE_CLASS_MAPPINGS[node_type]
+    spec = cls.INPUT_TYPES()
+    sockets, widgets = [], []
+    for section in ("required", "optional"):
+        for name, declaration in spec.get(section, {}).items():
+            kind, options = declaration[0], (declaration[1] if len(declaration) > 1 else {})
+            if isinstance(kind, (list, tuple)):
+                widgets.append((name, options.get("default", kind[0] if kind else ""), False))
+            elif kind in WIDGET_TYPES:
+                control = bool(options.get("control_after_generate")) or name in SEED_NAMES
+                widgets.append((name, options.get("default"), control))
+            else:
+                sockets.append((name, kind))
+    names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+    return Interface(sockets, widgets, list(zip(names, cls.RETURN_TYPES)))
+
+
+# -- compact descriptions ------------------------------------------------------------------------------------
+class N:
+    """One node: its id, type, and keyword values: ``(node_id, output_slot)`` for sockets, else widget values."""
+
+    def __init__(self, id: int, type: str, **values: Any):
+        self.id, self.type, self.values = id, type, values
+
+
+@dataclass
+class Workflow:
+    name: str
+    title: str
+    nodes: list[N]
+
+
+def note(id: int, text: str) -> N:
+    return N(id, NOTE, text=text)
+
+
+def embedded_loader(id: int) -> N:
+    return N(id, "HSpacePixelModelLoader", model_name=EMBEDDED)
+
+
+def ddim_schedule(id: int, model: int, steps: int) -> N:
+    return N(id, "BasicScheduler", model=(model, 0), scheduler="ddim_uniform", steps=steps, denoise=1.0)
+
+
+def empty_pixels(id: int, batch: int) -> N:
+    return N(id, "EmptyLatentImage", width=16, height=16, batch_size=batch)
+
+
+def capture_and_pca(first: int, model: int, sigmas: int, num_samples: int, components: int) -> list[N]:
+    return [empty_pixels(first, 16),
+            N(first + 1, "HSpaceCaptureH", model=(model, 0), sigmas=(sigmas, 0), latent_image=(first, 0),
+              num_samples=num_samples, seed=0),
+            N(first + 2, "HSpacePCA", trajectory=(first + 1, 0), num_components=components)]
+
+
+def save_pixels(id: int, samples: tuple[int, int], prefix: str) -> list[N]:
+    return [N(id, "HSpacePixelLatentToImage", samples=samples),
+            N(id + 1, "SaveImage", images=(id, 0), filename_prefix=prefix)]
+
+
+WORKFLOWS = [
+    Workflow("pca_edit_embedded", "PCA directions on the embedded model, strength sweep", [
+        note(1, "Runs with nothing to download: the embedded 16x16 digit DDPM. Capture h of 64 samples, PCA per "
+                "timestep, then sweep the first component from -3 to +3 standard deviations."),
+        embedded_loader(2), ddim_schedule(3, 2, 10), *capture_and_pca(4, 2, 3, 64, 8),
+        N(7, "HSpacePickDirection", directions=(6, 0), index=0),
+        empty_pixels(8, 4),
+        N(9, "HSpaceStrengthSweep", model=(2, 0), direction=(7, 0), sigmas=(3, 0), latent_image=(8, 0), seed=1,
+          strength_min=-3.0, strength_max=3.0, count=7),
+        N(10, "SaveImage", images=(9, 0), filename_prefix="hspace/pca_sweep"),
+    ]),
+    Workflow("real_image_inversion_edit", "Real-image inversion (edit-friendly) and Asyrp edit", [
+        note(1, "Invert real held-out digits exactly (edit-friendly DDPM inversion), reconstruct them, and edit "
+                "them along PCA component 0 with Asyrp's asymmetric process (edit for t >= t_edit)."),
+        embedded_loader(2), ddim_schedule(3, 2, 20),
+        N(4, "HSpaceEmbeddedDigits", digit="3", count=4, offset=0),
+        N(5, "HSpaceImageToPixelLatent", image=(4, 0), model=(2, 0)),
+        N(6, "HSpaceInvertImage", model=(2, 0), sigmas=(3, 0), latent=(5, 0), method="edit_friendly", seed=0),
+        N(7, "HSpaceSampleFromNoise", model=(2, 0), noise=(6, 0), mode="ddim"),
+        *save_pixels(8, (7, 0), "hspace/reconstruction"),
+        *capture_and_pca(10, 2, 3, 64, 4),
+        N(13, "HSpacePickDirection", directions=(12, 0), index=0),
+        N(14, "HSpaceApplyDirection", model=(2, 0), direction=(13, 0), strength=3.0),
+        N(15, "HSpaceSampleFromNoise", model=(14, 0), noise=(6, 0), mode="asymmetric", t_edit=400),
+        *save_pixels(16, (15, 0), "hspace/edited"),
+    ]),
+    Workflow("supervised_disentangle", "Supervised direction from real digits, disentangled by projection", [
+        note(1, "Invert 16 real '1's and 16 real '7's, take the mean difference of their h (Haas et al.), project "
+                "out PCA component 0 of generated samples (the joint projection), and sweep the result."),
+        embedded_loader(2), ddim_schedule(3, 2, 10),
+        N(4, "HSpaceEmbeddedDigits", digit="7", count=16, offset=0),
+        N(5, "HSpaceImageToPixelLatent", image=(4, 0), model=(2, 0)),
+        N(6, "HSpaceInvertImage", model=(2, 0), sigmas=(3, 0), latent=(5, 0), method="ddim"),
+        N(7, "HSpaceEmbeddedDigits", digit="1", count=16, offset=0),
+        N(8, "HSpaceImageToPixelLatent", image=(7, 0), model=(2, 0)),
+        N(9, "HSpaceInvertImage", model=(2, 0), sigmas=(3, 0), latent=(8, 0), method="ddim"),
+        N(10, "HSpaceSupervisedDirection", positive=(6, 1), negative=(9, 1), method="mean_difference"),
+        *capture_and_pca(11, 2, 3, 48, 4),
+        N(14, "HSpacePickDirection", directions=(13, 0), index=0),
+        N(15, "HSpaceProjectOutDirections", direction=(10, 0), conditions=(14, 0)),
+        N(16, "HSpaceDirectionInfo", direction=(15, 0)),
+        empty_pixels(17, 4),
+        N(18, "HSpaceStrengthSweep", model=(2, 0), direction=(15, 0), sigmas=(3, 0), latent_image=(17, 0), seed=2,
+          strength_min=-1.0, strength_max=1.0, count=5),
+        N(19, "SaveImage", images=(18, 0), filename_prefix="hspace/supervised_sweep"),
+    ]),
+    Workflow("jacobian_edit", "Image-specific Jacobian directions (Haas et al.)", [
+        note(1, "Find the top singular vectors of d eps / d h along one sample's run and sweep the first one on "
+                "that same sample (same seed)."),
+        embedded_loader(2), ddim_schedule(3, 2, 10), empty_pixels(4, 1),
+        N(5, "HSpaceJacobianDirections", model=(2, 0), sigmas=(3, 0), latent_image=(4, 0), seed=7, num_vectors=3,
+          max_iter=30),
+        N(6, "HSpacePickDirection", directions=(5, 0), index=0),
+        N(7, "HSpaceStrengthSweep", model=(2, 0), direction=(6, 0), sigmas=(3, 0), latent_image=(4, 0), seed=7,
+          strength_min=-2.0, strength_max=2.0, count=5),
+        N(8, "SaveImage", images=(7, 0), filename_prefix="hspace/jacobian_sweep"),
+    ]),
+    Workflow("pullback_edit", "Pullback basis and x-space guidance (Park et al.)", [
+        note(1, "Run one sample to t_edit, find the local basis of x-space from the Jacobian of the encoder "
+                "x -> h, move both ways along the first basis vector with x-space guidance, finish with DDIM."),
+        embedded_loader(2), ddim_schedule(3, 2, 20), empty_pixels(4, 1),
+        N(5, "HSpacePullbackEdit", model=(2, 0), sigmas=(3, 0), latent_image=(4, 0), seed=3, sign="+",
+          t_boost=200, max_iter=30),
+        N(6, "HSpacePullbackEdit", model=(2, 0), sigmas=(3, 0), latent_image=(4, 0), seed=3, sign="-",
+          t_boost=200, max_iter=30),
+        *save_pixels(7, (5, 0), "hspace/pullback_plus"),
+        *save_pixels(9, (6, 0), "hspace/pullback_minus"),
+    ]),
+    Workflow("asyrp_sd15", "Asyrp sampler on Stable Diffusion 1.5", [
+        note(1, "Needs v1-5-pruned-emaonly.safetensors in models/checkpoints. Capture h of 32 samples, take PCA "
+                "component 1, patch the model with it and sample with the Asyrp SAMPLER (edit for t >= 500, "
+                "quality boosting below 200) next to the unedited image."),
+        N(2, "CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors"),
+        N(3, "CLIPTextEncode", clip=(2, 1), text="a portrait photo of a person, studio light"),
+        N(4, "CLIPTextEncode", clip=(2, 1), text="blurry, lowres"),
+        N(5, "BasicScheduler", model=(2, 0), scheduler="ddim_uniform", steps=40, denoise=1.0),
+        N(6, "EmptyLatentImage", width=512, height=512, batch_size=4),
+        N(7, "HSpaceCaptureH", model=(2, 0), sigmas=(5, 0), latent_image=(6, 0), num_samples=32, seed=0, cfg=7.0,
+          positive=(3, 0), negative=(4, 0)),
+        N(8, "HSpacePCA", trajectory=(7, 0), num_components=8),
+        N(9, "HSpacePickDirection", directions=(8, 0), index=1),
+        N(10, "HSpaceApplyDirection", model=(2, 0), direction=(9, 0), strength=4.0),
+        N(11, "HSpaceAsyrpSampler", model=(2, 0), mode="asymmetric", t_edit=500, t_boost=200),
+        N(12, "EmptyLatentImage", width=512, height=512, batch_size=1),
+        N(13, "SamplerCustom", model=(10, 0), add_noise=True, noise_seed=42, cfg=7.0, positive=(3, 0),
+          negative=(4, 0), sampler=(11, 0), sigmas=(5, 0), latent_image=(12, 0)),
+        N(14, "VAEDecode", samples=(13, 0), vae=(2, 2)),
+        N(15, "SaveImage", images=(14, 0), filename_prefix="hspace/asyrp_edited"),
+        N(16, "SamplerCustom", model=(2, 0), add_noise=True, noise_seed=42, cfg=7.0, positive=(3, 0),
+          negative=(4, 0), sampler=(11, 0), sigmas=(5, 0), latent_image=(12, 0)),
+        N(17, "VAEDecode", samples=(16, 0), vae=(2, 2)),
+        N(18, "SaveImage", images=(17, 0), filename_prefix="hspace/asyrp_original"),
+    ]),
+    Workflow("direction_arithmetic_save_load", "Direction arithmetic, save and load, KSampler", [
+        note(1, "Combine PCA components (slerp, normalize, scale, Gram-Schmidt, add), save the result to "
+                "models/hspace_directions, load a saved direction and sample with it through a plain KSampler. "
+                "Load Direction lists the files present: run once, then refresh, to pick the saved one."),
+        embedded_loader(2), ddim_schedule(3, 2, 10), *capture_and_pca(4, 2, 3, 48, 6),
+        N(7, "HSpacePickDirection", directions=(6, 0), index=0),
+        N(8, "HSpacePickDirection", directions=(6, 0), index=1),
+        N(9, "HSpaceSlerpDirections", a=(7, 0), b=(8, 0), t=0.5),
+        N(10, "HSpaceNormalizeDirection", direction=(9, 0)),
+        N(11, "HSpaceScaleDirection", direction=(10, 0), factor=3.0),
+        N(12, "HSpaceJoinDirections", a=(7, 0), b=(8, 0)),
+        N(13, "HSpaceOrthogonalizeDirections", directions=(12, 0)),
+        N(14, "HSpacePickDirection", directions=(13, 0), index=1),
+        N(15, "HSpaceAddDirections", a=(11, 0), b=(14, 0)),
+        N(16, "HSpaceSaveDirection", direction=(15, 0), filename="hspace_examples/mix", overwrite=True),
+        N(17, "HSpaceDirectionInfo", direction=(15, 0)),
+        N(18, "HSpaceLoadDirection", direction_name="hspace_examples/mix.safetensors"),
+        N(19, "HSpaceApplyDirection", model=(2, 0), direction=(18, 0), strength=1.0),
+        N(20, "HSpaceUnconditional"),
+        empty_pixels(21, 4),
+        N(22, "KSampler", model=(19, 0), positive=(20, 0), negative=(20, 0), latent_image=(21, 0), seed=0,
+          steps=10, cfg=1.0, sampler_name="ddim", scheduler="ddim_uniform"),
+        *save_pixels(23, (22, 0), "hspace/loaded_direction"),
+    ]),
+]
+
+
+# -- UI format -------------------------------------------------------------------------------------------------
+def _size(face: Interface) -> list[int]:
+    rows = max(len(face.sockets), len(face.outputs))
+    return [340, 46 + 22 * rows + 26 * len(face.widgets)]
+
+
+def _depths(nodes: list[N]) -> dict[int, int]:
+    by_id = {n.id: n for n in nodes}
+    depths: dict[int, int] = {}
+
+    def depth(node_id: int) -> int:
+        if node_id not in depths:
+            sources = [v[0] for v in by_id[node_id].values.values() if isinstance(v, tuple)]
+            depths[node_id] = 1 + max((depth(s) for s in sources), default=-1)
+        return depths[node_id]
+
+    for n in nodes:
+        depth(n.id)
+    return depths
+
+
+def build(workflow: Workflow) -> dict[str, Any]:
+    faces = {n.id: interface(n.type) for n in workflow.nodes}
+    depths = _depths(workflow.nodes)
+    order = sorted(workflow.nodes, key=lambda n: (depths[n.id], n.id))
+    links: list[list[Any]] = []
+    column_y: dict[int, int] = {}
+    ui_nodes = []
+    for n in workflow.nodes:
+        face = faces[n.id]
+        unknown = set(n.values) - {s for s, _ in face.sockets} - {w for w, _, _ in face.widgets}
+        if unknown:
+            raise ValueError(f"{workflow.name}: node {n.id} ({n.type}) has no inputs {sorted(unknown)}")
+    for n in order:
+        face = faces[n.id]
+        inputs = []
+        for slot, (name, kind) in enumerate(face.sockets):
+            source = n.values.get(name)
+            link_id = None
+            if source is not None:
+                link_id = len(links) + 1
+                from_id, from_slot = source
+                links.append([link_id, from_id, from_slot, n.id, slot, faces[from_id].outputs[from_slot][1]])
+            inputs.append({"name": name, "type": kind, "link": link_id})
+        widgets_values: list[Any] = []
+        for name, default, control in face.widgets:
+            widgets_values.append(n.values.get(name, default))
+            if control:
+                widgets_values.append("fixed")
+        size = _size(face)
+        x = 40 + 400 * depths[n.id]
+        y = column_y.get(depths[n.id], 40)
+        column_y[depths[n.id]] = y + size[1] + 50
+        ui_nodes.append({"id": n.id, "type": n.type, "pos": [x, y], "size": size, "flags": {}, "order": 0,
+                         "mode": 0, "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": n.type},
+                         "widgets_values": widgets_values})
+    for index, node in enumerate(ui_nodes):
+        node["order"] = index
+        face = faces[node["id"]]
+        node["outputs"] = [{"name": name, "type": kind, "slot_index": slot,
+                            "links": [link[0] for link in links if link[1] == node["id"] and link[2] == slot]}
+                           for slot, (name, kind) in enumerate(face.outputs)]
+    ui_nodes.sort(key=lambda node: node["id"])
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hspace/{workflow.name}")), "revision": 0,
+            "last_node_id": max(n.id for n in workflow.nodes), "last_link_id": len(links), "nodes": ui_nodes,
+            "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "hspace_title": workflow.title}, "version": 0.4}
+
+
+# -- thumbnails --------------------------------------------------------------------------------------------------
+def thumbnail(graph: dict[str, Any], title: str, size: tuple[int, int] = (800, 400)) -> Image.Image:
+    """A diagram of the graph: boxes at the nodes' positions, links coloured by type, the title on top."""
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    right = max(n["pos"][0] + n["size"][0] for n in nodes.values())
+    bottom = max(n["pos"][1] + n["size"][1] for n in nodes.values())
+    scale = min((size[0] - 20) / right, (size[1] - 50) / bottom)
+    image = Image.new("RGB", size, "#202020")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 8), f"hspace: {title}", fill="#f0f0f0")
+
+    def box(n: dict[str, Any]) -> tuple[float, float, float, float]:
+        x, y = n["pos"]
+        w, h = n["size"]
+        return 10 + x * scale, 40 + y * scale, 10 + (x + w) * scale, 40 + (y + h) * scale
+
+    for _, src, src_slot, dst, dst_slot, kind in graph["links"]:
+        a, b = box(nodes[src]), box(nodes[dst])
+        start = (a[2], a[1] + 12 + 8 * src_slot)
+        end = (b[0], b[1] + 12 + 8 * dst_slot)
+        draw.line([start, end], fill=TYPE_COLOURS.get(kind, "#aaaaaa"), width=2)
+    for n in nodes.values():
+        left, top, r, btm = box(n)
+        ours = n["type"].startswith("HSpace")
+        draw.rectangle([left, top, r, btm], fill="#2f4f4f" if ours else "#353535", outline="#888888")
+        label = NODE_DISPLAY_NAME_MAPPINGS.get(n["type"], n["type"]).replace(" (hspace)", "")
+        draw.text((left + 3, top + 2), label[: max(4, int((r - left) / 6))], fill="#ffffff")
+    return image
+
+
+def main() -> None:
+    OUT_DIR.mkdir(exist_ok=True)
+    for workflow in WORKFLOWS:
+        graph = build(workflow)
+        (OUT_DIR / f"{workflow.name}.json").write_text(json.dumps(graph, indent=1) + "\n")
+        thumbnail(graph, workflow.title).save(OUT_DIR / f"{workflow.name}.png")
+        print(f"wrote {workflow.name}.json and .png ({len(graph['nodes'])} nodes, {len(graph['links'])} links)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The example workflows (UI format) refer to existing nodes, type-check, and match the widget declarations."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nodes.registry import NODE_CLASS_MAPPINGS
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+# ComfyUI core nodes the examples use: (socket inputs, widget inputs, outputs), from ComfyUI 0.33's declarations.
+# Widgets named seed / noise_seed carry the frontend's control_after_generate value after them.
+CORE = {
+    "CheckpointLoaderSimple": ({}, ["ckpt_name"], ["MODEL", "CLIP", "VAE"]),
+    "CLIPTextEncode": ({"clip": "CLIP"}, ["text"], ["CONDITIONING"]),
+    "EmptyLatentImage": ({}, ["width", "height", "batch_size"], ["LATENT"]),
+    "BasicScheduler": ({"model": "MODEL"}, ["scheduler", "steps", "denoise"], ["SIGMAS"]),
+    "KSampler": ({"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING", "latent_image": "LATENT"},
+                 ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"], ["LATENT"]),
+    "SamplerCustom": ({"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING",
+                       "sampler": "SAMPLER", "sigmas": "SIGMAS", "latent_image": "LATENT"},
+                      ["add_noise", "noise_seed", "cfg"], ["LATENT", "LATENT"]),
+    "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, [], ["IMAGE"]),
+    "SaveImage": ({"images": "IMAGE"}, ["filename_prefix"], []),
+    "Note": ({}, ["text"], []),
+}
+SEEDS = {"seed", "noise_seed"}
+
+
+def declaration(node_type: str) -> tuple[dict[str, str], list[str], list[str], int]:
+    """(socket inputs name -> type, widget names, output types, number of control_after_generate values)."""
+    if node_type in CORE:
+        sockets, widgets, outputs = CORE[node_type]
+        return sockets, widgets, outputs, sum(w in SEEDS for w in widgets)
+    cls = NODE_CLASS_MAPPINGS[node_type]
+    spec = cls.INPUT_TYPES()
+    sockets, widgets, controls = {}, [], 0
+    for section in ("required", "optional"):
+        for name, (kind, *rest) in spec.get(section, {}).items():
+            options = rest[0] if rest else {}
+            if isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES:
+                widgets.append(name)
+                controls += bool(options.get("control_after_generate")) or name in SEEDS
+            else:
+                sockets[name] = kind
+    return sockets, widgets, list(cls.RETURN_TYPES), controls
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_there_are_the_promised_examples():
+    names = {p.stem for p in WORKFLOWS}
+    assert {"pca_edit_embedded", "real_image_inversion_edit", "supervised_disentangle", "jacobian_edit",
+            "pullback_edit", "asyrp_sd15", "direction_arithmetic_save_load"} <= names
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_is_ui_format_with_a_thumbnail(path):
+    graph = load(path)
+    assert graph["version"] == 0.4
+    assert path.with_suffix(".png").is_file()
+    ids = [n["id"] for n in graph["nodes"]]
+    assert len(set(ids)) == len(ids) and graph["last_node_id"] >= max(ids)
+    assert graph["last_link_id"] >= max((link[0] for link in graph["links"]), default=0)
+    for node in graph["nodes"]:
+        assert {"id", "type", "pos", "size", "inputs", "outputs", "widgets_values"} <= set(node)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_nodes_exist_and_widgets_match(path):
+    for node in load(path)["nodes"]:
+        assert node["type"] in CORE or node["type"] in NODE_CLASS_MAPPINGS, f"unknown node type {node['type']}"
+        sockets, widgets, outputs, controls = declaration(node["type"])
+        assert len(node["widgets_values"]) == len(widgets) + controls, f"node {node['id']} ({node['type']})"
+        assert [(i["name"], i["type"]) for i in node["inputs"]] == list(sockets.items())
+        assert [o["type"] for o in node["outputs"]] == outputs
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_links_type_check(path):
+    graph = load(path)
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, kind in graph["links"]:
+        _, _, outputs, _ = declaration(nodes[src]["type"])
+        sockets, _, _, _ = declaration(nodes[dst]["type"])
+        assert outputs[src_slot] == kind, f"link {link_id}: {nodes[src]['type']} output {src_slot} is not {kind}"
+        target = nodes[dst]["inputs"][dst_slot]
+        assert sockets[target["name"]] == kind and target["link"] == link_id, f"link {link_id} into {target}"
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+    for node in nodes.values():
+        for socket in node["inputs"]:
+            required = socket["name"] in NODE_CLASS_MAPPINGS.get(node["type"], object).INPUT_TYPES()["required"] \
+                if node["type"] in NODE_CLASS_MAPPINGS else True
+            assert socket["link"] is not None or not required, f"node {node['id']}: {socket['name']} is unconnected"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_combo_values_are_allowed(path):
+    for node in load(path)["nodes"]:
+        if node["type"] not in NODE_CLASS_MAPPINGS or node["type"] == "HSpaceLoadDirection":
+            continue  # LoadDirection lists the files present; the real-ComfyUI test covers it
+        spec = NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()
+        values = iter(node["widgets_values"])
+        for section in ("required", "optional"):
+            for name, (kind, *rest) in spec.get(section, {}).items():
+                options = rest[0] if rest else {}
+                if isinstance(kind, (list, tuple)):
+                    assert next(values) in kind, f"{node['type']}.{name}"
+                elif kind in WIDGET_TYPES:
+                    value = next(values)
+                    if kind in ("INT", "FLOAT"):
+                        assert options.get("min", value) <= value <= options.get("max", value), f"{node['type']}.{name}"
+                    if options.get("control_after_generate") or name in SEEDS:
+                        next(values)
+
+
+def test_the_generator_reproduces_the_files():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("make_workflows", ROOT / "scripts" / "make_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    for workflow in module.WORKFLOWS:
+        assert load(ROOT / "example_workflows" / f"{workflow.name}.json") == module.build(workflow)
