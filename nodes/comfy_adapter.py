@@ -227,12 +227,26 @@ def grad_ready(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().clone()
 
 
+def _with_copied_unet(base: Any) -> Any:
+    """A shallow copy of a BaseModel whose diffusion_model is a deep copy (made outside inference mode)."""
+    new = base.__class__.__new__(base.__class__)
+    new.__dict__.update(base.__dict__)
+    for key in ("_modules", "_parameters", "_buffers"):
+        new.__dict__[key] = base.__dict__[key].copy()
+    inner = copy.deepcopy(base.diffusion_model)  # Parameter deepcopy clones: inference tensors become normal
+    inner.requires_grad_(False)
+    new._modules["diffusion_model"] = inner
+    if hasattr(new, "current_patcher"):
+        new.current_patcher = None
+    return new
+
+
 def autograd_copy(model: Any) -> Any:
     """A clone of the MODEL whose weights are ordinary tensors, so autograd can run through it.
 
     ComfyUI loads weights as inference tensors, which cannot be saved for backward. ``force_deepcopy``
-    reloads the model outside inference mode (it doubles the UNet's memory); ComfyUI versions or models
-    without that route get a deep copy of the BaseModel instead.
+    reloads the model outside inference mode (it doubles the UNet's memory); ComfyUI versions without it
+    (up to 0.19.x) or models it cannot reload get a clone over a deep copy of the diffusion model instead.
     """
     with torch.inference_mode(False):
         try:
@@ -242,10 +256,8 @@ def autograd_copy(model: Any) -> Any:
         if not hasattr(model, "get_clone_model_override"):
             raise HSpaceError(f"cannot make an autograd-capable copy of {type(model).__name__}: "
                               "this ComfyUI offers neither clone(force_deepcopy=True) nor model overrides")
-        inner = copy.deepcopy(base_model(model))
-        for p in inner.parameters():
-            p.requires_grad_(False)
-        return model.clone(model_override=(inner, ({}, {}, {}, set())))
+        backups = tuple(type(v)() for v in model.get_clone_model_override()[1])
+        return model.clone(model_override=(_with_copied_unet(base_model(model)), backups))
 
 
 # -- progress ------------------------------------------------------------------------------------------------

@@ -185,6 +185,32 @@ def test_grad_ready_turns_inference_tensors_into_normal_ones():
     assert torch.equal(x.grad, torch.full((3,), 2.0))
 
 
+class FakeTorchBaseModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.diffusion_model = torch.nn.Linear(2, 2)
+        self.other = torch.nn.Linear(2, 2)
+        self.current_patcher = "patcher"
+
+
+def test_copied_unet_is_autograd_capable_and_leaves_the_original_alone():
+    with torch.inference_mode():
+        base = FakeTorchBaseModel()
+    copy = comfy_adapter._with_copied_unet(base)
+    assert base.diffusion_model.weight.is_inference() and not copy.diffusion_model.weight.is_inference()
+    assert copy.other is base.other and copy.current_patcher is None and base.current_patcher == "patcher"
+    assert copy.diffusion_model is not base.diffusion_model and base._modules["diffusion_model"] is base.diffusion_model
+    torch.testing.assert_close(copy.diffusion_model.weight, base.diffusion_model.weight.clone())
+    x = torch.ones(1, 2, requires_grad=True)
+    copy.diffusion_model(x).sum().backward()
+    assert x.grad is not None
+
+
+def test_autograd_copy_without_clone_support_is_a_clear_error():
+    with pytest.raises(HSpaceError, match="autograd-capable copy of FakePatcher"):
+        comfy_adapter.autograd_copy(FakePatcher(FakeUNet()))
+
+
 # -- pixel models ------------------------------------------------------------------------------
 
 def _tiny_unet():

@@ -175,6 +175,10 @@ class ComfyServer:
         self.output_dir = root / "base" / "output"
         self.checkpoint = CHECKPOINT
         self.pack_name = REPO.name
+        self.comfy_dir = comfyui_path()
+        patcher_source = (self.comfy_dir / "comfy" / "model_patcher.py").read_text(errors="replace")
+        # ComfyUI up to 0.19.3 lacks the middle-block patch; the adapter then falls back to output block 0
+        self.has_middle_patch = "def set_model_middle_block_after_patch" in patcher_source
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -119,13 +119,20 @@ def test_cfg_one_runs_only_the_cond_rows(comfy):
 
 
 def test_output_block_fallback_equals_middle_patch(comfy):
-    middle = run_latent(comfy, sd_prompt(comfy.checkpoint, prefix="mid", patch={
-        "strength": 30.0, "site": "middle", "tag": _tag("mid")}))
     tag = _tag("out0")
     fallback = run_latent(comfy, sd_prompt(comfy.checkpoint, prefix="out0", patch={
         "strength": 30.0, "site": "output0", "tag": tag}))
     assert len(comfy.probe_records(tag)) == 3  # acted once per call: only at block ("output", 0)
-    assert torch.equal(middle, fallback)
+    auto = run_latent(comfy, sd_prompt(comfy.checkpoint, prefix="auto", patch={
+        "strength": 30.0, "site": "auto", "tag": _tag("auto")}))
+    assert torch.equal(auto, fallback)
+    middle_prompt = sd_prompt(comfy.checkpoint, prefix="mid", patch={"strength": 30.0, "site": "middle",
+                                                                     "tag": _tag("mid")})
+    if comfy.has_middle_patch:
+        assert torch.equal(run_latent(comfy, middle_prompt), fallback)
+    else:
+        with pytest.raises(AssertionError, match="no set_model_middle_block_after_patch"):
+            run_latent(comfy, middle_prompt)
 
 
 def test_hspace_ddim_sampler_matches_comfy_ddim(comfy):
