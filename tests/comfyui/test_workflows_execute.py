@@ -1,0 +1,109 @@
+"""Every example workflow runs headlessly in a real ComfyUI through the HTTP API (needs COMFYUI_PATH).
+
+The UI-format files are converted to API prompts here, with the widget order taken from /object_info (the
+control_after_generate value after seed widgets skipped), and shrunk for a CPU: 4 steps, few samples, 64 px,
+the tiny SD1.5-layout checkpoint of the harness in place of v1-5-pruned-emaonly.safetensors.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from hspace_core.direction import Direction
+from hspace_core.fileio import save_direction
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEEDS = {"seed", "noise_seed"}
+EMBEDDED_H_SHAPE = (64, 4, 4)
+# widget -> value (or a function of the value) that keeps each run to seconds on a CPU
+SHRINK = {
+    "steps": lambda v: min(v, 4),
+    "num_samples": lambda v: min(v, 8),
+    "count": lambda v: min(v, 3),
+    "max_iter": lambda v: min(v, 3),
+    "guidance_steps": lambda v: min(v, 2),
+    "width": lambda v: min(v, 64),
+    "height": lambda v: min(v, 64),
+    "batch_size": lambda v: min(v, 2),
+}
+
+
+def is_widget(spec: list) -> bool:
+    kind = spec[0]
+    options = spec[1] if len(spec) > 1 else {}
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
+
+
+def widget_names(info: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The widget inputs of a node type in frontend order, each with "has a control_after_generate value"."""
+    inputs = info["input"]
+    order = info.get("input_order") or {k: list(v) for k, v in inputs.items() if k != "hidden"}
+    names = []
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            spec = inputs[section][name]
+            if is_widget(spec):
+                options = spec[1] if len(spec) > 1 else {}
+                names.append((name, bool(options.get("control_after_generate")) or name in SEEDS))
+    return names
+
+
+def ui_to_api(graph: dict[str, Any], object_info: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+    links = {link[0]: link for link in graph["links"]}
+    prompt = {}
+    for node in graph["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        inputs: dict[str, Any] = {}
+        values = iter(node["widgets_values"])
+        for name, control in widget_names(object_info[node["type"]]):
+            value = next(values)
+            if control:
+                next(values)
+            inputs[name] = SHRINK[name](value) if name in SHRINK else value
+        if "ckpt_name" in inputs:
+            inputs["ckpt_name"] = checkpoint
+        for socket in node["inputs"]:
+            if socket.get("link") is not None:
+                _, source, slot, *_ = links[socket["link"]]
+                inputs[socket["name"]] = [str(source), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy) -> dict[str, Any]:
+    return comfy.client.object_info()
+
+
+@pytest.fixture(scope="module")
+def saved_direction(comfy) -> Path:
+    """The file the arithmetic workflow's Load Direction names (Save Direction of the same run rewrites it)."""
+    path = comfy.root / "base" / "models" / "hspace_directions" / "hspace_examples" / "mix.safetensors"
+    return save_direction(Direction(0.1 * torch.randn(EMBEDDED_H_SHAPE)), path)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflow_executes(comfy, object_info, saved_direction, path):
+    graph = json.loads(path.read_text())
+    missing = {n["type"] for n in graph["nodes"]} - set(object_info) - FRONTEND_ONLY
+    assert not missing, f"ComfyUI does not know {missing}"
+    prompt = ui_to_api(graph, object_info, comfy.checkpoint)
+    outputs = comfy.client.run(prompt, timeout_s=900)
+    saved = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
+    assert saved
+    for node_id in saved:
+        images = outputs[node_id]["images"]
+        assert images and all((comfy.output_dir / i["subfolder"] / i["filename"]).is_file() for i in images)
+    for node_id, node in prompt.items():
+        if node["class_type"] == "HSpacePCA":
+            assert outputs[node_id]["hspace_spectrum"][0]["explained_variance_ratio"]
+        if node["class_type"] == "HSpaceStrengthSweep":
+            assert outputs[node_id]["images"] and outputs[node_id]["hspace_sweep"]
