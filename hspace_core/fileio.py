@@ -27,6 +27,7 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, kind:
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=header)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a direction file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -57,7 +57,7 @@ class HSpacePipeline:
             if candidate.is_file():
                 config = json.loads(candidate.read_text())
                 break
-        unet = UNet2DModel.from_pretrained(unet_dir).to(device).eval()
+        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False).to(device).eval()
         return cls(unet, VPSchedule.from_diffusers_config(config), config.get("prediction_type", "epsilon"))
 
     @classmethod
