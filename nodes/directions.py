@@ -227,8 +227,8 @@ class HSpaceNormalizeDirection:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "direction": _direction_input("the direction to normalize"),
-            "per_timestep": ("BOOLEAN", {"default": False,
-                                         "tooltip": "unit norm for every timestep's slice instead of the whole tensor"}),
+            "per_timestep": ("BOOLEAN", {
+                "default": False, "tooltip": "unit norm for every timestep's slice instead of the whole tensor"}),
         }}
 
     def normalize(self, direction: DirectionSet, per_timestep: bool) -> tuple[DirectionSet]:

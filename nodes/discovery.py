@@ -1,4 +1,5 @@
-"""Discovery nodes: PCA, supervised and image-specific Jacobian directions (Haas et al.), Park et al.'s pullback edit."""
+"""Discovery nodes: PCA, supervised and image-specific Jacobian directions (Haas et al.), Park et al.'s
+pullback edit."""
 from __future__ import annotations
 
 from typing import Any
@@ -76,7 +77,8 @@ class HSpaceSupervisedDirection:
             "positive": _inputs.trajectory("h of examples that have the attribute"),
             "negative": _inputs.trajectory("h of examples without it (paired or not)"),
             "method": (["mean_difference", "linear_probe"], {
-                "tooltip": "mean_difference: Haas et al.; linear_probe: unit normal of a logistic-regression boundary"}),
+                "tooltip": "mean_difference: Haas et al.; linear_probe: unit normal of a logistic-regression "
+                           "boundary"}),
         }}
 
     def discover(self, positive: Trajectory, negative: Trajectory, method: str) -> tuple[DirectionSet]:
@@ -238,5 +240,6 @@ class HSpacePullbackEdit:
 
 
 NODE_CLASSES = (HSpacePCA, HSpaceSupervisedDirection, HSpaceJacobianDirections, HSpacePullbackEdit)
-DISPLAY_NAMES = {"HSpacePCA": "PCA Directions (hspace)", "HSpaceSupervisedDirection": "Supervised Direction (hspace)", "HSpaceJacobianDirections": "Jacobian Directions (hspace)",
+DISPLAY_NAMES = {"HSpacePCA": "PCA Directions (hspace)", "HSpaceSupervisedDirection": "Supervised Direction (hspace)",
+                 "HSpaceJacobianDirections": "Jacobian Directions (hspace)",
                  "HSpacePullbackEdit": "Pullback Edit (hspace)"}

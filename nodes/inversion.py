@@ -78,10 +78,12 @@ class HSpaceSampleFromNoise:
             "required": {
                 "model": _inputs.model("the model to sample with: the original, or one from Apply Direction"),
                 "noise": _inputs.noise_record(),
-                "mode": (list(RESAMPLE_MODES), {"tooltip": "ddim: the patched model edits every allowed step; "
-                                                           "asymmetric (Asyrp) / symmetric: edit only for t >= t_edit"}),
+                "mode": (list(RESAMPLE_MODES), {
+                    "tooltip": "ddim: the patched model edits every allowed step; asymmetric (Asyrp) / symmetric: "
+                               "edit only for t >= t_edit"}),
                 "t_edit": _inputs.timestep(400, "asymmetric/symmetric: edit at timesteps >= t_edit"),
-                "t_boost": _inputs.timestep(0, "asymmetric/symmetric: no edit and stochastic steps below t_boost; 0 = off"),
+                "t_boost": _inputs.timestep(0, "asymmetric/symmetric: no edit and stochastic steps below t_boost; "
+                                               "0 = off"),
                 "cfg": _inputs.cfg(),
             },
             "optional": _inputs.optional_conditioning(),

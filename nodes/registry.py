@@ -1,9 +1,9 @@
 """Every node class of the pack, gathered from the family modules."""
 from __future__ import annotations
 
-from . import apply, capture, directions, discovery, inversion, loaders
+from . import apply, capture, directions, discovery, inversion, loaders, trajectories
 
-FAMILIES = (loaders, capture, inversion, discovery, directions, apply)
+FAMILIES = (loaders, capture, trajectories, inversion, discovery, directions, apply)
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for family in FAMILIES for cls in family.NODE_CLASSES}
 NODE_DISPLAY_NAME_MAPPINGS = {name: title for family in FAMILIES for name, title in family.DISPLAY_NAMES.items()}

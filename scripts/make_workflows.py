@@ -127,14 +127,16 @@ def save_pixels(id: int, samples: tuple[int, int], prefix: str) -> list[N]:
 
 WORKFLOWS = [
     Workflow("pca_edit_embedded", "PCA directions on the embedded model, strength sweep", [
-        note(1, "Runs with nothing to download: the embedded 16x16 digit DDPM. Capture h of 64 samples, PCA per "
-                "timestep, then sweep the first component from -3 to +3 standard deviations."),
+        note(1, "Runs with nothing to download: the embedded 16x16 digit DDPM. Capture h of 64 samples (saved for "
+                "Load Trajectory), PCA per timestep, then sweep the first component from -3 to +3 standard "
+                "deviations."),
         embedded_loader(2), ddim_schedule(3, 2, 10), *capture_and_pca(4, 2, 3, 64, 8),
         N(7, "HSpacePickDirection", directions=(6, 0), index=0),
         empty_pixels(8, 4),
         N(9, "HSpaceStrengthSweep", model=(2, 0), direction=(7, 0), sigmas=(3, 0), latent_image=(8, 0), seed=1,
           strength_min=-3.0, strength_max=3.0, count=7),
         N(10, "SaveImage", images=(9, 0), filename_prefix="hspace/pca_sweep"),
+        N(11, "HSpaceSaveTrajectory", trajectory=(5, 0), filename_prefix="hspace_trajectories/embedded_64"),
     ]),
     Workflow("real_image_inversion_edit", "Real-image inversion (edit-friendly) and Asyrp edit", [
         note(1, "Invert real held-out digits exactly (edit-friendly DDPM inversion), reconstruct them, and edit "

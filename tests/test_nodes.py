@@ -208,3 +208,71 @@ def test_nodes_that_need_comfyui_say_so():
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     with pytest.raises(HSpaceError, match="ComfyUI"):
         node("HSpaceCaptureH").capture(object(), torch.tensor([1.0, 0.0]), latent, 2, 0, 1.0, 0.0)
+
+
+# -- the model patch, on a stand-in for ComfyUI's ModelPatcher ----------------------------------------------
+class FakeSampling:
+    """ModelSamplingDiscrete's interface: sigma = t / 100, percent 0 -> sigma 10, percent 1 -> sigma 0."""
+
+    sigmas = torch.arange(1, 1001, dtype=torch.float32) / 100
+
+    def timestep(self, sigma):
+        return (torch.as_tensor(sigma) * 100).round()
+
+    def percent_to_sigma(self, percent: float) -> float:
+        return 10.0 * (1.0 - percent)
+
+
+class FakeUNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.middle_block = torch.nn.Conv2d(4, 4, 1)
+
+
+class FakePatcher:
+    def __init__(self) -> None:
+        self.model = type("BaseModel", (), {})()
+        self.model.diffusion_model, self.model.model_sampling = FakeUNet(), FakeSampling()
+        self.patches: dict[str, list] = {}
+
+    def clone(self) -> "FakePatcher":
+        other = FakePatcher.__new__(FakePatcher)
+        other.model, other.patches = self.model, {k: list(v) for k, v in self.patches.items()}
+        return other
+
+    def set_model_middle_block_after_patch(self, fn) -> None:
+        self.patches.setdefault("middle_block_after_patch", []).append(fn)
+
+    def get_model_object(self, name: str):
+        return getattr(self.model, name)
+
+
+def run_patch(model: FakePatcher, h: torch.Tensor, timestep: float, cond_or_uncond=(0,)) -> torch.Tensor:
+    options = {"cond_or_uncond": list(cond_or_uncond), "sigmas": torch.tensor([timestep / 100])}
+    for patch in model.patches.get("middle_block_after_patch", []):
+        h = patch({"h": h, "timesteps": torch.tensor([timestep]), "transformer_options": options})["h"]
+    return h
+
+
+def test_apply_direction_patches_a_clone_within_the_window():
+    model = FakePatcher()
+    direction = [Direction(torch.ones(4, 2, 2))]
+    (patched,) = node("HSpaceApplyDirection").apply(model, direction, 2.0, 0.0, 0.5, "cond", False)
+    assert not model.patches and len(patched.patches["middle_block_after_patch"]) == 1
+    h = torch.zeros(2, 4, 2, 2)
+    torch.testing.assert_close(run_patch(patched, h, 900.0), torch.full_like(h, 2.0))
+    torch.testing.assert_close(run_patch(patched, h, 100.0), h)  # after the window (percent 0.5 = t 500)
+    edited = run_patch(patched, h, 900.0, cond_or_uncond=(1, 0))  # rows 0 uncond, 1 cond
+    assert float(edited[0].abs().max()) == 0.0 and float(edited[1].min()) == 2.0
+
+
+def test_apply_direction_refuses_foreign_directions_unless_allowed():
+    model = FakePatcher()
+    fingerprint = {"arch": "Other", "weights": "0", "h_shape": [4, 2, 2]}
+    foreign = [Direction(torch.ones(4, 2, 2), None, {"fingerprint": fingerprint})]
+    with pytest.raises(HSpaceError, match="another model"):
+        node("HSpaceApplyDirection").apply(model, foreign, 1.0, 0.0, 1.0, "cond", False)
+    (patched,) = node("HSpaceApplyDirection").apply(model, foreign, 1.0, 0.0, 1.0, "both", True)
+    wrong_shape = torch.zeros(1, 8, 2, 2)
+    with pytest.raises(HSpaceError, match="does not fit"):
+        run_patch(patched, wrong_shape, 500.0)
