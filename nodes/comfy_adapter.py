@@ -63,12 +63,20 @@ def model_sampling(model: Any) -> Any:
     return ms
 
 
+def _device(sampling: Any) -> torch.device:
+    sigmas = getattr(sampling, "sigmas", None)
+    return sigmas.device if isinstance(sigmas, torch.Tensor) else torch.device("cpu")
+
+
 # -- the patch ----------------------------------------------------------------------------------------------
 
-def _first(value: Any) -> Any:
+def _first(value: Any) -> float | None:
+    """The value of the first row (ComfyUI runs all rows of one model call at the same sigma)."""
+    if value is None:
+        return None
     if isinstance(value, torch.Tensor):
-        return value.detach().flatten()[0] if value.numel() else None
-    return value
+        return float(value.detach().flatten()[0]) if value.numel() else None
+    return float(value)
 
 
 class _ControllerPatch:
@@ -78,21 +86,21 @@ class _ControllerPatch:
         self.controller = controller
         self.sampling = sampling
 
-    def timestep(self, transformer_options: dict[str, Any], timesteps: Any = None) -> Any:
+    def timestep(self, transformer_options: dict[str, Any], timesteps: Any = None) -> float | None:
         if timesteps is not None:
             return _first(timesteps)
         sigmas = transformer_options.get("sigmas")
         if sigmas is None:
             raise HSpaceError("the h-space patch found neither the timesteps nor transformer_options['sigmas']")
         sigma = torch.as_tensor(sigmas).flatten()[:1]
-        return _first(self.sampling.timestep(sigma.to(self.sampling.sigmas.device)))
+        return _first(self.sampling.timestep(sigma.to(_device(self.sampling))))
 
     def apply(self, h: torch.Tensor, transformer_options: dict[str, Any], timesteps: Any = None) -> torch.Tensor:
         sigmas = transformer_options.get("sigmas")
         cond_or_uncond = list(transformer_options.get("cond_or_uncond") or [0])
         flags = transformer_options.get(FLAGS_KEY) or {}
         return self.controller(h, self.timestep(transformer_options, timesteps), cond_or_uncond, flags,
-                               sigma=None if sigmas is None else _first(sigmas))
+                               sigma=_first(sigmas))
 
 
 class MiddleBlockPatch(_ControllerPatch):
@@ -186,13 +194,13 @@ def vp_schedule(model: Any) -> Any:
 def timestep_to_sigma(model: Any, timestep: float | torch.Tensor) -> torch.Tensor:
     """ComfyUI's sigma for a model timestep (log-linear interpolation between integer steps)."""
     ms = model_sampling(model)
-    return ms.sigma(torch.as_tensor(timestep, dtype=torch.float32, device=ms.sigmas.device)).cpu()
+    return ms.sigma(torch.as_tensor(timestep, dtype=torch.float32, device=_device(ms))).cpu()
 
 
 def sigma_to_timestep(model: Any, sigma: float | torch.Tensor) -> torch.Tensor:
     """ComfyUI's model timestep for a sigma (the nearest step in log sigma)."""
     ms = model_sampling(model)
-    return ms.timestep(torch.as_tensor(sigma, dtype=torch.float32, device=ms.sigmas.device)).cpu()
+    return ms.timestep(torch.as_tensor(sigma, dtype=torch.float32, device=_device(ms))).cpu()
 
 
 def percent_to_sigma(model: Any, percent: float) -> float:
