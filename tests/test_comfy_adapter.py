@@ -278,6 +278,21 @@ def test_latent_image_round_trip():
         pixel_model.image_to_latent(torch.zeros(1, 2, 2, 3), 4)
 
 
+@pytest.mark.parametrize("layout", ["pipeline", "model"])
+def test_diffusers_folders_load(tmp_path, layout):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    unet = _tiny_unet()
+    if layout == "pipeline":  # model_index.json, unet/, scheduler/ (what DDPMPipeline.save_pretrained writes)
+        DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path)
+    else:  # config.json + weights + scheduler_config.json side by side (google/ddpm-ema-* on the Hub)
+        unet.save_pretrained(tmp_path)
+        DDPMScheduler(beta_schedule="linear").save_pretrained(tmp_path)
+    loaded, config = pixel_model.load_unet_and_schedule(str(tmp_path))
+    assert loaded.config.in_channels == 1 and config["beta_schedule"] == "linear"
+    torch.testing.assert_close(loaded.conv_in.weight, unet.conv_in.weight)
+
+
 def test_diffusers_folder_errors(tmp_path):
     with pytest.raises(HSpaceError, match="diffusers folder"):
         pixel_model.load_unet_and_schedule(str(tmp_path))

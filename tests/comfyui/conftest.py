@@ -136,6 +136,7 @@ def _write_paths_yaml(root: Path) -> Path:
     config = {"hspace_tests": {
         "custom_nodes": f"{REPO.parent}\n{probe_dir}\n",
         "checkpoints": str(root / "checkpoints"),
+        "diffusers": str(root / "diffusers"),
     }}
     path = root / "extra_model_paths.yaml"
     path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
@@ -173,6 +174,7 @@ class ComfyServer:
     def __init__(self, client: ComfyClient, root: Path, process: subprocess.Popen, log: Path):
         self.client, self.root, self.process, self.log = client, root, process, log
         self.output_dir = root / "base" / "output"
+        self.diffusers_dir = root / "diffusers"  # listed by ComfyUI as models/diffusers
         self.checkpoint = CHECKPOINT
         self.pack_name = REPO.name
         self.comfy_dir = comfyui_path()
@@ -197,7 +199,8 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
         pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to run the real-ComfyUI tests")
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     root = tmp_path_factory.mktemp("comfyui")
-    for sub in ("base/custom_nodes", "base/output", "base/input", "base/temp", "base/user", "checkpoints"):
+    for sub in ("base/custom_nodes", "base/output", "base/input", "base/temp", "base/user", "checkpoints",
+                "diffusers"):
         (root / sub).mkdir(parents=True)
     _build_checkpoint(python, comfy_dir, root / "checkpoints" / CHECKPOINT)
     yaml_path = _write_paths_yaml(root)

@@ -92,3 +92,30 @@ def test_sampler_custom_with_hspace_ddim_on_pixel_model(comfy):
     ours = comfy.client.latent(outputs["14"]["latents"][0])
     assert ours.shape == (2, 1, 16, 16)
     torch.testing.assert_close(ours, comfy_ddim, atol=1e-3, rtol=1e-4)
+
+
+def test_rgb_diffusers_folder_decodes_with_core_pixel_space_vae(comfy):
+    """A 3-channel DDPM folder (DDPMPipeline layout) under models/diffusers: loader, KSampler, core VAEDecode."""
+    diffusers = pytest.importorskip("diffusers")
+    folder = comfy.diffusers_dir / "tiny-rgb-ddpm"
+    if not folder.exists():
+        torch.manual_seed(0)
+        unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                     block_out_channels=(8, 16), norm_num_groups=4,
+                                     down_block_types=("DownBlock2D", "DownBlock2D"),
+                                     up_block_types=("UpBlock2D", "UpBlock2D"))
+        diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(folder)
+    prompt = pixel_prompt(batch=1, steps=3)
+    prompt["1"]["inputs"]["model_name"] = "tiny-rgb-ddpm"
+    prompt["3"]["inputs"].update(width=16, height=16)
+    prompt["9"] = {"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}}
+    prompt["6"] = {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["9", 0]}}
+    tag = f"rgb_{next(_tags)}"
+    prompt["8"] = {"class_type": "HSpaceProbePatch", "inputs": {
+        "model": ["1", 0], "strength": 0.0, "seed": 1, "rows": "cond", "site": "auto", "h_shape": "16,8,8",
+        "tag": tag}}
+    prompt["4"]["inputs"]["model"] = ["8", 0]
+    latent, outputs = run(comfy, prompt)
+    assert latent.shape == (1, 3, 16, 16) and torch.isfinite(latent).all()
+    assert len(outputs["7"]["images"]) == 1
+    assert [rec["shape"] for rec in comfy.probe_records(tag)] == [[1, 16, 8, 8]] * 3
