@@ -19,12 +19,16 @@ ENV_VAR = "HSPACE_DIRECTIONS_DIR"
 
 
 def register() -> None:
-    """Add ``hspace_directions`` to ComfyUI's model folders (IPAdapter idiom); a no-op outside ComfyUI."""
+    """Add ``models/hspace_directions`` to ComfyUI's model folders (IPAdapter idiom), next to any path that
+    extra_model_paths.yaml gave the same name; a no-op outside ComfyUI."""
     folder_paths = _comfy.optional("folder_paths")
-    if folder_paths is None or FOLDER_NAME in folder_paths.folder_names_and_paths:
+    if folder_paths is None:
         return
-    folder_paths.folder_names_and_paths[FOLDER_NAME] = (
-        [os.path.join(folder_paths.models_dir, FOLDER_NAME)], {EXTENSION})
+    default = os.path.join(folder_paths.models_dir, FOLDER_NAME)
+    if FOLDER_NAME not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[FOLDER_NAME] = ([default], {EXTENSION})
+    elif default not in folder_paths.folder_names_and_paths[FOLDER_NAME][0]:
+        folder_paths.folder_names_and_paths[FOLDER_NAME][0].append(default)
 
 
 def roots() -> list[Path]:

@@ -195,6 +195,21 @@ WORKFLOWS = [
         *save_pixels(7, (5, 0), "hspace/pullback_plus"),
         *save_pixels(9, (6, 0), "hspace/pullback_minus"),
     ]),
+    Workflow("asyrp_train_embedded", "Asyrp: train f_t with CLIP, apply its global direction", [
+        note(1, "Needs transformers and CLIP ViT-B/16 weights available offline (a local folder or the Hugging Face "
+                "cache). Inverts 8 real digits with DDIM, trains Asyrp's f_t from 'a digit' to 'a bold digit' "
+                "for t >= 500, and edits the same digits with the averaged direction."),
+        embedded_loader(2), ddim_schedule(3, 2, 20),
+        N(4, "HSpaceEmbeddedDigits", digit="3", count=8, offset=0),
+        N(5, "HSpaceImageToPixelLatent", image=(4, 0), model=(2, 0)),
+        N(6, "HSpaceInvertImage", model=(2, 0), sigmas=(3, 0), latent=(5, 0), method="ddim"),
+        N(7, "HSpaceAsyrpTrain", model=(2, 0), noise=(6, 0), t_edit=500),
+        N(8, "HSpaceDirectionInfo", direction=(7, 0)),
+        N(9, "HSpaceSaveDirection", direction=(7, 0), filename="hspace_examples/asyrp_bold", overwrite=True),
+        N(10, "HSpaceApplyDirection", model=(2, 0), direction=(7, 0), strength=1.0),
+        N(11, "HSpaceSampleFromNoise", model=(10, 0), noise=(6, 0), mode="asymmetric", t_edit=500),
+        *save_pixels(12, (11, 0), "hspace/asyrp_trained"),
+    ]),
     Workflow("asyrp_sd15", "Asyrp sampler on Stable Diffusion 1.5", [
         note(1, "Needs v1-5-pruned-emaonly.safetensors in models/checkpoints. Capture h of 32 samples, take PCA "
                 "component 1, patch the model with it and sample with the Asyrp SAMPLER (edit for t >= 500, "

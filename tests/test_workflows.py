@@ -57,7 +57,7 @@ def load(path: Path) -> dict:
 def test_there_are_the_promised_examples():
     names = {p.stem for p in WORKFLOWS}
     assert {"pca_edit_embedded", "real_image_inversion_edit", "supervised_disentangle", "jacobian_edit",
-            "pullback_edit", "asyrp_sd15", "direction_arithmetic_save_load"} <= names
+            "pullback_edit", "asyrp_sd15", "direction_arithmetic_save_load", "asyrp_train_embedded"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

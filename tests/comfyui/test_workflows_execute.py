@@ -2,7 +2,8 @@
 
 The UI-format files are converted to API prompts here, with the widget order taken from /object_info (the
 control_after_generate value after seed widgets skipped), and shrunk for a CPU: 4 steps, few samples, 64 px,
-the tiny SD1.5-layout checkpoint of the harness in place of v1-5-pruned-emaonly.safetensors.
+the tiny SD1.5-layout checkpoint of the harness in place of v1-5-pruned-emaonly.safetensors, and a tiny
+random CLIP (built here with transformers) in place of CLIP ViT-B/16.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def widget_names(info: dict[str, Any]) -> list[tuple[str, bool]]:
     return names
 
 
-def ui_to_api(graph: dict[str, Any], object_info: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+def ui_to_api(graph: dict[str, Any], object_info: dict[str, Any], replace: dict[str, Any]) -> dict[str, Any]:
+    """The API prompt of a UI-format workflow, shrunk (SHRINK) and with some widget values replaced."""
     links = {link[0]: link for link in graph["links"]}
     prompt = {}
     for node in graph["nodes"]:
@@ -67,9 +69,7 @@ def ui_to_api(graph: dict[str, Any], object_info: dict[str, Any], checkpoint: st
             value = next(values)
             if control:
                 next(values)
-            inputs[name] = SHRINK[name](value) if name in SHRINK else value
-        if "ckpt_name" in inputs:
-            inputs["ckpt_name"] = checkpoint
+            inputs[name] = replace.get(name, SHRINK[name](value) if name in SHRINK else value)
         for socket in node["inputs"]:
             if socket.get("link") is not None:
                 _, source, slot, *_ = links[socket["link"]]
@@ -90,12 +90,40 @@ def saved_direction(comfy) -> Path:
     return save_direction(Direction(0.1 * torch.randn(EMBEDDED_H_SHAPE)), path)
 
 
+def build_tiny_clip(folder: Path) -> Path:
+    """A random CLIPModel with a character-level tokenizer, loadable offline by hspace_core's load_clip."""
+    transformers = pytest.importorskip("transformers")
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in "abcdefghijklmnopqrstuvwxyz":
+        vocab[char], vocab[char + "</w>"] = len(vocab), len(vocab) + 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                               model_max_length=77).save_pretrained(folder)
+    small = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = transformers.CLIPConfig(
+        text_config={**small, "vocab_size": len(vocab), "max_position_embeddings": 77, "bos_token_id": 0,
+                     "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={**small, "image_size": 32, "patch_size": 8}, projection_dim=8)
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def replacements(comfy) -> dict[str, Any]:
+    needs_clip = any("HSpaceAsyrpTrain" in path.read_text() for path in WORKFLOWS)
+    clip = str(build_tiny_clip(comfy.root / "tiny_clip")) if needs_clip else ""
+    return {"ckpt_name": comfy.checkpoint, "clip_model": clip}
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_example_workflow_executes(comfy, object_info, saved_direction, path):
+def test_example_workflow_executes(comfy, object_info, saved_direction, replacements, path):
     graph = json.loads(path.read_text())
     missing = {n["type"] for n in graph["nodes"]} - set(object_info) - FRONTEND_ONLY
     assert not missing, f"ComfyUI does not know {missing}"
-    prompt = ui_to_api(graph, object_info, comfy.checkpoint)
+    prompt = ui_to_api(graph, object_info, replacements)
     outputs = comfy.client.run(prompt, timeout_s=900)
     saved = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
     assert saved
