@@ -47,6 +47,7 @@ def test_gram_route_equals_direct_svd_when_n_less_than_d():
     torch.testing.assert_close(gram.components, direct.components, atol=1e-8, rtol=0)
     torch.testing.assert_close(gram.stds, direct.stds, rtol=1e-10, atol=0)
     assert pca_directions(h, num_components=4).method == "gram"
+    assert pca_directions(_data(n=30, shape=(1, 2, 2)), num_components=2).method == "covariance"  # n >= d
 
 
 def test_signs_first_coordinate_and_alignment_with_first_step():

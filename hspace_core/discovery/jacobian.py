@@ -7,9 +7,12 @@ independent (a UNet in eval mode is; :func:`batched` turns a per-sample function
 
 - Jᵀ U by reverse mode, ``torch.func.vjp`` of f at z0 repeated m times, whose pullback is built once per
   block size and reused on every iteration (only the backward pass is paid again);
-- J V by forward mode, ``torch.func.jvp`` with the m tangents as the batch, or, where PyTorch's forward
-  mode has gaps (diffusers UNets hit one), as the VJP of the linear map u -> Jᵀu (reverse-over-reverse,
-  also cached): see ``jvp_mode``.
+- J V as the VJP of the linear map u -> Jᵀu (reverse-over-reverse), whose pullback is cached too, so a
+  JVP costs one double-backward pass and no forward pass; or by forward mode, ``torch.func.jvp`` with the
+  m tangents as the batch, which re-runs the forward every time (``jvp_mode="forward"``). Measured on a
+  small UNet (benchmarks/bench_discovery.py), the cached reverse-over-reverse is 2-3x faster, and forward
+  mode has gaps in PyTorch 2.x that diffusers UNets with attention hit (``group_norm`` on the strided
+  concatenations of the up path). Forward mode keeps no graph between calls: less memory.
 
 Scaled-dot-product attention has neither a forward-mode nor a double-backward derivative in its fused
 kernels, so every product runs under ``sdpa_kernel(MATH)``, the composite implementation that has both.
@@ -36,7 +39,7 @@ from ..errors import HSpaceError
 
 Callback = Callable[[dict[str, Any]], None]
 BatchFunction = Callable[[torch.Tensor], torch.Tensor]
-JVP_MODES = ("auto", "forward", "reverse")
+JVP_MODES = ("reverse", "forward")
 
 
 def batched(per_sample: Callable[[torch.Tensor], torch.Tensor]) -> BatchFunction:
@@ -71,14 +74,12 @@ class JacobianOperator:
         point: z0 of shape ``in_shape`` (no batch dimension).
         output_mask: broadcastable to ``out_shape``; f's output is multiplied by it (Haas's pixel masks).
         chunk_size: at most this many vectors per JVP/VJP call (memory bound); None = the whole block.
-        jvp_mode: ``"forward"`` (``torch.func.jvp``), ``"reverse"`` (J V as the VJP of the linear map
-            u -> Jᵀu, i.e. reverse-over-reverse, with its pullback cached per block size) or ``"auto"``:
-            forward mode when f supports it, else reverse. Forward-mode AD has gaps in PyTorch 2.x that
-            diffusers UNets hit (``group_norm`` on the channels-last-strided concatenations of the up path).
+        jvp_mode: ``"reverse"`` (J V as the VJP of the linear map u -> Jᵀu, reverse-over-reverse, its
+            pullback cached per block size) or ``"forward"`` (``torch.func.jvp``, no cached graph).
     """
 
     def __init__(self, f: BatchFunction, point: torch.Tensor, output_mask: torch.Tensor | None = None,
-                 chunk_size: int | None = None, jvp_mode: str = "auto"):
+                 chunk_size: int | None = None, jvp_mode: str = "reverse"):
         if not isinstance(point, torch.Tensor) or not point.is_floating_point():
             raise HSpaceError(f"the point z0 must be a floating-point tensor, got {type(point).__name__}")
         if chunk_size is not None and chunk_size < 1:
@@ -129,18 +130,6 @@ class JacobianOperator:
             self._transposed[m] = torch.func.vjp(lambda u: pullback(u)[0], zeros)[1]
         return self._transposed[m]
 
-    def _forward_jvp(self, chunk: torch.Tensor) -> torch.Tensor | None:
-        """torch.func.jvp, or None when f has no forward-mode derivative and jvp_mode is "auto"."""
-        try:
-            result = torch.func.jvp(self._f, (self._repeat(chunk.shape[0]),), (chunk,))[1]
-        except (RuntimeError, NotImplementedError):
-            if self.jvp_mode == "forward":
-                raise
-            self.jvp_mode = "reverse"
-            return None
-        self.jvp_mode = "forward"
-        return result
-
     def _blockwise(self, block: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``apply`` on chunks of at most ``chunk_size`` rows, the last one zero-padded to the same width
         (so one cached pullback serves every chunk)."""
@@ -158,12 +147,11 @@ class JacobianOperator:
         tangents = tangents.reshape(-1, *self.in_shape).to(self.dtype).contiguous()
 
         def apply(chunk: torch.Tensor) -> torch.Tensor:
-            if self.jvp_mode != "reverse":
-                result = self._forward_jvp(chunk)
-                if result is not None:
-                    self._out_shape = tuple(result.shape[1:])
-                    return result
-            return self._linear_pullback(chunk.shape[0])(chunk)[0]
+            if self.jvp_mode == "reverse":
+                return self._linear_pullback(chunk.shape[0])(chunk)[0]
+            result = torch.func.jvp(self._f, (self._repeat(chunk.shape[0]),), (chunk,))[1]
+            self._out_shape = tuple(result.shape[1:])
+            return result
 
         return self._blockwise(tangents, apply)
 
@@ -179,11 +167,11 @@ class JacobianOperator:
         return self.vjp(basis).reshape(out_dim, -1)
 
 
-def batch_jvp(f: BatchFunction, points: torch.Tensor, tangents: torch.Tensor, jvp_mode: str = "auto") -> torch.Tensor:
+def batch_jvp(f: BatchFunction, points: torch.Tensor, tangents: torch.Tensor,
+              jvp_mode: str = "reverse") -> torch.Tensor:
     """Row-wise J(z_i) v_i for a batch-native f at a batch of points (one call, not one per point).
 
-    ``jvp_mode`` as for :class:`JacobianOperator`: forward mode, or the VJP of u -> Jᵀu where forward mode
-    is missing (``"auto"`` picks).
+    ``jvp_mode`` as for :class:`JacobianOperator` (nothing is cached here: each call pays its passes).
     """
     if jvp_mode not in JVP_MODES:
         raise HSpaceError(f"jvp_mode must be one of {JVP_MODES}, got {jvp_mode!r}")
@@ -192,12 +180,8 @@ def batch_jvp(f: BatchFunction, points: torch.Tensor, tangents: torch.Tensor, jv
                           f"{tuple(tangents.shape)}")
     points, tangents = points.detach().contiguous(), tangents.to(points).contiguous()
     with sdpa_kernel([SDPBackend.MATH]):
-        if jvp_mode != "reverse":
-            try:
-                return torch.func.jvp(f, (points,), (tangents,))[1].detach()
-            except (RuntimeError, NotImplementedError):
-                if jvp_mode == "forward":
-                    raise
+        if jvp_mode == "forward":
+            return torch.func.jvp(f, (points,), (tangents,))[1].detach()
         out, pullback = torch.func.vjp(f, points)
         transposed = torch.func.vjp(lambda u: pullback(u)[0], torch.zeros_like(out))[1]
         return transposed(tangents)[0].detach()

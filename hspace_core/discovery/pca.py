@@ -23,8 +23,9 @@ Algorithms (chosen by ``method``; all accumulate in float64):
   pairs is below ``tol``. O(passes · n d l) time, O(G d l) memory plus one chunk: 10,000 samples x 40
   steps x 512·8·8 with k = 25 needs about 40 · 32768 · 35 · 8 B · 2 = 0.7 GB, never the 10 GB of data.
 
-``"auto"`` picks ``"gram"`` or ``"svd"`` for an in-memory tensor (by n < d), and for streamed chunks
-``"covariance"`` when G·d²·8 bytes fit in ``max_memory_bytes``, else ``"randomized"``.
+``"auto"`` picks ``"gram"`` for an in-memory tensor with n < d and ``"covariance"`` (the tensor as one
+chunk) otherwise; for streamed chunks ``"covariance"`` when G·d²·8 bytes fit in ``max_memory_bytes``,
+else ``"randomized"``.
 
 Signs (Haas): each component's first coordinate is made positive; then, per timestep, PC_k at every
 step is flipped to have a positive inner product with PC_k at the first step.
@@ -130,19 +131,23 @@ def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = T
     if num_components < 1:
         raise HSpaceError(f"at least one component expected, got num_components={num_components}")
     source = _ChunkSource(data)
-    if source.tensor is not None and method in ("auto", "gram", "svd"):
-        x = _grouped(source.tensor, per_timestep)
-        n, g, d = x.shape
-        k = _rank_bound(num_components, n, d, center)
-        method = ("gram" if n < d else "svd") if method == "auto" else method
-        comps, variances, totals, mean = _in_memory(x, k, center, method)
-        iterations = 0
-    else:
-        if method in ("gram", "svd"):
+    in_memory = source.tensor is not None
+    if in_memory and method == "auto":
+        n, s = source.tensor.shape[:2]
+        d = source.tensor[0].numel() // (s if per_timestep else 1)
+        method = "gram" if n < d else "covariance"
+    if method in ("gram", "svd"):
+        if not in_memory:
             raise HSpaceError(f"method {method!r} needs all of h in memory as one tensor; for chunks use "
                               "'covariance' or 'randomized'")
+        x = _grouped(source.tensor, per_timestep)
+        k = _rank_bound(num_components, x.shape[0], x.shape[2], center)
+        comps, variances, totals, mean = _in_memory(x, k, center, method)
+        n, iterations = x.shape[0], 0
+    else:
         first = source.first_chunk()
-        g, d = _grouped(first, per_timestep).shape[1:]
+        g = first.shape[1] if per_timestep else 1
+        d = first[0].numel() // g
         if method == "auto":
             method = "covariance" if g * d * d * 8 <= max_memory_bytes else "randomized"
         if method == "covariance":
@@ -154,12 +159,11 @@ def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = T
                 source, per_timestep, center, num_components, oversample, max_iter, tol, seed, callback)
     n_dof = max(n - 1, 1) if center else n
     comps = _fix_signs(comps, per_timestep)
-    shape = source.h_shape
-    steps = source.num_steps
     return PCAResult(components=comps.to(source.dtype), stds=(variances.clamp(min=0) / n_dof).sqrt(),
                      explained_variance_ratio=variances / totals.clamp(min=torch.finfo(torch.float64).tiny)[:, None],
-                     total_variance=totals / n_dof, mean=mean.to(source.dtype), h_shape=shape, num_steps=steps,
-                     num_samples=n, per_timestep=per_timestep, method=method, iterations=iterations)
+                     total_variance=totals / n_dof, mean=mean.to(source.dtype), h_shape=source.h_shape,
+                     num_steps=source.num_steps, num_samples=n, per_timestep=per_timestep, method=method,
+                     iterations=iterations)
 
 
 # -- input handling ---------------------------------------------------------------------------------
@@ -285,26 +289,26 @@ def _covariance_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: i
     for i, chunk in enumerate(source.chunks(multi_pass=False)):
         x = _grouped(chunk, per_timestep).transpose(0, 1)  # [G, m, D]
         m = x.shape[1]
+        if scatter is None:
+            scatter = x.new_zeros(x.shape[0], x.shape[2], x.shape[2])
+            mean = x.new_zeros(x.shape[0], x.shape[2])
         if center:
             chunk_mean = x.mean(1)
-            xc = x - chunk_mean[:, None]
-            chunk_scatter = xc.transpose(1, 2) @ xc
-            if scatter is None:
-                mean, scatter = chunk_mean, chunk_scatter
-            else:
-                delta = chunk_mean - mean
-                scatter += chunk_scatter + (n * m / (n + m)) * delta[:, :, None] * delta[:, None, :]
-                mean = mean + delta * (m / (n + m))
-        else:
-            chunk_scatter = x.transpose(1, 2) @ x
-            scatter = chunk_scatter if scatter is None else scatter + chunk_scatter
-            mean = torch.zeros_like(x[:, 0]) if mean is None else mean
+            delta = chunk_mean - mean
+            scatter.baddbmm_(delta[:, :, None], delta[:, None, :], alpha=n * m / (n + m))
+            mean += delta * (m / (n + m))
+            x = x - chunk_mean[:, None]
+        scatter.baddbmm_(x.transpose(1, 2), x)
         n += m
         _report(callback, 0, i, n)
     k = _rank_bound(k, n, scatter.shape[-1], center)
-    eigvals, eigvecs = torch.linalg.eigh(scatter)
     totals = scatter.diagonal(dim1=1, dim2=2).sum(-1)
-    return eigvecs.flip(-1)[:, :, :k].transpose(1, 2), eigvals.flip(-1)[:, :k].clamp(min=0), totals, mean, n
+    comps, variances = [], []
+    for group in scatter:  # one d x d eigenproblem at a time: the workspace of one group, not of G
+        eigvals, eigvecs = torch.linalg.eigh(group)
+        comps.append(eigvecs.flip(-1)[:, :k].T.clone())
+        variances.append(eigvals.flip(-1)[:k].clamp(min=0))
+    return torch.stack(comps), torch.stack(variances), totals, mean, n
 
 
 # -- streaming: randomized subspace iteration --------------------------------------------------------

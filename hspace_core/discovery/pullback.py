@@ -48,7 +48,7 @@ def encoder_function(denoiser: Any, sigma: float) -> BatchFunction:
 
 def pullback_basis(f: BatchFunction, x: torch.Tensor, num_vectors: int = 50, min_iter: int = 10,
                    max_iter: int = 50, tol: float = 1e-4, chunk_size: int | None = None, seed: int = 0,
-                   jvp_mode: str = "auto", callback: Callback | None = None) -> PullbackBasis:
+                   jvp_mode: str = "reverse", callback: Callback | None = None) -> PullbackBasis:
     """The top-n local basis of J = ∂f/∂x at ``x`` (Park et al. 2023, "Algorithm 1", the power method).
 
     Subspace iteration V <- orth(Jᵀ J V) with batched JVP/VJP (:func:`~.jacobian.subspace_iteration`,
@@ -145,7 +145,7 @@ def grassmann_distance(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Te
 
 
 def curvedness(f: BatchFunction, x_a: torch.Tensor, x_b: torch.Tensor, num_points: int = 16,
-               jvp_mode: str = "auto") -> torch.Tensor:
+               jvp_mode: str = "reverse") -> torch.Tensor:
     """The curvedness of the segment from x_a to x_b under f (our definition; ALGORITHMS.md §3.6).
 
     Park et al. (arXiv 2302.12469) "define the curvedness of a line segment between samples" but the
