@@ -135,3 +135,38 @@ def test_example_workflow_executes(comfy, object_info, saved_direction, replacem
             assert outputs[node_id]["hspace_spectrum"][0]["explained_variance_ratio"]
         if node["class_type"] == "HSpaceStrengthSweep":
             assert outputs[node_id]["images"] and outputs[node_id]["hspace_sweep"]
+
+
+def test_jacobian_and_pullback_on_a_checkpoint(comfy):
+    """The autograd route for ComfyUI's own UNets (not a diffusers pixel model): the tiny SD1.5-layout checkpoint."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": comfy.checkpoint}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a cat"}},
+        "3": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": 2,
+                                                         "denoise": 1.0}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
+        "5": {"class_type": "HSpaceJacobianDirections", "inputs": {
+            "model": ["1", 0], "sigmas": ["3", 0], "latent_image": ["4", 0], "seed": 0, "num_vectors": 1,
+            "step_index": 0, "method": "subspace", "max_iter": 2, "positive": ["2", 0]}},
+        "6": {"class_type": "HSpaceDirectionInfo", "inputs": {"direction": ["5", 0]}},
+        "7": {"class_type": "HSpacePullbackEdit", "inputs": {
+            "model": ["1", 0], "sigmas": ["3", 0], "latent_image": ["4", 0], "seed": 0, "t_edit": 800,
+            "num_vectors": 1, "component": 0, "sign": "+", "guidance_strength": 0.1, "guidance_steps": 1,
+            "t_boost": 0, "max_iter": 2, "positive": ["2", 0]}},
+        "8": {"class_type": "HSpaceDirectionInfo", "inputs": {"direction": ["7", 1]}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "hspace/pullback_sd"}},
+    }
+    outputs = comfy.client.run(prompt, timeout_s=600)
+    assert "method: jacobian" in outputs["6"]["text"][0] and "model: " in outputs["6"]["text"][0]
+    assert "method: pullback" in outputs["8"]["text"][0]
+    assert torch.isfinite(comfy.client.latent(outputs["9"]["latents"][0])).all()
+
+
+def test_the_frontend_extension_and_node_docs_are_served(comfy, object_info):
+    extensions = comfy.client.get_json("/extensions")
+    assert any(path.endswith(f"/{comfy.pack_name}/js/hspace.js") for path in extensions), extensions
+    from nodes.registry import NODE_CLASS_MAPPINGS
+
+    assert set(NODE_CLASS_MAPPINGS) <= set(object_info)
+    assert all(object_info[name]["category"].startswith("hspace/") for name in NODE_CLASS_MAPPINGS)
+    assert object_info["HSpaceStrengthSweep"]["description"]
