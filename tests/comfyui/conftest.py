@@ -88,6 +88,14 @@ class ComfyClient:
         """Queue a prompt and return its outputs: ``{node_id: ui dict}``."""
         return self.wait(self.queue_prompt(prompt), timeout_s)["outputs"]
 
+    def running(self) -> list[str]:
+        """The ids of the prompts being executed now."""
+        return [item[1] for item in self.get_json("/queue").get("queue_running", [])]
+
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """What the Cancel button does."""
+        self._request("/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+
     def view(self, file_info: dict[str, str]) -> bytes:
         """The bytes of an output file, as listed in a node's ui output (``filename``, ``subfolder``, ``type``)."""
         query = urllib.parse.urlencode({k: file_info.get(k, "") for k in ("filename", "subfolder", "type")})

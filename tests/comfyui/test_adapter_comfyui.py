@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,20 @@ def test_asyrp_sampler_flags_reach_the_patch(comfy):
             norms = rec["row_shift"][i * chunk:(i + 1) * chunk]
             assert norms[:chunk // 2] == [0.0] * (chunk // 2)
             assert all(n == pytest.approx(10.0, rel=1e-3) for n in norms[chunk // 2:])
+
+
+def test_progress_callback_honours_cancel(comfy):
+    """A loop driven by progress_callback stops soon after /interrupt (30 s of work if it did not)."""
+    prompt_id = comfy.client.queue_prompt({"1": {"class_type": "HSpaceProbeLongLoop", "inputs": {"steps": 600}}})
+    deadline = time.monotonic() + 30
+    while prompt_id not in comfy.client.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    started = time.monotonic()
+    comfy.client.interrupt()
+    with pytest.raises(AssertionError, match="execution_interrupted"):
+        comfy.client.wait(prompt_id, timeout_s=60)
+    assert time.monotonic() - started < 10
 
 
 def test_schedule_autograd_and_progress_helpers_on_sd(comfy):

@@ -185,7 +185,34 @@ class HSpaceProbeInspect:
         return {"ui": {"text": [json.dumps(report)]}}
 
 
+class HSpaceProbeLongLoop:
+    """A slow loop reporting through progress_callback: the Cancel button (/interrupt) must stop it."""
+
+    CATEGORY = "hspace_probe"
+    RETURN_TYPES = ()
+    FUNCTION = "loop"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"steps": ("INT", {"default": 600, "min": 1, "max": 100000})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")
+
+    def loop(self, steps):
+        import time
+
+        callback = adapter.progress_callback(steps)
+        for i in range(steps):
+            time.sleep(0.05)
+            callback({"i": i})
+        return {"ui": {"text": [f"finished {steps} steps"]}}
+
+
 NODE_CLASS_MAPPINGS = {
+    "HSpaceProbeLongLoop": HSpaceProbeLongLoop,
     "HSpaceProbePatch": HSpaceProbePatch,
     "HSpaceProbeDDIMSampler": HSpaceProbeDDIMSampler,
     "HSpaceProbeAsyrpSampler": HSpaceProbeAsyrpSampler,
