@@ -5,9 +5,9 @@ Skipped unless ``COMFYUI_PATH`` points to a ComfyUI checkout (a folder with ``ma
 
 The session fixture ``comfy`` builds a random-weight SD1.5-layout checkpoint with ComfyUI's own classes
 (``tiny_checkpoint.py``), writes an extra_model_paths YAML that adds this pack's parent folder and the probe
-pack (``hspace_probe/``) as custom_nodes folders and the temp checkpoint folder as ``checkpoints``, starts
+pack (``hspace_probe/``) as custom_nodes folders and temp folders as ``checkpoints`` and ``diffusers``, starts
 ``main.py --cpu`` (only this pack and the probe pack are loaded: ``--whitelist-custom-nodes``), waits for the
-HTTP API, and always kills the server at the end.
+HTTP API, and always kills the server at the end (and deletes the ~360 MB checkpoint).
 """
 from __future__ import annotations
 
@@ -179,13 +179,13 @@ def _wait_ready(client: ComfyClient, process: subprocess.Popen, log: Path) -> No
 class ComfyServer:
     """A running ComfyUI: its client, folders and log."""
 
-    def __init__(self, client: ComfyClient, root: Path, process: subprocess.Popen, log: Path):
+    def __init__(self, client: ComfyClient, root: Path, process: subprocess.Popen, log: Path, comfy_dir: Path):
         self.client, self.root, self.process, self.log = client, root, process, log
         self.output_dir = root / "base" / "output"
         self.diffusers_dir = root / "diffusers"  # listed by ComfyUI as models/diffusers
         self.checkpoint = CHECKPOINT
         self.pack_name = REPO.name
-        self.comfy_dir = comfyui_path()
+        self.comfy_dir = comfy_dir
         patcher_source = (self.comfy_dir / "comfy" / "model_patcher.py").read_text(errors="replace")
         # ComfyUI up to 0.19.3 lacks the middle-block patch; the adapter then falls back to output block 0
         self.has_middle_patch = "def set_model_middle_block_after_patch" in patcher_source
@@ -225,6 +225,7 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     try:
         client = ComfyClient(f"http://127.0.0.1:{port}")
         _wait_ready(client, process, log)
-        yield ComfyServer(client, root, process, log)
+        yield ComfyServer(client, root, process, log, comfy_dir)
     finally:
         _stop(process)
+        (root / "checkpoints" / CHECKPOINT).unlink(missing_ok=True)
