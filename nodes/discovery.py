@@ -13,7 +13,8 @@ from hspace_core.discovery.jacobian import trajectory_jacobian_directions
 from hspace_core.discovery.pca import METHODS as PCA_METHODS
 from hspace_core.discovery.pca import pca_directions
 from hspace_core.discovery.pullback import encoder_function, pullback_basis, x_space_guidance
-from hspace_core.discovery.supervised import linear_probe_direction, mean_difference
+from hspace_core.discovery.supervised import linear_probe_direction, mean_difference, supervised_direction
+from hspace_core.embedded import load_evaluator
 from hspace_core.errors import HSpaceError
 from hspace_core.samplers import sample_asyrp, sample_ddim
 
@@ -91,6 +92,44 @@ class HSpaceSupervisedDirection:
         meta = {"method": f"supervised:{method}", "num_samples": positive.num_samples + negative.num_samples,
                 "fingerprint": positive.meta.get("fingerprint")}
         return ([Direction(find(positive.h, negative.h), positive.timesteps.tolist(), meta)],)
+
+
+class HSpaceDigitClassifierDirection:
+    """Haas et al.'s classifier-annotated direction, on the embedded digit model: score the captured samples with the
+    shipped digit classifier (probability of `digit`) and take the mean h of the k best scored minus that of the k
+    worst. Connect both outputs of Capture h (on the embedded model)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION, "STRING")
+    RETURN_NAMES = ("direction", "scores")
+    FUNCTION = "discover"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "trajectory": _inputs.trajectory("captured h of generated digits (Capture h on the embedded model)"),
+            "samples": _inputs.latent("the samples output of the same Capture h"),
+            "digit": ([str(d) for d in range(10)], {"tooltip": "the attribute: the classifier's probability of it"}),
+            "k": ("INT", {"default": 16, "min": 1, "max": 50000,
+                          "tooltip": "how many top and bottom scored samples (Haas: 100 of 10,000)"}),
+        }}
+
+    def discover(self, trajectory: Trajectory, samples: dict[str, Any], digit: str,
+                 k: int) -> tuple[DirectionSet, str]:
+        images = samples["samples"]
+        if images.shape[0] != trajectory.num_samples or tuple(images.shape[1:]) != (1, 16, 16):
+            raise HSpaceError(f"{trajectory.num_samples} embedded-model samples [N, 1, 16, 16] expected (the samples "
+                              f"of the same Capture h), got shape {list(images.shape)}")
+        with torch.no_grad():
+            scores = load_evaluator()(images.float()).softmax(dim=1)[:, int(digit)]
+        meta = {"method": f"supervised:classifier(digit {digit})", "num_samples": 2 * k,
+                "fingerprint": trajectory.meta.get("fingerprint")}
+        delta = supervised_direction(trajectory.h, scores, k)
+        ranked = scores.sort(descending=True).values
+        text = (f"p({digit}): top-{k} mean {float(ranked[:k].mean()):.3f}, "
+                f"bottom-{k} mean {float(ranked[-k:].mean()):.3f}")
+        return [Direction(delta, trajectory.timesteps.tolist(), meta)], text
 
 
 def _ddim_recording_x(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
@@ -297,7 +336,9 @@ class HSpaceAsyrpTrain:
         return [direction], log
 
 
-NODE_CLASSES = (HSpacePCA, HSpaceSupervisedDirection, HSpaceJacobianDirections, HSpacePullbackEdit, HSpaceAsyrpTrain)
+NODE_CLASSES = (HSpacePCA, HSpaceSupervisedDirection, HSpaceDigitClassifierDirection, HSpaceJacobianDirections,
+                HSpacePullbackEdit, HSpaceAsyrpTrain)
 DISPLAY_NAMES = {"HSpacePCA": "PCA Directions (hspace)", "HSpaceSupervisedDirection": "Supervised Direction (hspace)",
+                 "HSpaceDigitClassifierDirection": "Digit Classifier Direction (hspace)",
                  "HSpaceJacobianDirections": "Jacobian Directions (hspace)",
                  "HSpacePullbackEdit": "Pullback Edit (hspace)", "HSpaceAsyrpTrain": "Asyrp Train (hspace)"}

@@ -154,8 +154,9 @@ WORKFLOWS = [
         *save_pixels(16, (15, 0), "hspace/edited"),
     ]),
     Workflow("supervised_disentangle", "Supervised direction from real digits, disentangled by projection", [
-        note(1, "Invert 16 real '1's and 16 real '7's, take the mean difference of their h (Haas et al.), project "
-                "out PCA component 0 of generated samples (the joint projection), and sweep the result."),
+        note(1, "Invert 16 real '7's and 16 real '1's, take the mean difference of their h (Haas et al.), project "
+                "out jointly PCA component 0 of generated samples and a classifier-annotated '0' direction (top "
+                "minus bottom scored samples), and sweep the result."),
         embedded_loader(2), ddim_schedule(3, 2, 10),
         N(4, "HSpaceEmbeddedDigits", digit="7", count=16, offset=0),
         N(5, "HSpaceImageToPixelLatent", image=(4, 0), model=(2, 0)),
@@ -166,7 +167,9 @@ WORKFLOWS = [
         N(10, "HSpaceSupervisedDirection", positive=(6, 1), negative=(9, 1), method="mean_difference"),
         *capture_and_pca(11, 2, 3, 48, 4),
         N(14, "HSpacePickDirection", directions=(13, 0), index=0),
-        N(15, "HSpaceProjectOutDirections", direction=(10, 0), conditions=(14, 0)),
+        N(20, "HSpaceDigitClassifierDirection", trajectory=(12, 0), samples=(12, 1), digit="0", k=8),
+        N(21, "HSpaceJoinDirections", a=(14, 0), b=(20, 0)),
+        N(15, "HSpaceProjectOutDirections", direction=(10, 0), conditions=(21, 0)),
         N(16, "HSpaceDirectionInfo", direction=(15, 0)),
         empty_pixels(17, 4),
         N(18, "HSpaceStrengthSweep", model=(2, 0), direction=(15, 0), sigmas=(3, 0), latent_image=(17, 0), seed=2,

@@ -276,3 +276,17 @@ def test_apply_direction_refuses_foreign_directions_unless_allowed():
     wrong_shape = torch.zeros(1, 8, 2, 2)
     with pytest.raises(HSpaceError, match="does not fit"):
         run_patch(patched, wrong_shape, 500.0)
+
+
+def test_digit_classifier_direction_contrasts_the_best_and_worst_scored_samples():
+    from hspace_core.embedded import load_heldout_digits
+
+    images, labels = load_heldout_digits()
+    chosen = torch.cat([images[labels == 0][:4], images[labels == 5][:4]])
+    h = torch.cat([torch.ones(4, 2, 3, 2, 2), torch.zeros(4, 2, 3, 2, 2)])
+    trajectory = Trajectory(h, [700.0, 200.0], [1.0, 0.2])
+    direction, text = node("HSpaceDigitClassifierDirection").discover(trajectory, {"samples": chosen}, "0", 4)
+    torch.testing.assert_close(direction[0].delta, torch.ones(2, 3, 2, 2))
+    assert text.startswith("p(0): top-4")
+    with pytest.raises(HSpaceError, match="samples"):
+        node("HSpaceDigitClassifierDirection").discover(trajectory, {"samples": chosen[:5]}, "0", 2)

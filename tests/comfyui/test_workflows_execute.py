@@ -27,6 +27,7 @@ EMBEDDED_H_SHAPE = (64, 4, 4)
 SHRINK = {
     "steps": lambda v: min(v, 4),
     "num_samples": lambda v: min(v, 8),
+    "k": lambda v: min(v, 2),
     "count": lambda v: min(v, 3),
     "max_iter": lambda v: min(v, 3),
     "guidance_steps": lambda v: min(v, 2),
