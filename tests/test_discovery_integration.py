@@ -7,6 +7,7 @@ from hspace_core.discovery.jacobian import trajectory_jacobian_directions
 from hspace_core.discovery.pca import pca_directions
 from hspace_core.discovery.supervised import disentangle, supervised_direction
 from hspace_core.pipeline import HSpacePipeline
+from hspace_core.samplers import sample_ddim
 from hspace_core.schedule import VPSchedule
 from tests.tiny import tiny_unet
 
@@ -51,8 +52,6 @@ def test_jacobian_directions_along_a_sampling_run_edit_the_sample():
     sigmas = pipe.sigmas(3)
     xs = []
     x_T = pipe.noise([1], sigmas)
-    from hspace_core.samplers import sample_ddim
-
     sample_ddim(pipe.denoiser, x_T, sigmas, callback=lambda info: xs.append(info["x"][0]), disable=True)
     result = trajectory_jacobian_directions(pipe.denoiser, torch.stack(xs), sigmas[:-1], num_vectors=2,
                                             tol=1e-4, max_iter=200)
