@@ -2,6 +2,7 @@
 import torch
 
 from hspace_core.direction import Direction
+from hspace_core.fileio import TrajectoryWriter
 from hspace_core.discovery.asyrp import DeltaBlock, global_delta_h
 from hspace_core.discovery.jacobian import trajectory_jacobian_directions
 from hspace_core.discovery.pca import pca_directions
@@ -32,6 +33,17 @@ def test_pca_of_a_capture_streamed_equals_in_memory_and_edits_samples():
     edited = pipe.edit(x_T, sigmas, [(direction, 3.0)])
     torch.testing.assert_close(plain, images[:1], atol=1e-3, rtol=0)  # batch of 1 vs 10: float32 round-off
     assert (edited - plain).abs().max() > 1e-3
+
+
+def test_pca_streams_a_sharded_trajectory_from_disk(tmp_path):
+    pipe = _pipeline()
+    trajectory, _ = pipe.capture(range(9), steps=3)
+    writer = TrajectoryWriter(tmp_path / "capture")
+    for start in range(0, 9, 4):
+        writer.append(trajectory.select(slice(start, start + 4)))
+    sharded = writer.close()
+    streamed = pca_directions(sharded, num_components=2, method="randomized", tol=1e-10, max_iter=300)
+    torch.testing.assert_close(streamed.stds, pca_directions(trajectory, num_components=2).stds, rtol=1e-5, atol=0)
 
 
 def test_supervised_and_disentangled_directions_from_a_capture():

@@ -23,9 +23,9 @@ Algorithms (chosen by ``method``; all accumulate in float64):
   pairs is below ``tol``. O(passes · n d l) time, O(G d l) memory plus one chunk: 10,000 samples x 40
   steps x 512·8·8 with k = 25 needs about 40 · 32768 · 35 · 8 B · 2 = 0.7 GB, never the 10 GB of data.
 
-``"auto"`` picks ``"gram"`` for an in-memory tensor with n < d and ``"covariance"`` (the tensor as one
-chunk) otherwise; for streamed chunks ``"covariance"`` when G·d²·8 bytes fit in ``max_memory_bytes``,
-else ``"randomized"``.
+``"auto"`` picks ``"gram"`` for an in-memory tensor with n < d; otherwise (n >= d, or chunks) it picks
+``"covariance"`` when the G·d²·8 bytes of scatter fit in ``max_memory_bytes``, else ``"randomized"``
+(an in-memory tensor is then read as one chunk).
 
 Signs (Haas): each component's first coordinate is made positive; then, per timestep, PC_k at every
 step is flipped to have a positive inner product with PC_k at the first step.
@@ -43,8 +43,9 @@ from ..errors import HSpaceError
 METHODS = ("auto", "gram", "svd", "covariance", "randomized")
 
 HData = Union[torch.Tensor, Trajectory, Iterable[torch.Tensor], Callable[[], Iterable[torch.Tensor]]]
-"""h as one tensor ``[N, S, C, H, W]`` (or a Trajectory), a re-iterable of such chunks (a list, a
-shard reader), or a function returning a fresh iterator of chunks on every call."""
+"""h as one tensor ``[N, S, C, H, W]`` (or a Trajectory), a re-iterable of such chunks (tensors or
+Trajectories), a sharded trajectory on disk (``fileio.ShardedTrajectory``, read one shard at a time), or
+a function returning a fresh iterator of chunks on every call."""
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -132,10 +133,9 @@ def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = T
         raise HSpaceError(f"at least one component expected, got num_components={num_components}")
     source = _ChunkSource(data)
     in_memory = source.tensor is not None
-    if in_memory and method == "auto":
-        n, s = source.tensor.shape[:2]
-        d = source.tensor[0].numel() // (s if per_timestep else 1)
-        method = "gram" if n < d else "covariance"
+    if in_memory and method == "auto" and source.tensor.shape[0] < source.tensor[0].numel() // (
+            source.num_steps if per_timestep else 1):
+        method = "gram"
     if method in ("gram", "svd"):
         if not in_memory:
             raise HSpaceError(f"method {method!r} needs all of h in memory as one tensor; for chunks use "
@@ -182,6 +182,8 @@ class _ChunkSource:
         if isinstance(data, torch.Tensor):
             self.tensor = _check_chunk(data, None)
             self._shape, self.dtype = tuple(data.shape[1:]), _float_dtype(data)
+        elif callable(getattr(data, "iter_chunks", None)):  # fileio.ShardedTrajectory
+            self._factory = data.iter_chunks
         elif callable(data):
             self._factory = data
         elif isinstance(data, Iterable):
