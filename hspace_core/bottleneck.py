@@ -20,10 +20,12 @@ ROW_CHOICES = ("cond", "uncond", "both")
 
 @dataclass
 class EditSpec:
-    """One direction and its strength alpha."""
+    """One direction and its strength alpha, for every sample of the batch or only the samples in ``samples``
+    (indices into the batch of images being sampled), so that one batched run can edit groups differently."""
 
     direction: Direction
     strength: float = 1.0
+    samples: torch.Tensor | Sequence[int] | None = None
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Bottleneck:
         self.window = window
         self.rows = rows
         self.capture = capture
+        self.step_scale = n_train_steps / n_test_steps if n_train_steps and n_test_steps else 1.0
         self.coefficients = edit_coefficients([e.strength for e in self.edits], n_train_steps, n_test_steps)
         self.records: list[Capture] = []
         self.replacement: torch.Tensor | None = None
@@ -74,18 +77,25 @@ class Bottleneck:
         t_end, t_start = self.window
         return t_end - 1e-4 <= timestep <= t_start + 1e-4
 
-    def delta(self, timestep: float, h_shape: Sequence[int]) -> torch.Tensor | None:
-        """The total shift at a timestep, or None when nothing is to be added."""
+    def delta(self, timestep: float, h_shape: Sequence[int], num_samples: int = 1) -> torch.Tensor | None:
+        """The shift of each sample at a timestep, ``[num_samples, C, H, W]``, or None when nothing is added.
+
+        A sample covered by k edits gets the sum of their terms divided by sqrt(k) (Asyrp's multi-attribute rule).
+        """
         if not self.edits or not self.in_window(timestep):
             return None
-        total = None
-        for edit, coef in zip(self.edits, self.coefficients):
+        total = torch.zeros(num_samples, *h_shape)
+        count = torch.zeros(num_samples)
+        for edit in self.edits:
             if tuple(edit.direction.h_shape) != tuple(h_shape):
                 raise HSpaceError(f"direction of h shape {list(edit.direction.h_shape)} does not fit this model, "
                                   f"whose bottleneck h has shape {list(h_shape)}")
-            term = coef * edit.direction.at(timestep)
-            total = term if total is None else total + term
-        return total
+            rows = slice(None) if edit.samples is None else torch.as_tensor(edit.samples, dtype=torch.long)
+            if edit.samples is not None and len(rows) and int(rows.max()) >= num_samples:
+                raise HSpaceError(f"an edit names sample {int(rows.max())} but the batch has {num_samples} samples")
+            total[rows] += edit.strength * self.step_scale * edit.direction.at(timestep)
+            count[rows] += 1
+        return total / count.clamp(min=1).sqrt().view(-1, 1, 1, 1)
 
     def __call__(self, h: torch.Tensor, timestep: float | torch.Tensor, cond_or_uncond: Sequence[int] = (COND,),
                  flags: dict[str, Any] | None = None, sigma: float | torch.Tensor | None = None) -> torch.Tensor:
@@ -104,20 +114,17 @@ class Bottleneck:
             return self.replacement
         if not flags.get("shift", True):
             return h
-        delta = self.delta(timestep, h.shape[1:])
+        chunk = h.shape[0] // len(chunks)
+        samples = chunk // 2 if split else chunk
+        delta = self.delta(timestep, h.shape[1:], samples)
         if delta is None:
             return h
-        mask = self._row_mask(h.shape[0], chunks, split).to(h.device)
-        return h + mask.view(-1, 1, 1, 1).to(h.dtype) * delta.to(h)
-
-    def _row_mask(self, num_rows: int, chunks: list[int], split: bool) -> torch.Tensor:
-        chunk = num_rows // len(chunks)
-        mask = torch.zeros(num_rows)
+        shift = torch.zeros(h.shape, dtype=h.dtype, device=h.device)
         for i, kind in enumerate(chunks):
             if self.rows == "both" or (self.rows == "cond") == (kind == COND):
-                start = i * chunk + (chunk // 2 if split else 0)
-                mask[start:(i + 1) * chunk] = 1
-        return mask
+                start = i * chunk + (chunk - samples)
+                shift[start:start + samples] = delta.to(h)
+        return h + shift
 
     def _record(self, h: torch.Tensor, timestep: float, sigma, chunks: list[int], split: bool) -> None:
         h = h.detach()

@@ -156,15 +156,14 @@ def _digit_experiments(pipe, evaluator, config, report, images, x_T, sigmas, pc0
     for name, seed in (("class_transfer_hit_rate", None), ("class_transfer_random_hit_rate", 100)):
         edited = edit_groups(pipe, inversion.x_T, inversion.sigmas, groups, baseline_seed=seed)
         report.numbers[name] = round(hit_rate(evaluator, edited, targets), 3)
-    means = class_means(inversion.trajectory, labels)
-    keys = inversion.trajectory.timesteps.tolist()
+    means, keys = class_means(inversion.trajectory, labels), inversion.trajectory.timesteps.tolist()
+    firsts = torch.stack([(labels == c).nonzero()[0, 0] for c in range(10)])
+    grid_groups = {(s, t): (torch.tensor([s * 10 + t]), class_direction(means, s, t, keys, pipe.fingerprint))
+                   for s in range(10) for t in range(10) if s != t}  # row s*10+t: digit s edited towards t
+    transferred = edit_groups(pipe, inversion.x_T[firsts.repeat_interleave(10)], inversion.sigmas, grid_groups)
     tiles = []
     for s in range(10):
-        row = int((labels == s).nonzero()[0])
-        tiles += [digits[row], reconstruction[row]]
-        tiles += [pipe.edit(inversion.x_T[row:row + 1], inversion.sigmas,
-                            [(class_direction(means, s, t, keys), 1.0)])[0] if t != s else reconstruction[row]
-                  for t in range(10)]
+        tiles += [digits[firsts[s]], reconstruction[firsts[s]], *transferred[s * 10:(s + 1) * 10]]
     image_grid(torch.stack(tiles), ncols=12, upscale=4, col_labels=["real", "rec"] + [str(t) for t in range(10)]).save(
         out / "class_transfer.png")
     report.timed("class transfer", start)

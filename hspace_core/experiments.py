@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .arithmetic import random_like
+from .bottleneck import EditSpec
 from .direction import Direction, Trajectory
 from .errors import HSpaceError
 from .pipeline import HSpacePipeline, Inversion
@@ -48,13 +49,11 @@ def cyclic_targets(labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
 
 def edit_groups(pipe: HSpacePipeline, x_T: torch.Tensor, sigmas: torch.Tensor, groups: dict[Any, tuple],
                 strength: float = 1.0, t_edit: float = 0.0, baseline_seed: int | None = None, **edit_kwargs) -> torch.Tensor:
-    """Edit each group of rows ``{key: (rows, direction)}`` with its own direction; with ``baseline_seed`` a
-    random direction of the same per-step norm replaces each one (the baseline)."""
-    out = torch.empty_like(x_T)
-    for i, (rows, direction) in enumerate(groups.values()):
-        d = direction if baseline_seed is None else random_like(direction, baseline_seed + i)
-        out[rows] = pipe.edit(x_T[rows], sigmas, [(d, strength)], t_edit=t_edit, **edit_kwargs).to(out)
-    return out
+    """Edit each group of samples ``{key: (rows, direction)}`` with its own direction, all in one batched run;
+    with ``baseline_seed`` a random direction of the same per-step norm replaces each one (the baseline)."""
+    edits = [EditSpec(direction if baseline_seed is None else random_like(direction, baseline_seed + i), strength, rows)
+             for i, (rows, direction) in enumerate(groups.values())]
+    return pipe.edit(x_T, sigmas, edits, t_edit=t_edit, **edit_kwargs)
 
 
 def class_transfer_groups(pipe: HSpacePipeline, inversion: Inversion, labels: torch.Tensor,

@@ -141,21 +141,23 @@ class HSpacePipeline:
         return Inversion(x_T, sigmas, noises, eta, trajectory)
 
     @torch.no_grad()
-    def edit(self, x_T: torch.Tensor, sigmas: torch.Tensor, edits: Sequence[tuple[Direction, float]] = (),
+    def edit(self, x_T: torch.Tensor, sigmas: torch.Tensor, edits: Sequence[EditSpec | tuple[Direction, float]] = (),
              t_edit: float = 0.0, t_boost: float = 0.0, mode: str = "asymmetric", eta: float = 0.0,
              noises: Sequence[torch.Tensor] | None = None, seed: int | None = None,
              n_train_steps: int | None = None, allow_foreign: bool = False) -> torch.Tensor:
         """Sample from x_T with h shifted by the edits on the steps with t >= t_edit (Asyrp).
 
+        ``edits`` are (direction, strength) pairs or :class:`EditSpec` (which may name the samples it edits).
         ``noises`` (from an edit-friendly inversion or :func:`~hspace_core.samplers.ddpm_noises`) fixes the
         stochastic terms; without edits this reproduces the plain run.
         """
-        for direction, _ in edits:
-            direction.check_model(self.fingerprint, allow_foreign)
+        edits = [e if isinstance(e, EditSpec) else EditSpec(*e) for e in edits]
+        for edit in edits:
+            edit.direction.check_model(self.fingerprint, allow_foreign)
         sigma_edit, sigma_boost = window_sigmas(self.schedule, sigmas, t_edit, t_boost)
         if not edits:  # no batched shifted/unshifted calls: bitwise the plain run
             sigma_edit = float("inf")
-        controller = Bottleneck([EditSpec(d, s) for d, s in edits], n_train_steps=n_train_steps,
+        controller = Bottleneck(edits, n_train_steps=n_train_steps,
                                 n_test_steps=len(sigmas) - 1 if n_train_steps else None)
         with self.denoiser.attached(controller):
             return sample_asyrp(self.denoiser, x_T.to(self.denoiser.device), sigmas, mode=mode,

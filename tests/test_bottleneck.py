@@ -174,3 +174,15 @@ def test_v_prediction_round_trip_of_the_parametrisation():
     eps = model.eps(x, sigma).double()
     x0 = (x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()
     assert torch.allclose(alpha.sqrt() * eps - (1 - alpha).sqrt() * x0, out.double(), atol=1e-5)
+
+
+def test_edits_restricted_to_samples_and_the_sqrt_k_rule_per_sample():
+    a, b = Direction(torch.ones(1, 1, 1)), Direction(2 * torch.ones(1, 1, 1))
+    controller = Bottleneck([EditSpec(a, 1.0, samples=[0, 1]), EditSpec(b, 1.0, samples=[1, 2])])
+    h = torch.zeros(4, 1, 1, 1)
+    shifted = controller(h, 10.0)[:, 0, 0, 0]
+    assert torch.allclose(shifted, torch.tensor([1.0, 3.0 / 2 ** 0.5, 2.0, 0.0]))
+    split = controller(torch.zeros(8, 1, 1, 1), 10.0, flags={"split": True})[:, 0, 0, 0]
+    assert torch.equal(split[:4], torch.zeros(4)) and torch.allclose(split[4:], shifted)
+    with pytest.raises(HSpaceError, match="names sample 2"):
+        controller(torch.zeros(2, 1, 1, 1), 10.0)
