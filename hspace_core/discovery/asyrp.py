@@ -357,6 +357,8 @@ def global_delta_h(denoiser: Any, block: DeltaBlock, x_start: torch.Tensor, sigm
     mean = (total / x_start.shape[0]).float()
     meta = {"method": "asyrp", "num_images": x_start.shape[0], "edit_window_sigma": float(sigma_edit),
             "units": "raw", "n_train_steps": len(sigmas) - 1}
+    if callable(getattr(denoiser, "fingerprint", None)):
+        meta["fingerprint"] = denoiser.fingerprint()
     if per_timestep:
         return Direction(mean, [float(t) for t in timesteps], meta)
     return Direction(mean.mean(0), None, meta)

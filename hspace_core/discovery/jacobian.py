@@ -251,9 +251,11 @@ def power_iteration_deflation(op: JacobianOperator, num_vectors: int = 3, max_it
     sigmas, rights, total, all_converged = [], [], 0, True
 
     def deflate(vec: torch.Tensor) -> torch.Tensor:
-        for left in found_left:
-            vec = vec - (left @ vec) * left
-        return vec
+        """v − V(VᵀV)⁻¹Vᵀv for the left vectors V found so far (through an orthonormal basis of their span)."""
+        if not found_left:
+            return vec
+        basis = torch.linalg.qr(torch.stack(found_left, 1)).Q
+        return vec - basis @ (basis.T @ vec)
 
     for index in range(k):
         v = deflate(torch.randn(out_dim, generator=generator, dtype=torch.float64))
