@@ -18,7 +18,7 @@ import torch
 from hspace_core.denoisers import DiffusersDenoiser
 from hspace_core.errors import HSpaceError
 
-from . import _comfy, comfy_adapter
+from . import _comfy, comfy_adapter, pixel_model
 
 
 class _StopAtMiddle(Exception):
@@ -87,7 +87,6 @@ class ComfyUNetDenoiser:
 def autograd_denoiser(model: Any, positive: list | None = None) -> Any:
     """The denoiser the Jacobian code needs, for a pixel DDPM or a ComfyUI UNet MODEL."""
     inner = comfy_adapter.check_unet(model)
-    unet = getattr(inner, "unet", None)
-    if unet is not None:
-        return DiffusersDenoiser(unet, comfy_adapter.vp_schedule(model), comfy_adapter.prediction_type(model))
+    if isinstance(inner, pixel_model.DiffusersUNetWrapper):
+        return DiffusersDenoiser(inner.unet, comfy_adapter.vp_schedule(model), comfy_adapter.prediction_type(model))
     return ComfyUNetDenoiser(model, positive)

@@ -15,13 +15,22 @@ from hspace_core.bottleneck import Bottleneck
 from hspace_core.direction import Trajectory, model_fingerprint
 from hspace_core.errors import HSpaceError
 
-from . import _comfy, comfy_adapter
+from . import _comfy, comfy_adapter, pixel_model
 
 SamplerFn = Callable[..., Any]
 
 
-def empty_conditioning() -> list:
-    """The CONDITIONING an unconditional model ignores (pixel DDPMs), used when none is wired."""
+def is_pixel_model(model: Any) -> bool:
+    """Whether a MODEL is a pixel DDPM of the pack's loader (a diffusers UNet, unconditional)."""
+    return isinstance(comfy_adapter.check_unet(model), pixel_model.DiffusersUNetWrapper)
+
+
+def conditioning(model: Any, value: list | None, which: str) -> list:
+    """The CONDITIONING to sample with: the one wired, or for a pixel DDPM an empty one it ignores."""
+    if value is not None:
+        return value
+    if not is_pixel_model(model):
+        raise HSpaceError(f"this model is text-conditioned: connect a {which} CONDITIONING (CLIP Text Encode)")
     return [[torch.zeros(1, 1, 1), {}]]
 
 
@@ -60,9 +69,9 @@ def run_comfy_sampler(model: Any, sampler: Any, sigmas: torch.Tensor, latent: di
     progress = comfy_adapter.progress_callback(len(sigmas) - 1, node_id)
     callback = None if progress is None else (lambda step, x0, x, total: progress({"i": step}))
     noise = torch.zeros_like(samples) if noise is None else noise
-    out = sample.sample_custom(model, noise, cfg, sampler, sigmas, positive or empty_conditioning(),
-                               negative or empty_conditioning(), samples, noise_mask=latent.get("noise_mask"),
-                               callback=callback, disable_pbar=True, seed=seed)
+    out = sample.sample_custom(model, noise, cfg, sampler, sigmas, conditioning(model, positive, "positive"),
+                               conditioning(model, negative, "negative"), samples,
+                               noise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=True, seed=seed)
     return latent_output(latent, out)
 
 

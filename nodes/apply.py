@@ -108,7 +108,7 @@ class HSpaceStrengthSweep:
                 "model": _inputs.model(),
                 "direction": _inputs.direction(),
                 "sigmas": _inputs.sigmas(),
-                "latent_image": _inputs.latent("an empty latent (or an inversion's x_T with seed noise off)"),
+                "latent_image": _inputs.latent("an empty latent; its batch size is the number of rows of the grid"),
                 "seed": _inputs.seed(),
                 "cfg": _inputs.cfg(),
                 "strength_min": _strength(-2.0, "strength of the first column"),

@@ -156,7 +156,8 @@ def _unedited_run(model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any]
     else:
         start, options, sigmas = noise.x_T[:1], {"eta": noise.eta, "noises": noise.noises}, noise.sigmas
         latent, start_noise = {"samples": torch.zeros_like(start)}, None
-    samples, (_, xs) = _sampling.run_sampler(model, _ddim_recording_x, sigmas, latent, positive, None, 1.0,
+    # cfg 1: the negative is never evaluated, the positive stands in for it
+    samples, (_, xs) = _sampling.run_sampler(model, _ddim_recording_x, sigmas, latent, positive, positive, 1.0,
                                              start_noise, seed, start=start, node_id=unique_id, options=options)
     return samples, xs[:, 0], sigmas
 
@@ -272,7 +273,7 @@ class HSpacePullbackEdit:
             options.update(eta=noise.eta, eta_boost=noise.eta, noises=noise.noises[step:])
         start = edited.detach().unsqueeze(0)
         samples, _ = _sampling.run_sampler(model, sample_asyrp, sigmas[step:], {"samples": torch.zeros_like(start)},
-                                           positive, None, 1.0, start=start, node_id=unique_id, options=options)
+                                           positive, positive, 1.0, start=start, node_id=unique_id, options=options)
         meta = {"method": "pullback", "timestep": float(timesteps[step]),
                 "fingerprint": _sampling.fingerprint(model, tuple(basis.h_basis.shape[1:]))}
         directions = [Direction(u, None, {**meta, "component": i}) for i, u in enumerate(basis.h_basis)]
