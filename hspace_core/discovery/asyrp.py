@@ -237,6 +237,16 @@ def _check_grid(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas
 
 
+def _edited_prediction(denoiser: Any, block: DeltaBlock, x: torch.Tensor, sigma: float,
+                       temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P^edit = x − σ ε(h + Δh), the unshifted ε(h), Δh = f(h, temb)) at x, σ; gradients reach f only."""
+    with torch.no_grad():
+        h = denoiser.encode(x, sigma)
+        eps_plain = denoiser.decode_from(x, sigma, h)
+    delta = block(h, temb.to(h))
+    return x - sigma * denoiser.decode_from(x, sigma, h + delta), eps_plain, delta
+
+
 def train_delta_block(denoiser: Any, block: DeltaBlock, x_start: torch.Tensor, sigmas: torch.Tensor,
                       sigma_edit: float, clip_loss: DirectionalCLIPLoss, images: torch.Tensor | None = None,
                       source: str = "image", epochs: int = 1, lr: float = 0.5, lambda_clip: float = 1.0,
@@ -292,15 +302,10 @@ def train_delta_block(denoiser: Any, block: DeltaBlock, x_start: torch.Tensor, s
                         source_features = clip_loss.image_features(images[index:index + 1])
                 for i in range(steps):
                     sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-                    x_edit = x_edit.detach()
+                    x0_edit, eps_plain, _ = _edited_prediction(denoiser, block, x_edit.detach(), sigma, temb[i:i + 1])
                     with torch.no_grad():
-                        h = denoiser.encode(x_edit, sigma)
-                        eps_plain = denoiser.decode_from(x_edit, sigma, h)
                         x0_orig = x_orig - sigma * denoiser.eps(x_orig, sigma)
-                    delta = block(h, temb[i:i + 1].to(h))
-                    x0_edit = x_edit - sigma * denoiser.decode_from(x_edit, sigma, h + delta)
-                    if source == "reference":
-                        with torch.no_grad():
+                        if source == "reference":
                             source_features = clip_loss.image_features(x0_orig)
                     clip_term = clip_loss(x0_edit, source_features=source_features)
                     l1_term = (x0_edit - x0_orig).abs().mean()
@@ -308,12 +313,13 @@ def train_delta_block(denoiser: Any, block: DeltaBlock, x_start: torch.Tensor, s
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
-                    record = {"epoch": epoch, "image": index, "step": i, "sigma": sigma, "loss": float(loss.detach()),
-                              "clip": float(clip_term.detach()), "l1": float(l1_term.detach()), "lr": optimizer.param_groups[0]["lr"]}
+                    record = {"epoch": epoch, "image": index, "step": i, "sigma": sigma,
+                              "loss": float(loss.detach()), "clip": float(clip_term.detach()),
+                              "l1": float(l1_term.detach()), "lr": optimizer.param_groups[0]["lr"]}
                     history.append(record)
                     if callback is not None:
                         callback(record)
-                    x_edit = x0_edit.detach() + sigma_next * eps_plain
+                    x_edit = x0_edit.detach() + sigma_next * eps_plain  # the asymmetric step, eta 0
                     x_orig = x0_orig + sigma_next * (x_orig - x0_orig) / sigma
             scheduler.step()
     block.eval()
@@ -346,11 +352,8 @@ def global_delta_h(denoiser: Any, block: DeltaBlock, x_start: torch.Tensor, sigm
         x = x_start[index:index + 1]
         deltas = []
         for i in range(steps):
-            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-            h = denoiser.encode(x, sigma)
-            delta = block(h, temb[i:i + 1].to(h))
-            x0_edit = x - sigma * denoiser.decode_from(x, sigma, h + delta)
-            x = x0_edit + sigma_next * denoiser.decode_from(x, sigma, h)
+            x0_edit, eps_plain, delta = _edited_prediction(denoiser, block, x, float(sigmas[i]), temb[i:i + 1])
+            x = x0_edit + float(sigmas[i + 1]) * eps_plain
             deltas.append(delta[0].double())
         stacked = torch.stack(deltas)
         total = stacked if total is None else total + stacked
@@ -372,7 +375,8 @@ def _curve_points(curve: Mapping[float, float] | tuple[Sequence[float], Sequence
         timesteps, values = curve
         timesteps, values = torch.as_tensor(timesteps).flatten().tolist(), torch.as_tensor(values).flatten().tolist()
         if len(timesteps) != len(values):
-            raise HSpaceError(f"one value per timestep expected, got {len(timesteps)} timesteps and {len(values)} values")
+            raise HSpaceError(f"one value per timestep expected, got {len(timesteps)} timesteps and "
+                              f"{len(values)} values")
         points = list(zip(map(float, timesteps), map(float, values)))
     if not points:
         raise HSpaceError("an empty curve came: at least one (timestep, value) pair is needed")
