@@ -4,11 +4,13 @@ import math
 import pytest
 import torch
 
-from hspace_core.discovery.jacobian import JacobianOperator, batched
+from hspace_core.denoisers import DiffusersDenoiser
+from hspace_core.discovery.jacobian import JacobianOperator, batched, eps_of_h, subspace_iteration
 from hspace_core.discovery.pullback import (curvedness, encoder_function, grassmann_distance, pullback_basis,
                                             transport_direction, x_space_guidance)
 from hspace_core.errors import HSpaceError
-from tests.tiny import tiny_denoiser
+from hspace_core.schedule import VPSchedule
+from tests.tiny import tiny_cond_unet, tiny_denoiser
 
 torch.set_num_threads(1)
 
@@ -119,3 +121,14 @@ def test_curvedness_of_unet_encoder_is_finite():
     f = encoder_function(den, 1.0)
     kappa = curvedness(f, torch.randn(3, 8, 8), torch.randn(3, 8, 8), num_points=4)
     assert 0 <= float(kappa) < 1
+
+
+def test_basis_and_haas_directions_on_a_tiny_text_conditional_unet():
+    den = DiffusersDenoiser(tiny_cond_unet().requires_grad_(False), VPSchedule.scaled_linear(),
+                            cond=torch.randn(1, 5, 8))
+    x = torch.randn(4, 8, 8)
+    basis = pullback_basis(encoder_function(den, 3.0), x, num_vectors=2, min_iter=2, max_iter=100, tol=1e-4)
+    assert basis.x_basis.shape == (2, 4, 8, 8) and basis.converged
+    f, h0 = eps_of_h(den, x, 3.0)
+    result = subspace_iteration(JacobianOperator(f, h0), 2, tol=1e-4, max_iter=200)
+    assert result.right.shape == (2, *h0.shape) and result.converged
