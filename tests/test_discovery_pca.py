@@ -149,6 +149,13 @@ def test_direction_units_and_metadata():
         res.to_direction(0, [1, 2])
 
 
+def test_rank_deficient_data_stays_finite():
+    h = _data(n=3, shape=(4, 4, 4)).repeat(2, 1, 1, 1, 1)  # 6 samples, rank 2 after centring
+    res = pca_directions(h, num_components=5, method="gram")
+    assert torch.isfinite(res.components).all() and torch.isfinite(res.stds).all()
+    assert torch.all(res.stds[:, 2:] < 1e-6 * res.stds[:, :1])
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(HSpaceError, match=r"\[N, S, C, H, W\]"):
         pca_directions(torch.zeros(4, 3, 2))

@@ -280,8 +280,8 @@ def _in_memory(x: torch.Tensor, k: int, center: bool, method: str):
     gram = xc @ xc.transpose(1, 2)  # [G, n, n]
     eigvals, eigvecs = torch.linalg.eigh(gram)
     eigvals, eigvecs = eigvals.flip(-1)[:, :k].clamp(min=0), eigvecs.flip(-1)[:, :, :k]
-    s = eigvals.sqrt().clamp(min=torch.finfo(torch.float64).tiny)
-    comps = (eigvecs.transpose(1, 2) @ xc) / s[:, :, None]
+    # u = Xᵀv / s; normalising instead of dividing keeps the null components (s = 0) finite
+    comps = torch.nn.functional.normalize(eigvecs.transpose(1, 2) @ xc, dim=-1)
     return comps, eigvals, totals, mean
 
 
