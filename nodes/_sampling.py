@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+Progress = Callable[[int], None]
+
 import torch
 
 from hspace_core.bottleneck import Bottleneck
@@ -61,13 +63,18 @@ def latent_output(latent: dict[str, Any], samples: torch.Tensor) -> dict[str, An
 
 def run_comfy_sampler(model: Any, sampler: Any, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,
                       negative: list | None, cfg: float, noise: torch.Tensor | None = None, seed: int = 0,
-                      node_id: str | None = None) -> dict[str, Any]:
-    """SamplerCustom's sampling with a SAMPLER object; ``noise`` None means no added noise. Returns a LATENT."""
+                      node_id: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """SamplerCustom's sampling with a SAMPLER object; ``noise`` None means no added noise. Returns a LATENT.
+
+    Progress goes to ``progress(step)``, or by default to a ComfyUI progress bar of this run's steps.
+    """
     sample = _comfy.require("comfy.sample")
     sigmas = check_sigmas(sigmas)
     samples = _latent_samples(model, latent)
-    progress = comfy_adapter.progress_callback(len(sigmas) - 1, node_id)
-    callback = None if progress is None else (lambda step, x0, x, total: progress({"i": step}))
+    if progress is None:
+        bar = comfy_adapter.progress_callback(len(sigmas) - 1, node_id)
+        progress = None if bar is None else (lambda step: bar({"i": step}))
+    callback = None if progress is None else (lambda step, x0, x, total: progress(step))
     noise = torch.zeros_like(samples) if noise is None else noise
     out = sample.sample_custom(model, noise, cfg, sampler, sigmas, conditioning(model, positive, "positive"),
                                conditioning(model, negative, "negative"), samples,
@@ -78,7 +85,7 @@ def run_comfy_sampler(model: Any, sampler: Any, sigmas: torch.Tensor, latent: di
 def run_sampler(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,
                 negative: list | None, cfg: float, noise: torch.Tensor | None = None, seed: int = 0,
                 start: torch.Tensor | None = None, node_id: str | None = None,
-                options: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
+                options: dict[str, Any] | None = None, progress: Progress | None = None) -> tuple[dict[str, Any], Any]:
     """Run the sampler function ``fn`` (with keyword ``options``) through ComfyUI; ``(LATENT, fn's return value)``.
 
     The return value stays in model space (x_T and the noise terms of an inversion, for example);
@@ -92,7 +99,8 @@ def run_sampler(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[st
         return out[0] if isinstance(out, tuple) else out
 
     sampler = comfy_adapter.as_comfy_sampler(recorded, **(options or {}))
-    latent_out = run_comfy_sampler(model, sampler, sigmas, latent, positive, negative, cfg, noise, seed, node_id)
+    latent_out = run_comfy_sampler(model, sampler, sigmas, latent, positive, negative, cfg, noise, seed, node_id,
+                                   progress)
     return latent_out, returned.get("value")
 
 
@@ -112,13 +120,13 @@ def random_noise(latent: dict[str, Any], seed: int, model: Any) -> torch.Tensor:
 
 def capture(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,
             negative: list | None, cfg: float, noise: torch.Tensor | None, seed: int,
-            meta: dict[str, Any] | None = None, node_id: str | None = None,
-            options: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any, Trajectory]:
+            meta: dict[str, Any] | None = None, node_id: str | None = None, options: dict[str, Any] | None = None,
+            progress: Progress | None = None) -> tuple[dict[str, Any], Any, Trajectory]:
     """:func:`run_sampler` on a copy of the model that records h on every call; the cond rows' trajectory."""
     controller = Bottleneck(capture=True)
     patched = comfy_adapter.patch_model(model, controller)
     latent_out, value = run_sampler(patched, fn, sigmas, latent, positive, negative, cfg, noise, seed,
-                                     node_id=node_id, options=options)
+                                     node_id=node_id, options=options, progress=progress)
     trajectory = controller.trajectory("cond", meta)
     trajectory.meta["fingerprint"] = fingerprint(model, tuple(trajectory.h.shape[2:]))
     return latent_out, value, trajectory

@@ -1,6 +1,7 @@
 """The custom socket types of the pack and the Python values that travel on them.
 
-- ``HSPACE_TRAJECTORY``: a :class:`hspace_core.direction.Trajectory` (h of N samples over S steps).
+- ``HSPACE_TRAJECTORY``: a :class:`hspace_core.direction.Trajectory` (h of N samples over S steps, in memory), or
+  a :class:`hspace_core.fileio.ShardedTrajectory` (the same on disk, read a shard at a time) from a capture to disk.
 - ``HSPACE_DIRECTION``: always a ``list`` of :class:`hspace_core.direction.Direction`, one or more. A single
   direction is a list of one; discovery nodes return a set (PCA components, Jacobian vectors) on the same
   socket, so a set can go straight to Orthogonalize / Project Out / Save, and Pick Direction takes one out.
@@ -10,18 +11,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
-from hspace_core.direction import Direction
+from hspace_core.direction import Direction, Trajectory
 from hspace_core.errors import HSpaceError
+from hspace_core.fileio import ShardedTrajectory
 
 TRAJECTORY = "HSPACE_TRAJECTORY"
 DIRECTION = "HSPACE_DIRECTION"
 NOISE = "HSPACE_NOISE"
 
 DirectionSet = list[Direction]
+TrajectoryValue = Union[Trajectory, ShardedTrajectory]
 
 
 @dataclass
@@ -57,3 +60,22 @@ def single(directions: DirectionSet, what: str = "direction") -> Direction:
         raise HSpaceError(f"one {what} expected, but this set holds {len(items)} directions: take one out "
                           "with 'Pick Direction (hspace)'")
     return items[0]
+
+
+def in_memory(trajectory: TrajectoryValue) -> Trajectory:
+    """The whole trajectory in memory (a sharded one is read completely)."""
+    return trajectory.load() if isinstance(trajectory, ShardedTrajectory) else trajectory
+
+
+def first_chunk(trajectory: TrajectoryValue) -> Trajectory:
+    """The trajectory itself, or the first shard of one on disk (its steps and metadata stand for all)."""
+    if isinstance(trajectory, ShardedTrajectory):
+        return next(iter(trajectory.iter_chunks()))
+    return trajectory
+
+
+def h_source(trajectory: TrajectoryValue) -> Trajectory | Callable[[], Iterator[torch.Tensor]]:
+    """What hspace_core's PCA reads: the trajectory, or a fresh iterator over the shards' h on every call."""
+    if isinstance(trajectory, ShardedTrajectory):
+        return lambda: (chunk.h for chunk in trajectory.iter_chunks())
+    return trajectory

@@ -2,23 +2,45 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
 
 from hspace_core.direction import Trajectory
 from hspace_core.errors import HSpaceError
+from hspace_core.fileio import TrajectoryWriter
 from hspace_core.samplers import sample_ddim
 
-from . import _inputs, _sampling
-from ._types import TRAJECTORY
+from . import _comfy, _inputs, _sampling, comfy_adapter
+from ._types import TRAJECTORY, TrajectoryValue
 
 CATEGORY = "hspace/capture"
+STORES = ("memory", "disk")
+
+
+class _MemoryStore:
+    def __init__(self) -> None:
+        self.parts: list[Trajectory] = []
+
+    def append(self, part: Trajectory) -> None:
+        self.parts.append(part)
+
+    def close(self) -> Trajectory:
+        return Trajectory.concat(self.parts)
+
+
+def _disk_store(filename_prefix: str) -> TrajectoryWriter:
+    """Shards in a new folder ``output/<prefix>_00001_/`` (index.json + one safetensors file per batch)."""
+    folder_paths = _comfy.require("folder_paths")
+    folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
+    return TrajectoryWriter(os.path.join(folder, f"{name}_{counter:05}_"))
 
 
 class HSpaceCaptureH:
     """Sample num_samples images (in batches of the latent's batch size, seeds seed, seed+1, ...) with DDIM and
-    record h, the UNet middle-block output, at every step: the data PCA and supervised directions are made from."""
+    record h, the UNet middle-block output, at every step: the data PCA and supervised directions are made from.
+    Large captures can go to disk (output/<prefix>_NNNNN_/, one shard per batch), read back a shard at a time."""
 
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
@@ -33,33 +55,40 @@ class HSpaceCaptureH:
                 "model": _inputs.model(),
                 "sigmas": _inputs.sigmas(),
                 "latent_image": _inputs.latent("an empty latent; its batch size is the number sampled at once"),
-                "num_samples": ("INT", {"default": 64, "min": 2, "max": 100000,
+                "num_samples": ("INT", {"default": 64, "min": 2, "max": 1000000,
                                         "tooltip": "how many images to sample and capture (PCA needs at least 2)"}),
                 "seed": _inputs.seed("seed of the first batch; batch i uses seed + i"),
                 "cfg": _inputs.cfg(),
                 "eta": _inputs.eta(),
+                "store": (list(STORES), {"tooltip": "memory, or disk for captures larger than memory (streamed "
+                                                    "shards that PCA reads one at a time)"}),
+                "filename_prefix": ("STRING", {"default": "hspace_trajectories/capture",
+                                               "tooltip": "with store = disk: the folder inside output/"}),
             },
             "optional": _inputs.optional_conditioning(),
             "hidden": _inputs.HIDDEN,
         }
 
     def capture(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], num_samples: int, seed: int,
-                cfg: float, eta: float, positive: list | None = None, negative: list | None = None,
-                unique_id: str | None = None) -> tuple[Trajectory, dict[str, Any]]:
+                cfg: float, eta: float, store: str, filename_prefix: str, positive: list | None = None,
+                negative: list | None = None, unique_id: str | None = None) -> tuple[TrajectoryValue, dict[str, Any]]:
         batch = latent_image["samples"].shape[0]
         if batch < 1:
             raise HSpaceError("the latent_image holds no sample: an empty latent with batch size >= 1 expected")
-        parts, latents = [], []
-        for i in range(math.ceil(num_samples / batch)):
-            noise = _sampling.random_noise(latent_image, seed + i, model)
+        batches, steps = math.ceil(num_samples / batch), len(_sampling.check_sigmas(sigmas)) - 1
+        bar = comfy_adapter.progress_callback(batches * steps, unique_id)
+        sink = _disk_store(filename_prefix) if store == "disk" else _MemoryStore()
+        latents = []
+        for i in range(batches):
+            progress = None if bar is None else (lambda step, done=i * steps: bar({"i": done + step}))
             latent, _, trajectory = _sampling.capture(
-                model, sample_ddim, sigmas, latent_image, positive, negative, cfg, noise, seed + i,
-                meta={"seed": seed, "eta": eta, "cfg": cfg}, node_id=unique_id,
-                options={"eta": eta, "seed": seed + i + 1})
-            parts.append(trajectory)
+                model, sample_ddim, sigmas, latent_image, positive, negative, cfg,
+                _sampling.random_noise(latent_image, seed + i, model), seed + i,
+                meta={"seed": seed, "eta": eta, "cfg": cfg}, options={"eta": eta, "seed": seed + i + 1},
+                progress=progress)
+            sink.append(trajectory.select(slice(0, num_samples - i * batch)))
             latents.append(latent["samples"])
-        trajectory = Trajectory.concat(parts).select(slice(0, num_samples))
-        return trajectory, _sampling.latent_output(latent_image, torch.cat(latents)[:num_samples])
+        return sink.close(), _sampling.latent_output(latent_image, torch.cat(latents)[:num_samples])
 
 
 NODE_CLASSES = (HSpaceCaptureH,)

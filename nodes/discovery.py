@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from hspace_core.denoisers import DiffusersDenoiser
-from hspace_core.direction import Direction, Trajectory
+from hspace_core.direction import Direction
 from hspace_core.discovery.asyrp import DeltaBlock, DirectionalCLIPLoss, global_delta_h, load_clip, train_delta_block
 from hspace_core.discovery.jacobian import trajectory_jacobian_directions
 from hspace_core.discovery.pca import METHODS as PCA_METHODS
@@ -20,7 +20,7 @@ from hspace_core.samplers import sample_asyrp, sample_ddim
 
 from . import _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser
-from ._types import DIRECTION, DirectionSet, NoiseRecord
+from ._types import DIRECTION, DirectionSet, NoiseRecord, TrajectoryValue, first_chunk, h_source, in_memory
 
 CATEGORY = "hspace/discovery"
 
@@ -49,14 +49,16 @@ class HSpacePCA:
                                                                      "of one over all steps concatenated"}),
             "scaled": ("BOOLEAN", {"default": True, "tooltip": "scale each component by its standard deviation, "
                                                                "so strength is in std units (Haas)"}),
-            "method": (list(PCA_METHODS), {"tooltip": "auto picks the Gram or SVD route in memory"}),
+            "method": (list(PCA_METHODS), {"tooltip": "auto: Gram or SVD in memory; for a capture on disk, the "
+                                                      "streaming covariance or randomized route"}),
         }}
 
-    def discover(self, trajectory: Trajectory, num_components: int, per_timestep: bool, scaled: bool,
+    def discover(self, trajectory: TrajectoryValue, num_components: int, per_timestep: bool, scaled: bool,
                  method: str) -> dict[str, Any]:
-        result = pca_directions(trajectory, num_components, per_timestep=per_timestep, method=method)
-        meta = {"fingerprint": trajectory.meta.get("fingerprint")}
-        directions = [result.to_direction(i, trajectory.timesteps.tolist(), scaled, meta)
+        result = pca_directions(h_source(trajectory), num_components, per_timestep=per_timestep, method=method)
+        first = first_chunk(trajectory)
+        meta = {"fingerprint": first.meta.get("fingerprint")}
+        directions = [result.to_direction(i, first.timesteps.tolist(), scaled, meta)
                       for i in range(result.num_components)]
         ratios = result.explained_variance_ratio.mean(0).tolist()
         return {"ui": {"hspace_spectrum": [{"explained_variance_ratio": ratios}]},
@@ -84,7 +86,8 @@ class HSpaceSupervisedDirection:
                            "boundary"}),
         }}
 
-    def discover(self, positive: Trajectory, negative: Trajectory, method: str) -> tuple[DirectionSet]:
+    def discover(self, positive: TrajectoryValue, negative: TrajectoryValue, method: str) -> tuple[DirectionSet]:
+        positive, negative = in_memory(positive), in_memory(negative)
         if positive.num_steps != negative.num_steps or not torch.allclose(positive.timesteps, negative.timesteps):
             raise HSpaceError(f"positive and negative trajectories must share their steps: timesteps "
                               f"{positive.timesteps.tolist()} and {negative.timesteps.tolist()}")
@@ -115,8 +118,9 @@ class HSpaceDigitClassifierDirection:
                           "tooltip": "how many top and bottom scored samples (Haas: 100 of 10,000)"}),
         }}
 
-    def discover(self, trajectory: Trajectory, samples: dict[str, Any], digit: str,
+    def discover(self, trajectory: TrajectoryValue, samples: dict[str, Any], digit: str,
                  k: int) -> tuple[DirectionSet, str]:
+        trajectory = in_memory(trajectory)
         images = samples["samples"]
         if images.shape[0] != trajectory.num_samples or tuple(images.shape[1:]) != (1, 16, 16):
             raise HSpaceError(f"{trajectory.num_samples} embedded-model samples [N, 1, 16, 16] expected (the samples "

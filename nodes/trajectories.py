@@ -1,8 +1,9 @@
 """Saving captured h to ComfyUI's output folder and loading it back (a long capture is worth keeping).
 
 Files are hspace trajectory ``.safetensors`` (h, timesteps, sigmas, JSON metadata), saved under
-``output/<filename_prefix>_00001_.safetensors``. Load Trajectory lists those under ``hspace_trajectories`` in the
-output and input folders, annotated ``[output]`` / ``[input]`` as ComfyUI's own loaders do.
+``output/<filename_prefix>_00001_.safetensors``. Load Trajectory lists those, and the shard folders of captures to
+disk (``index.json``), under ``hspace_trajectories`` in the output and input folders, annotated ``[output]`` /
+``[input]`` as ComfyUI's own loaders do; a shard folder stays on disk and is read a shard at a time.
 """
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hspace_core.direction import Trajectory
-from hspace_core.fileio import load_trajectory, save_trajectory
+from hspace_core.fileio import ShardedTrajectory, load_trajectory, save_trajectory
 
 from . import _comfy, _inputs
-from ._types import TRAJECTORY
+from ._types import TRAJECTORY, TrajectoryValue, in_memory
 
 CATEGORY = "hspace/capture"
 SUBFOLDER = "hspace_trajectories"
@@ -31,7 +31,9 @@ def listed_files() -> list[str]:
         root = Path(base)
         folder = root / SUBFOLDER
         if folder.is_dir():
-            names += [f"{p.relative_to(root).as_posix()} [{annotation}]" for p in sorted(folder.rglob("*.safetensors"))]
+            files = [p for p in folder.rglob("*.safetensors") if not (p.parent / "index.json").is_file()]
+            shards = [p.parent for p in folder.rglob("index.json")]
+            names += [f"{p.relative_to(root).as_posix()} [{annotation}]" for p in sorted(files + shards)]
     return names
 
 
@@ -52,16 +54,17 @@ class HSpaceSaveTrajectory:
                                            "tooltip": "path inside the output folder; a counter is appended"}),
         }}
 
-    def save(self, trajectory: Trajectory, filename_prefix: str) -> dict[str, Any]:
+    def save(self, trajectory: TrajectoryValue, filename_prefix: str) -> dict[str, Any]:
         folder_paths = _comfy.require("folder_paths")
         folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix,
                                                                        folder_paths.get_output_directory())
-        path = save_trajectory(trajectory, os.path.join(folder, f"{name}_{counter:05}_.safetensors"))
+        path = save_trajectory(in_memory(trajectory), os.path.join(folder, f"{name}_{counter:05}_.safetensors"))
         return {"ui": {"text": [str(path)]}}
 
 
 class HSpaceLoadTrajectory:
-    """Load a trajectory saved by Save Trajectory (from output/ or input/ hspace_trajectories)."""
+    """Load a trajectory saved by Save Trajectory, or the shard folder of a capture to disk (from output/ or input/
+    hspace_trajectories)."""
 
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
@@ -79,8 +82,9 @@ class HSpaceLoadTrajectory:
         stat = os.stat(_comfy.require("folder_paths").get_annotated_filepath(trajectory_name))
         return f"{stat.st_mtime_ns}-{stat.st_size}"
 
-    def load(self, trajectory_name: str) -> tuple[Trajectory]:
-        return (load_trajectory(_comfy.require("folder_paths").get_annotated_filepath(trajectory_name)),)
+    def load(self, trajectory_name: str) -> tuple[TrajectoryValue]:
+        path = _comfy.require("folder_paths").get_annotated_filepath(trajectory_name)
+        return (ShardedTrajectory(path) if os.path.isdir(path) else load_trajectory(path),)
 
 
 NODE_CLASSES = (HSpaceSaveTrajectory, HSpaceLoadTrajectory)

@@ -113,10 +113,11 @@ def empty_pixels(id: int, batch: int) -> N:
     return N(id, "EmptyLatentImage", width=16, height=16, batch_size=batch)
 
 
-def capture_and_pca(first: int, model: int, sigmas: int, num_samples: int, components: int) -> list[N]:
+def capture_and_pca(first: int, model: int, sigmas: int, num_samples: int, components: int,
+                    store: str = "memory") -> list[N]:
     return [empty_pixels(first, 16),
             N(first + 1, "HSpaceCaptureH", model=(model, 0), sigmas=(sigmas, 0), latent_image=(first, 0),
-              num_samples=num_samples, seed=0),
+              num_samples=num_samples, seed=0, store=store),
             N(first + 2, "HSpacePCA", trajectory=(first + 1, 0), num_components=components)]
 
 
@@ -239,10 +240,11 @@ WORKFLOWS = [
         N(18, "SaveImage", images=(17, 0), filename_prefix="hspace/asyrp_original"),
     ]),
     Workflow("direction_arithmetic_save_load", "Direction arithmetic, save and load, KSampler", [
-        note(1, "Combine PCA components (slerp, normalize, scale, Gram-Schmidt, add), save the result to "
+        note(1, "Capture h to disk (output/hspace_trajectories, streamed to PCA a shard at a time), combine PCA "
+                "components (slerp, normalize, scale, Gram-Schmidt, add), save the result to "
                 "models/hspace_directions, load a saved direction and sample with it through a plain KSampler. "
                 "Load Direction lists the files present: run once, then refresh, to pick the saved one."),
-        embedded_loader(2), ddim_schedule(3, 2, 10), *capture_and_pca(4, 2, 3, 48, 6),
+        embedded_loader(2), ddim_schedule(3, 2, 10), *capture_and_pca(4, 2, 3, 48, 6, store="disk"),
         N(7, "HSpacePickDirection", directions=(6, 0), index=0),
         N(8, "HSpacePickDirection", directions=(6, 0), index=1),
         N(9, "HSpaceSlerpDirections", a=(7, 0), b=(8, 0), t=0.5),

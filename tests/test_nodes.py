@@ -207,7 +207,7 @@ def test_labelled_grid_lays_out_strengths_as_columns():
 def test_nodes_that_need_comfyui_say_so():
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     with pytest.raises(HSpaceError, match="ComfyUI"):
-        node("HSpaceCaptureH").capture(object(), torch.tensor([1.0, 0.0]), latent, 2, 0, 1.0, 0.0)
+        node("HSpaceCaptureH").capture(object(), torch.tensor([1.0, 0.0]), latent, 2, 0, 1.0, 0.0, "memory", "x")
 
 
 # -- the model patch, on a stand-in for ComfyUI's ModelPatcher ----------------------------------------------
@@ -290,3 +290,19 @@ def test_digit_classifier_direction_contrasts_the_best_and_worst_scored_samples(
     assert text.startswith("p(0): top-4")
     with pytest.raises(HSpaceError, match="samples"):
         node("HSpaceDigitClassifierDirection").discover(trajectory, {"samples": chosen[:5]}, "0", 2)
+
+
+def test_pca_reads_a_capture_on_disk_a_shard_at_a_time(tmp_path):
+    from hspace_core.fileio import TrajectoryWriter
+
+    generator = torch.Generator().manual_seed(3)
+    h = torch.randn(12, 2, 3, 2, 2, generator=generator)
+    writer = TrajectoryWriter(tmp_path / "capture")
+    for chunk in h.split(5):
+        writer.append(Trajectory(chunk, [800.0, 300.0], [2.0, 0.4], {"fingerprint": {"arch": "Test"}}))
+    sharded = writer.close()
+    on_disk = node("HSpacePCA").discover(sharded, 3, True, False, "auto")["result"][0]
+    in_memory = node("HSpacePCA").discover(Trajectory(h, [800.0, 300.0], [2.0, 0.4]), 3, True, False, "svd")
+    for a, b in zip(on_disk, in_memory["result"][0]):
+        assert abs(arithmetic.cosine(a, b)) == pytest.approx(1.0, abs=1e-6)
+    assert on_disk[0].timesteps == (800.0, 300.0) and on_disk[0].meta["fingerprint"] == {"arch": "Test"}
