@@ -282,9 +282,9 @@ def train_delta_block(denoiser: Any, block: DeltaBlock, x_start: torch.Tensor, s
     sigmas = _check_grid(x_start, sigmas)
     if source not in ("image", "reference"):
         raise HSpaceError(f"source must be 'image' or 'reference', got {source!r}")
-    if source == "image" and (images is None or images.shape != x_start.shape):
-        raise HSpaceError(f"source='image' needs the input images, one per starting latent {tuple(x_start.shape)}, "
-                          f"got {None if images is None else tuple(images.shape)}")
+    if source == "image" and (images is None or images.ndim != 4 or images.shape[0] != x_start.shape[0]):
+        raise HSpaceError(f"source='image' needs the input images [N, C, H, W], one per starting latent "
+                          f"({x_start.shape[0]}), got {None if images is None else tuple(images.shape)}")
     steps = _edited_steps(sigmas, sigma_edit)
     timesteps = denoiser.schedule.timestep(sigmas[:steps])
     temb = unet_time_embedding(denoiser.unet, timesteps)
