@@ -1,4 +1,4 @@
-"""Write example_workflows/*.json (ComfyUI UI format, version 0.4) and same-name .png diagrams.
+"""Write example_workflows/*.json (ComfyUI UI format, version 0.4), same-name .png diagrams and a README.
 
 Each workflow is described compactly below (nodes with their widget values and links); the sockets, widget
 order and output types come from the node declarations of this pack (nodes/registry.py) and, for ComfyUI core
@@ -366,6 +366,18 @@ def thumbnail(graph: dict[str, Any], title: str, size: tuple[int, int] = (800, 4
     return image
 
 
+def readme() -> str:
+    """The index of the examples: title, file and the text of each workflow's note."""
+    lines = ["# Example workflows", "",
+             "UI-format workflows (drag one onto ComfyUI, or open it from the Templates browser). They are "
+             "written by `scripts/make_workflows.py` from the node declarations; edit that script, not the files.",
+             ""]
+    for workflow in WORKFLOWS:
+        text = next((n.values["text"] for n in workflow.nodes if n.type == NOTE), "")
+        lines += [f"## {workflow.title}", "", f"`{workflow.name}.json` ![]({workflow.name}.png)", "", text, ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     OUT_DIR.mkdir(exist_ok=True)
     for workflow in WORKFLOWS:
@@ -373,6 +385,7 @@ def main() -> None:
         (OUT_DIR / f"{workflow.name}.json").write_text(json.dumps(graph, indent=1) + "\n")
         thumbnail(graph, workflow.title).save(OUT_DIR / f"{workflow.name}.png")
         print(f"wrote {workflow.name}.json and .png ({len(graph['nodes'])} nodes, {len(graph['links'])} links)")
+    (OUT_DIR / "README.md").write_text(readme())
 
 
 if __name__ == "__main__":

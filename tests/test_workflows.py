@@ -133,3 +133,4 @@ def test_the_generator_reproduces_the_files():
         del sys.modules[spec.name]
     for workflow in module.WORKFLOWS:
         assert load(ROOT / "example_workflows" / f"{workflow.name}.json") == module.build(workflow)
+    assert (ROOT / "example_workflows" / "README.md").read_text() == module.readme()
