@@ -152,13 +152,9 @@ def test_save_list_load_and_info_in_a_temporary_folder(tmp_path, monkeypatch):
     torch.testing.assert_close(direction.delta, per_step(1)[0].delta)
     assert "method: test1" in loaded["result"][1]
     assert loaded["ui"]["hspace_info"][0]["h_shape"] == [4, 2, 2]
-    assert HSpaceLoadDirection_is_changed("edits/smile.safetensors")
+    assert NODE_CLASS_MAPPINGS["HSpaceLoadDirection"].IS_CHANGED("edits/smile.safetensors")
     info = node("HSpaceDirectionInfo").info(per_step(1) + per_step(2))
     assert info["result"][0].count("h_shape") == 2 and len(info["ui"]["hspace_info"]) == 2
-
-
-def HSpaceLoadDirection_is_changed(name: str) -> str:
-    return NODE_CLASS_MAPPINGS["HSpaceLoadDirection"].IS_CHANGED(name)
 
 
 def test_the_direction_folder_refuses_escaping_names(tmp_path, monkeypatch):
