@@ -16,6 +16,7 @@ import torch
 from hspace_core.bottleneck import Bottleneck
 from hspace_core.direction import Trajectory, model_fingerprint
 from hspace_core.errors import HSpaceError
+from hspace_core.schedule import window_sigmas
 
 from . import _comfy, comfy_adapter, pixel_model
 
@@ -104,8 +105,15 @@ def run_sampler(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[st
     return latent_out, returned.get("value")
 
 
-def asyrp_options(model: Any, mode: str, t_edit: float, t_boost: float) -> dict[str, Any]:
-    """``sample_asyrp`` options for an edit window [T, t_edit] and quality boosting below t_boost (timesteps)."""
+def asyrp_options(model: Any, mode: str, t_edit: float, t_boost: float,
+                  sigmas: torch.Tensor | None = None) -> dict[str, Any]:
+    """``sample_asyrp`` options for an edit window [T, t_edit] and quality boosting below t_boost (timesteps).
+
+    With the schedule known, a window that no step falls in is refused (hspace_core's ``window_sigmas``).
+    """
+    if sigmas is not None:
+        sigma_edit, sigma_boost = window_sigmas(comfy_adapter.vp_schedule(model), sigmas, t_edit, t_boost)
+        return {"mode": mode, "sigma_edit": sigma_edit, "sigma_boost": sigma_boost}
     if t_boost > t_edit:
         raise HSpaceError(f"t_boost ({t_boost}) must not exceed t_edit ({t_edit}): no step would be edited")
     sigma_boost = float(comfy_adapter.timestep_to_sigma(model, t_boost)) if t_boost > 0 else 0.0

@@ -40,6 +40,10 @@ class NoiseRecord:
     eta: float
     method: str
 
+    def __repr__(self) -> str:  # short: ComfyUI prints node inputs in its error reports
+        return (f"NoiseRecord(method={self.method!r}, x_T={list(self.x_T.shape)}, steps={len(self.sigmas) - 1}, "
+                f"eta={self.eta})")
+
 
 def as_set(directions: Direction | Sequence[Direction]) -> DirectionSet:
     """A direction set from one direction or a sequence of them; an empty set is refused."""

@@ -86,7 +86,16 @@ class HSpaceAsyrpSampler:
     def make(self, model: Any, mode: str, t_edit: int, t_boost: int, eta: float, eta_boost: float,
              seed: int) -> tuple[Any]:
         options = _sampling.asyrp_options(model, mode, t_edit, t_boost)
-        return (comfy_adapter.as_comfy_sampler(sample_asyrp, **options, eta=eta, eta_boost=eta_boost, seed=seed),)
+        return (comfy_adapter.as_comfy_sampler(_asyrp_in_window, **options, eta=eta, eta_boost=eta_boost, seed=seed),)
+
+
+def _asyrp_in_window(model: Any, x: torch.Tensor, sigmas: torch.Tensor, *args: Any, sigma_edit: float,
+                     **options: Any) -> torch.Tensor:
+    """sample_asyrp, refusing a schedule whose steps all lie below the edit window (nothing would be edited)."""
+    if float(sigmas[:-1].max()) < sigma_edit * (1 - 1e-6):
+        raise HSpaceError(f"no step of this schedule reaches t_edit: its largest sigma {float(sigmas[:-1].max()):.4g} "
+                          f"is below the window's {sigma_edit:.4g}; lower t_edit or use more of the schedule")
+    return sample_asyrp(model, x, sigmas, *args, sigma_edit=sigma_edit, **options)
 
 
 class HSpaceStrengthSweep:

@@ -97,7 +97,7 @@ class HSpaceSampleFromNoise:
         fn = sample_ddim
         if mode != "ddim":
             fn = sample_asyrp
-            options.update(_sampling.asyrp_options(model, mode, t_edit, t_boost), eta_boost=noise.eta)
+            options.update(_sampling.asyrp_options(model, mode, t_edit, t_boost, noise.sigmas), eta_boost=noise.eta)
         latent = {"samples": torch.zeros_like(noise.x_T)}
         samples, _ = _sampling.run_sampler(model, fn, noise.sigmas, latent, positive, negative, cfg,
                                            start=noise.x_T, node_id=unique_id, options=options)

@@ -8,6 +8,7 @@ random CLIP (built here with transformers) in place of CLIP ViT-B/16.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,43 @@ def test_the_frontend_extension_and_node_docs_are_served(comfy, object_info):
     assert set(NODE_CLASS_MAPPINGS) <= set(object_info)
     assert all(object_info[name]["category"].startswith("hspace/") for name in NODE_CLASS_MAPPINGS)
     assert object_info["HSpaceStrengthSweep"]["description"]
+
+
+def execution_error(comfy, prompt: dict[str, Any], timeout_s: float = 120.0) -> str:
+    """The exception message ComfyUI reports for a prompt that fails while executing."""
+    prompt_id = comfy.client.queue_prompt(prompt)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        entry = comfy.client.get_json(f"/history/{prompt_id}").get(prompt_id)
+        if entry:
+            errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+            assert errors, f"the prompt did not fail: {entry['status']}"
+            return errors[0]["exception_message"]
+        time.sleep(0.1)
+    raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout_s:.0f} s")
+
+
+def test_bad_input_fails_with_a_clear_message(comfy):
+    """HSpaceError messages reach ComfyUI's error report: an edit window outside the schedule, a foreign direction."""
+    foreign = Direction(torch.ones(EMBEDDED_H_SHAPE), None, {"fingerprint": {"arch": "UNetModel", "weights": "0"}})
+    save_direction(foreign, comfy.root / "base" / "models" / "hspace_directions" / "foreign.safetensors")
+    base = {
+        "1": {"class_type": "HSpacePixelModelLoader", "inputs": {"model_name": "hspace-mnist-16 (embedded)"}},
+        "2": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": 4,
+                                                         "denoise": 1.0}},
+        "3": {"class_type": "HSpaceEmbeddedDigits", "inputs": {"digit": "3", "count": 1, "offset": 0}},
+        "4": {"class_type": "HSpaceImageToPixelLatent", "inputs": {"image": ["3", 0], "model": ["1", 0]}},
+        "5": {"class_type": "HSpaceInvertImage", "inputs": {
+            "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 0], "method": "ddim", "cfg": 1.0, "eta": 1.0,
+            "seed": 0}},
+        "6": {"class_type": "HSpaceLoadDirection", "inputs": {"direction_name": "foreign.safetensors"}},
+        "7": {"class_type": "HSpaceApplyDirection", "inputs": {
+            "model": ["1", 0], "direction": ["6", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
+            "rows": "cond", "allow_foreign": False}},
+        "8": {"class_type": "HSpaceSampleFromNoise", "inputs": {
+            "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "t_edit": 900, "t_boost": 0, "cfg": 1.0}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "hspace/bad"}},
+    }
+    assert "lies outside this schedule" in execution_error(comfy, base)
+    foreign_prompt = {**base, "8": {**base["8"], "inputs": {**base["8"]["inputs"], "model": ["7", 0], "t_edit": 400}}}
+    assert "made for another model" in execution_error(comfy, foreign_prompt)
