@@ -1,0 +1,91 @@
+"""The default model shipped in ``hspace_core/default_model/``: a small unconditional pixel DDPM on
+16x16 MNIST digits, the digit classifier that judges its outputs, and 500 held-out real digits.
+
+Everything loads offline from package data; see ``default_model/MODEL_CARD.md`` for how it was trained
+(``scripts/train_default_model.py``, ``scripts/train_evaluator.py``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .errors import HSpaceError
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
+
+IMAGE_SIZE = 16
+NUM_CLASSES = 10
+# A classifier output counts as "confident" (the digit is legible) at or above this softmax probability.
+CONFIDENCE_THRESHOLD = 0.9
+
+
+def default_model_dir() -> Path:
+    """The folder holding the shipped model (``unet/``, ``scheduler_config.json``, evaluator, digits)."""
+    return Path(__file__).resolve().parent / "default_model"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise HSpaceError(f"the embedded default model file {path} is missing; expected it in the installed "
+                          "package (reinstall hspace, or run scripts/train_default_model.py)")
+    return path
+
+
+def load_default_unet(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "UNet2DModel":
+    """The shipped diffusers ``UNet2DModel`` (epsilon prediction, 16x16x1), in eval mode."""
+    from diffusers import UNet2DModel  # imported here: diffusers is slow to import
+
+    unet_dir = _require(default_model_dir() / "unet")
+    unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
+    return unet.to(device=device).eval()
+
+
+def load_default_scheduler_config() -> dict:
+    """The DDPM schedule the UNet was trained with (linear betas 1e-4..0.02, 1000 steps, epsilon)."""
+    return json.loads(_require(default_model_dir() / "scheduler_config.json").read_text())
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN for 16x16 digits in [-1, 1]: ``[N,1,16,16] -> logits [N,10]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),  # 8x8
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),  # 4x4
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 4 * 4, 128), nn.ReLU(),
+                                  nn.Linear(128, NUM_CLASSES))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(labels int64 [N], confidence float [N])``: the argmax class and its softmax probability."""
+        probabilities = self(images).softmax(dim=1)
+        confidence, labels = probabilities.max(dim=1)
+        return labels, confidence
+
+
+def load_evaluator(device: str | torch.device = "cpu") -> DigitClassifier:
+    """The shipped digit classifier (trained apart from the diffusion model), in eval mode."""
+    classifier = DigitClassifier()
+    classifier.load_state_dict(load_file(_require(default_model_dir() / "evaluator.safetensors")))
+    return classifier.to(device).eval()
+
+
+def load_heldout_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 500 held-out real digits (50 per class): ``(images float [-1,1] [500,1,16,16], labels int64 [500])``."""
+    tensors = load_file(_require(default_model_dir() / "heldout_digits.safetensors"))
+    images = tensors["images"].float() / 127.5 - 1.0
+    return images, tensors["labels"].long()
