@@ -153,8 +153,7 @@ class HSpacePullbackEdit:
             basis = pullback_basis(encoder_function(denoiser, float(sigmas[step])), x, num_vectors, max_iter=max_iter,
                                    callback=comfy_adapter.progress_callback(max_iter, unique_id))
             v = basis.x_basis[component] * (1.0 if sign == "+" else -1.0)
-            edited = x_space_guidance(lambda z: denoiser.eps(z, float(sigmas[step])), x, v,
-                                      strength=guidance_strength, num_iters=guidance_steps)[-1]
+            edited = _guide(denoiser, x, v, float(sigmas[step]), guidance_strength, guidance_steps)
         samples = _finish(model, edited.detach().unsqueeze(0), sigmas[step:], t_boost, seed, noise, step, positive,
                           unique_id)
         meta = {"method": "pullback", "timestep": timestep,
@@ -169,6 +168,16 @@ def _step_at(model: Any, sigmas: torch.Tensor, t_edit: float) -> tuple[int, floa
     timesteps = comfy_adapter.sigma_to_timestep(model, sigmas[:-1]).tolist()
     step = next((i for i, t in enumerate(timesteps) if t <= t_edit), len(timesteps) - 1)
     return step, float(timesteps[step])
+
+
+def _guide(denoiser: Any, x: torch.Tensor, v: torch.Tensor, sigma: float, strength: float,
+           steps: int) -> torch.Tensor:
+    """Park's x-space guidance in his units, x_t = sqrt(alpha_bar) x (hspace's x is x_t / sqrt(alpha_bar)), so that
+    his step size and strengths carry over; v is a unit vector either way."""
+    scale = (1.0 + sigma ** 2) ** -0.5
+    guided = x_space_guidance(lambda z: denoiser.eps(z / scale, sigma), x * scale, v, strength=strength,
+                              num_iters=steps)
+    return guided[-1] / scale
 
 
 def _finish(model: Any, start: torch.Tensor, sigmas: torch.Tensor, t_boost: float, seed: int,
