@@ -150,7 +150,7 @@ WORKFLOWS = [
         *save_pixels(8, (7, 0), "hspace/reconstruction"),
         *capture_and_pca(10, 2, 3, 64, 4),
         N(13, "HSpacePickDirection", directions=(12, 0), index=0),
-        N(14, "HSpaceApplyDirection", model=(2, 0), direction=(13, 0), strength=3.0),
+        N(14, "HSpaceApplyDirection", model=(2, 0), direction=(13, 0), strength=5.0),
         N(15, "HSpaceSampleFromNoise", model=(14, 0), noise=(6, 0), mode="asymmetric", t_edit=400),
         *save_pixels(16, (15, 0), "hspace/edited"),
     ]),
