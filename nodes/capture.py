@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from typing import Any
 
 import torch
@@ -29,12 +30,22 @@ class _MemoryStore:
     def close(self) -> Trajectory:
         return Trajectory.concat(self.parts)
 
+    def discard(self) -> None:
+        self.parts.clear()
 
-def _disk_store(filename_prefix: str) -> TrajectoryWriter:
+
+class _DiskStore(TrajectoryWriter):
     """Shards in a new folder ``output/<prefix>_00001_/`` (index.json + one safetensors file per batch)."""
-    folder_paths = _comfy.require("folder_paths")
-    folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
-    return TrajectoryWriter(os.path.join(folder, f"{name}_{counter:05}_"))
+
+    def __init__(self, filename_prefix: str):
+        folder_paths = _comfy.require("folder_paths")
+        folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix,
+                                                                       folder_paths.get_output_directory())
+        super().__init__(os.path.join(folder, f"{name}_{counter:05}_"))
+
+    def discard(self) -> None:
+        """Remove a capture that did not finish (cancelled or failed): nothing is left half-written."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class HSpaceCaptureH:
@@ -77,18 +88,23 @@ class HSpaceCaptureH:
             raise HSpaceError("the latent_image holds no sample: an empty latent with batch size >= 1 expected")
         batches, steps = math.ceil(num_samples / batch), len(_sampling.check_sigmas(sigmas)) - 1
         bar = comfy_adapter.progress_callback(batches * steps, unique_id)
-        sink = _disk_store(filename_prefix) if store == "disk" else _MemoryStore()
+        sink = _DiskStore(filename_prefix) if store == "disk" else _MemoryStore()
         latents = []
-        for i in range(batches):
-            progress = None if bar is None else (lambda step, done=i * steps: bar({"i": done + step}))
-            latent, _, trajectory = _sampling.capture(
-                model, sample_ddim, sigmas, latent_image, positive, negative, cfg,
-                _sampling.random_noise(latent_image, seed + i, model), seed + i,
-                meta={"seed": seed, "eta": eta, "cfg": cfg}, options={"eta": eta, "seed": seed + i + 1},
-                progress=progress)
-            sink.append(trajectory.select(slice(0, num_samples - i * batch)))
-            latents.append(latent["samples"])
-        return sink.close(), _sampling.latent_output(latent_image, torch.cat(latents)[:num_samples])
+        try:
+            for i in range(batches):
+                progress = None if bar is None else (lambda step, done=i * steps: bar({"i": done + step}))
+                latent, _, trajectory = _sampling.capture(
+                    model, sample_ddim, sigmas, latent_image, positive, negative, cfg,
+                    _sampling.random_noise(latent_image, seed + i, model), seed + i,
+                    meta={"seed": seed, "eta": eta, "cfg": cfg}, options={"eta": eta, "seed": seed + i + 1},
+                    progress=progress)
+                sink.append(trajectory.select(slice(0, num_samples - i * batch)))
+                latents.append(latent["samples"])
+            captured = sink.close()
+        except BaseException:
+            sink.discard()
+            raise
+        return captured, _sampling.latent_output(latent_image, torch.cat(latents)[:num_samples])
 
 
 NODE_CLASSES = (HSpaceCaptureH,)

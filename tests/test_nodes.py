@@ -302,3 +302,10 @@ def test_pca_reads_a_capture_on_disk_a_shard_at_a_time(tmp_path):
     for a, b in zip(on_disk, in_memory["result"][0]):
         assert abs(arithmetic.cosine(a, b)) == pytest.approx(1.0, abs=1e-6)
     assert on_disk[0].timesteps == (800.0, 300.0) and on_disk[0].meta["fingerprint"] == {"arch": "Test"}
+
+
+def test_the_asyrp_sampler_refuses_a_schedule_below_its_edit_window():
+    from nodes.apply import _asyrp_in_window
+
+    with pytest.raises(HSpaceError, match="no step of this schedule reaches t_edit"):
+        _asyrp_in_window(None, torch.zeros(1, 1, 2, 2), torch.tensor([1.0, 0.5, 0.0]), sigma_edit=5.0)
