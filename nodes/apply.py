@@ -140,15 +140,15 @@ class HSpaceStrengthSweep:
               unique_id: str | None = None) -> dict[str, Any]:
         strengths = [strength_min + (strength_max - strength_min) * i / (count - 1) for i in range(count)]
         noise = _sampling.random_noise(latent_image, seed, model)
+        steps = len(_sampling.check_sigmas(sigmas)) - 1
+        bar = comfy_adapter.progress_callback(count * steps, unique_id)
+        sampler = sampler or comfy_adapter.as_comfy_sampler(sample_ddim)
         columns = []
-        for strength in strengths:
+        for i, strength in enumerate(strengths):
             patched = apply_direction(model, direction, strength, start_percent, end_percent, rows, allow_foreign)
-            if sampler is None:
-                latent, _ = _sampling.run_sampler(patched, sample_ddim, sigmas, latent_image, positive, negative,
-                                                  cfg, noise, seed, node_id=unique_id)
-            else:
-                latent = _sampling.run_comfy_sampler(patched, sampler, sigmas, latent_image, positive, negative,
-                                                     cfg, noise, seed, unique_id)
+            progress = None if bar is None else (lambda step, done=i * steps: bar({"i": done + step}))
+            latent = _sampling.run_comfy_sampler(patched, sampler, sigmas, latent_image, positive, negative, cfg,
+                                                 noise, seed, progress=progress)
             columns.append(_decode(latent["samples"], vae))
         grid = labelled_grid(columns, [f"{s:+.2f}" for s in strengths])
         ui: dict[str, Any] = {"hspace_sweep": [{"strengths": strengths, "rows": int(columns[0].shape[0])}]}

@@ -13,8 +13,9 @@ from hspace_core.discovery.pca import pca_directions
 from hspace_core.discovery.supervised import linear_probe_direction, mean_difference, supervised_direction
 from hspace_core.embedded import load_evaluator
 from hspace_core.errors import HSpaceError
+from hspace_core.fileio import ShardedTrajectory
 
-from . import _inputs
+from . import _inputs, comfy_adapter
 from ._types import DIRECTION, DirectionSet, TrajectoryValue, first_chunk, h_source, in_memory
 
 CATEGORY = "hspace/discovery"
@@ -46,11 +47,13 @@ class HSpacePCA:
                                                                "so strength is in std units (Haas)"}),
             "method": (list(PCA_METHODS), {"tooltip": "auto: Gram or SVD in memory; for a capture on disk, the "
                                                       "streaming covariance or randomized route"}),
-        }}
+        }, "hidden": _inputs.HIDDEN}
 
     def discover(self, trajectory: TrajectoryValue, num_components: int, per_timestep: bool, scaled: bool,
-                 method: str) -> dict[str, Any]:
-        result = pca_directions(h_source(trajectory), num_components, per_timestep=per_timestep, method=method)
+                 method: str, unique_id: str | None = None) -> dict[str, Any]:
+        chunks = len(trajectory.shards) if isinstance(trajectory, ShardedTrajectory) else 1
+        result = pca_directions(h_source(trajectory), num_components, per_timestep=per_timestep, method=method,
+                                callback=comfy_adapter.progress_callback(chunks, unique_id))
         first = first_chunk(trajectory)
         meta = {"fingerprint": first.meta.get("fingerprint")}
         directions = [result.to_direction(i, first.timesteps.tolist(), scaled, meta)
@@ -79,17 +82,22 @@ class HSpaceSupervisedDirection:
             "method": (["mean_difference", "linear_probe"], {
                 "tooltip": "mean_difference: Haas et al.; linear_probe: unit normal of a logistic-regression "
                            "boundary"}),
-        }}
+        }, "hidden": _inputs.HIDDEN}
 
-    def discover(self, positive: TrajectoryValue, negative: TrajectoryValue, method: str) -> tuple[DirectionSet]:
+    def discover(self, positive: TrajectoryValue, negative: TrajectoryValue, method: str,
+                 unique_id: str | None = None) -> tuple[DirectionSet]:
         positive, negative = in_memory(positive), in_memory(negative)
         if positive.num_steps != negative.num_steps or not torch.allclose(positive.timesteps, negative.timesteps):
             raise HSpaceError(f"positive and negative trajectories must share their steps: timesteps "
                               f"{positive.timesteps.tolist()} and {negative.timesteps.tolist()}")
-        find = mean_difference if method == "mean_difference" else linear_probe_direction
+        if method == "mean_difference":
+            delta = mean_difference(positive.h, negative.h)
+        else:  # L-BFGS, at most 100 iterations
+            progress = comfy_adapter.progress_callback(100, unique_id)
+            delta = linear_probe_direction(positive.h, negative.h, callback=progress)
         meta = {"method": f"supervised:{method}", "num_samples": positive.num_samples + negative.num_samples,
                 "fingerprint": positive.meta.get("fingerprint")}
-        return ([Direction(find(positive.h, negative.h), positive.timesteps.tolist(), meta)],)
+        return ([Direction(delta, positive.timesteps.tolist(), meta)],)
 
 
 class HSpaceDigitClassifierDirection:
