@@ -309,3 +309,18 @@ def test_the_asyrp_sampler_refuses_a_schedule_below_its_edit_window():
 
     with pytest.raises(HSpaceError, match="no step of this schedule reaches t_edit"):
         _asyrp_in_window(None, torch.zeros(1, 1, 2, 2), torch.tensor([1.0, 0.5, 0.0]), sigma_edit=5.0)
+
+
+def test_supervised_direction_is_the_mean_difference_keyed_by_timestep():
+    generator = torch.Generator().manual_seed(1)
+    positive = Trajectory(torch.randn(5, 2, 4, 2, 2, generator=generator) + 1.0, [800.0, 400.0], [2.0, 0.5])
+    negative = Trajectory(torch.randn(7, 2, 4, 2, 2, generator=generator), [800.0, 400.0], [2.0, 0.5])
+    (direction,) = node("HSpaceSupervisedDirection").discover(positive, negative, "mean_difference")
+    torch.testing.assert_close(direction[0].delta, positive.h.mean(0) - negative.h.mean(0))
+    assert direction[0].timesteps == (800.0, 400.0)
+    (probe,) = node("HSpaceSupervisedDirection").discover(positive, negative, "linear_probe")
+    assert arithmetic.norm(probe[0]) == pytest.approx(1.0, abs=1e-5)
+    assert arithmetic.cosine(probe[0], direction[0]) > 0.5
+    other = Trajectory(negative.h, [700.0, 300.0], [1.5, 0.4])
+    with pytest.raises(HSpaceError, match="share their steps"):
+        node("HSpaceSupervisedDirection").discover(positive, other, "mean_difference")
