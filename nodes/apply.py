@@ -107,6 +107,7 @@ class HSpaceStrengthSweep:
     RETURN_TYPES = ("IMAGE", "IMAGE")
     RETURN_NAMES = ("grid", "images")
     FUNCTION = "sweep"
+    OUTPUT_NODE = True  # shows its grid as a preview even with nothing connected
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
