@@ -115,6 +115,29 @@ class HSpaceDirectionInfo:
         return {"ui": {"text": [text], "hspace_info": [summary(d) for d in items]}, "result": (text,)}
 
 
+class HSpaceCompareDirections:
+    """Cosine similarity and norms of two directions (per-timestep keys matched), e.g. to check that a disentangled
+    direction is orthogonal to its conditions, or how much two discovered directions overlap."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("FLOAT", "STRING")
+    RETURN_NAMES = ("cosine", "report")
+    FUNCTION = "compare"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"a": _direction_input("first direction"), "b": _direction_input("second direction")}}
+
+    def compare(self, a: DirectionSet, b: DirectionSet) -> dict[str, Any]:
+        first, second = single(a), single(b)
+        cosine = arithmetic.cosine(first, second)
+        text = (f"cosine: {cosine:.6f}\nnorm a: {arithmetic.norm(first):.6g}\nnorm b: {arithmetic.norm(second):.6g}\n"
+                f"a: {first.meta.get('method')}\nb: {second.meta.get('method')}")
+        return {"ui": {"text": [text]}, "result": (cosine, text)}
+
+
 class HSpacePickDirection:
     """Take the k-th direction out of a set (PCA components, Jacobian vectors, ...)."""
 
@@ -294,7 +317,8 @@ class HSpaceSlerpDirections:
         return ([arithmetic.slerp(single(a), single(b), t)],)
 
 
-NODE_CLASSES = (HSpaceLoadDirection, HSpaceSaveDirection, HSpaceDirectionInfo, HSpacePickDirection,
+NODE_CLASSES = (HSpaceLoadDirection, HSpaceSaveDirection, HSpaceDirectionInfo, HSpaceCompareDirections,
+                HSpacePickDirection,
                 HSpaceJoinDirections, HSpaceAddDirections, HSpaceSubtractDirections, HSpaceScaleDirection,
                 HSpaceNormalizeDirection, HSpaceOrthogonalizeDirections, HSpaceProjectOutDirections,
                 HSpaceSlerpDirections)
@@ -302,6 +326,7 @@ DISPLAY_NAMES = {
     "HSpaceLoadDirection": "Load Direction (hspace)",
     "HSpaceSaveDirection": "Save Direction (hspace)",
     "HSpaceDirectionInfo": "Direction Info (hspace)",
+    "HSpaceCompareDirections": "Compare Directions (hspace)",
     "HSpacePickDirection": "Pick Direction (hspace)",
     "HSpaceJoinDirections": "Join Directions (hspace)",
     "HSpaceAddDirections": "Add Directions (hspace)",

@@ -172,6 +172,7 @@ WORKFLOWS = [
         N(21, "HSpaceJoinDirections", a=(14, 0), b=(20, 0)),
         N(15, "HSpaceProjectOutDirections", direction=(10, 0), conditions=(21, 0)),
         N(16, "HSpaceDirectionInfo", direction=(15, 0)),
+        N(22, "HSpaceCompareDirections", a=(15, 0), b=(20, 0)),
         empty_pixels(17, 4),
         N(18, "HSpaceStrengthSweep", model=(2, 0), direction=(15, 0), sigmas=(3, 0), latent_image=(17, 0), seed=2,
           strength_min=-1.0, strength_max=1.0, count=5),

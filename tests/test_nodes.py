@@ -126,6 +126,8 @@ def test_sets_join_pick_orthogonalize_and_project_out():
     (free,) = node("HSpaceProjectOutDirections").project_out(per_step(4), joined)
     for condition in joined:
         assert abs(arithmetic.cosine(free[0], condition)) < 1e-5
+    compared = node("HSpaceCompareDirections").compare(free, [joined[0]])
+    assert abs(compared["result"][0]) < 1e-5 and compared["ui"]["text"][0].startswith("cosine:")
 
 
 def test_single_direction_nodes_refuse_a_set_with_a_hint():
