@@ -67,14 +67,16 @@ def cosine(a: Direction, b: Direction) -> float:
     return float(x @ y / denom)
 
 
-def joint_project_out(n: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-    """``n - N^T (N N^T)^-1 N n`` for flat n [d] and conditions N [k, d]: the exact joint projection."""
-    n64, N = n.double(), conditions.double()
-    gram = N @ N.T
-    if torch.linalg.matrix_rank(gram) < N.shape[0]:
-        raise HSpaceError("the condition directions are linearly dependent: drop the redundant ones")
-    coeffs = torch.linalg.solve(gram, N @ n64)
-    return (n64 - N.T @ coeffs).to(n.dtype)
+def joint_project_out(n: torch.Tensor, conditions: torch.Tensor, rcond: float = 1e-10) -> torch.Tensor:
+    """``n - N^T (N N^T)^-1 N n`` for flat n [d] and conditions N [k, d]: the exact joint projection.
+
+    Computed in float64 through the SVD of N (the same projector, stable when conditions are nearly
+    dependent: singular values below ``rcond`` times the largest count as dependence and are dropped).
+    """
+    _, singular, basis = torch.linalg.svd(conditions.double(), full_matrices=False)
+    basis = basis[singular > rcond * float(singular.max())]
+    n64 = n.double()
+    return (n64 - basis.T @ (basis @ n64)).to(n.dtype)
 
 
 def project_out(a: Direction, conditions: Sequence[Direction]) -> Direction:

@@ -271,7 +271,7 @@ class HSpacePixelLatentToImage:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"samples": ("LATENT",)}}
+        return {"required": {"samples": ("LATENT", {"tooltip": "pixel-space latent of a pixel model (its x0)"})}}
 
     def convert(self, samples: dict[str, Any]) -> tuple[torch.Tensor]:
         return (latent_to_image(samples["samples"]),)
@@ -287,7 +287,8 @@ class HSpaceImageToPixelLatent:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"image": ("IMAGE",), "model": ("MODEL",)}}
+        return {"required": {"image": ("IMAGE", {"tooltip": "images to put in the pixel model's space ([-1, 1])"}),
+                             "model": ("MODEL", {"tooltip": "the pixel model whose channel count the latent takes"})}}
 
     def convert(self, image: torch.Tensor, model: Any) -> tuple[dict[str, torch.Tensor]]:
         channels = int(model.get_model_object("latent_format").latent_channels)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..arithmetic import joint_project_out
 from ..direction import check_finite
 from ..errors import HSpaceError
 
@@ -112,12 +113,9 @@ def disentangle(direction: torch.Tensor, conditions: Sequence[torch.Tensor] | to
         if c.shape != direction.shape:
             raise HSpaceError(f"conditions of the direction's shape {tuple(direction.shape)} expected, "
                               f"got {tuple(c.shape)}")
-    n = check_finite(direction, "the direction").reshape(-1).double()
-    matrix = check_finite(torch.stack(rows), "the conditions").reshape(len(rows), -1).double()
-    _, singular, basis = torch.linalg.svd(matrix, full_matrices=False)
-    basis = basis[singular > rcond * float(singular.max())]
-    projected = n - basis.T @ (basis @ n)
-    return projected.reshape(direction.shape).to(_float(direction))
+    n = check_finite(direction, "the direction").reshape(-1).to(_float(direction))
+    matrix = check_finite(torch.stack(rows), "the conditions").reshape(len(rows), -1)
+    return joint_project_out(n, matrix, rcond).reshape(direction.shape)
 
 
 def _check_sets(h_pos: torch.Tensor, h_neg: torch.Tensor) -> None:
