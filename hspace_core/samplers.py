@@ -89,14 +89,32 @@ def _check(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def _predict(model: Callable, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, shift: str) -> tuple:
-    """(x0 for P_t, eps for D_t) under the edit mode of this step: "none", "symmetric" or "asymmetric"."""
+    """(x0 for P_t, eps for D_t) under the edit mode of this step: "as-is" (the flags of ``extra_args``),
+    "none", "symmetric" or "asymmetric"."""
     s_in = x.new_ones([x.shape[0]])
+    if shift == "as-is":
+        x0 = model(x, sigma * s_in, **extra_args)
+        return x0, (x - x0) / sigma
     if shift == "asymmetric":
         both = model(torch.cat([x, x]), sigma * torch.cat([s_in, s_in]), **with_hspace_flags(extra_args, split=True))
         x0_unshifted, x0_shifted = both.chunk(2)
         return x0_shifted, (x - x0_unshifted) / sigma
     x0 = model(x, sigma * s_in, **with_hspace_flags(extra_args, shift=shift == "symmetric"))
     return x0, (x - x0) / sigma
+
+
+def _run(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict, callback: Callable | None,
+         disable: bool | None, edits: Sequence[str], etas: Sequence[float],
+         noises: Sequence[torch.Tensor] | None, seed: int | None) -> torch.Tensor:
+    """The DDIM loop shared by the samplers: per step an edit mode (see :func:`_predict`) and an eta."""
+    generator = _generator(seed)
+    for i in trange(len(sigmas) - 1, disable=disable):
+        x0, eps = _predict(model, x, sigmas[i].to(x), extra_args, edits[i])
+        sigma_down, sigma_up = ddim_sigmas(float(sigmas[i]), float(sigmas[i + 1]), etas[i])
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0})
+        x = x0 + sigma_down * eps + _noise_for(i, x, sigma_up, noises, generator)
+    return x
 
 
 @torch.no_grad()
@@ -115,19 +133,10 @@ def sample_asyrp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_a
     if mode not in MODES:
         raise HSpaceError(f"mode must be one of {MODES}, got {mode!r}")
     sigmas = _check(x, sigmas)
-    extra_args = extra_args or {}
-    generator = _generator(seed)
-    etas = step_etas(sigmas, eta, sigma_boost, eta_boost)
-    for i in trange(len(sigmas) - 1, disable=disable):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        boosted = sigma < sigma_boost * (1 - 1e-6)
-        edit = mode if sigma >= sigma_edit * (1 - 1e-6) and not boosted else "none"
-        x0, eps = _predict(model, x, sigmas[i].to(x), extra_args, edit)
-        sigma_down, sigma_up = ddim_sigmas(sigma, sigma_next, etas[i])
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0})
-        x = x0 + sigma_down * eps + _noise_for(i, x, sigma_up, noises, generator)
-    return x
+    edits = [mode if float(s) >= sigma_edit * (1 - 1e-6) and float(s) >= sigma_boost * (1 - 1e-6) else "none"
+             for s in sigmas[:-1]]
+    return _run(model, x, sigmas, extra_args or {}, callback, disable, edits,
+                step_etas(sigmas, eta, sigma_boost, eta_boost), noises, seed)
 
 
 @torch.no_grad()
@@ -139,17 +148,8 @@ def sample_ddim(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
     A model patched with a direction is edited on every call (the symmetric edit of Haas et al.).
     """
     sigmas = _check(x, sigmas)
-    extra_args = extra_args or {}
-    generator = _generator(seed)
-    s_in = x.new_ones([x.shape[0]])
-    for i in trange(len(sigmas) - 1, disable=disable):
-        x0 = model(x, sigmas[i].to(x) * s_in, **extra_args)
-        eps = (x - x0) / sigmas[i].to(x)
-        sigma_down, sigma_up = ddim_sigmas(float(sigmas[i]), float(sigmas[i + 1]), eta)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0})
-        x = x0 + sigma_down * eps + _noise_for(i, x, sigma_up, noises, generator)
-    return x
+    steps = len(sigmas) - 1
+    return _run(model, x, sigmas, extra_args or {}, callback, disable, ["as-is"] * steps, [eta] * steps, noises, seed)
 
 
 @torch.no_grad()

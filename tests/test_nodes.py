@@ -1,7 +1,6 @@
 """The node classes in plain pytest (no ComfyUI): declarations, and everything a node does without ComfyUI."""
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from hspace_core import arithmetic
 from hspace_core.direction import Direction, Trajectory
 from hspace_core.errors import HSpaceError
+from modules import load_module
 from nodes import _folders, _grid
 from nodes._types import DIRECTION, NOISE, TRAJECTORY
 from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
@@ -82,14 +82,7 @@ def test_every_node_has_a_doc_page(name, cls):
 
 
 def test_the_pack_imports_the_way_comfyui_imports_it():
-    spec = importlib.util.spec_from_file_location("hspace_pack_under_test", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
+    module = load_module("hspace_pack_under_test", ROOT / "__init__.py", package=True)
     assert set(module.NODE_CLASS_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
     assert (ROOT / module.WEB_DIRECTORY / "js" / "hspace.js").is_file()
 

@@ -90,7 +90,7 @@ def test_asyrp_with_zero_shift_reproduces_ddim():
     plain = sample_ddim(model, x, sigmas, disable=True)
     with model.attached(Bottleneck([EditSpec(direction_for(model, 0.0))])):
         edited = sample_asyrp(model, x, sigmas, disable=True)
-    assert torch.allclose(edited, plain, atol=1e-5)
+    assert (edited - plain).abs().max() <= 1e-6 * plain.abs().max()  # batch 2B vs B: float32 rounding
     with model.attached(Bottleneck([EditSpec(direction_for(model))])):
         outside = sample_asyrp(model, x, sigmas, sigma_edit=float(sigmas[0]) * 2, disable=True)
     assert torch.equal(outside, plain)

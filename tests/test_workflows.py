@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from modules import load_module
 from nodes.registry import NODE_CLASS_MAPPINGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,16 +122,7 @@ def test_combo_values_are_allowed(path):
 
 
 def test_the_generator_reproduces_the_files():
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("make_workflows", ROOT / "scripts" / "make_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
+    module = load_module("make_workflows", ROOT / "scripts" / "make_workflows.py")
     for workflow in module.WORKFLOWS:
         assert load(ROOT / "example_workflows" / f"{workflow.name}.json") == module.build(workflow)
     assert (ROOT / "example_workflows" / "README.md").read_text() == module.readme()

@@ -182,6 +182,9 @@ def test_asyrp_sampler_flags_reach_the_patch(comfy):
     plain = run_latent(comfy, custom_prompt(comfy.checkpoint, ddim, None))
     zero = run_latent(comfy, custom_prompt(comfy.checkpoint, asyrp, {"strength": 0.0, "tag": _tag("asy0")}))
     torch.testing.assert_close(zero, plain, atol=1e-4, rtol=1e-4)
+    comfy_ddim = run_latent(comfy, custom_prompt(comfy.checkpoint, {"class_type": "KSamplerSelect",
+                                                                    "inputs": {"sampler_name": "ddim"}}, None))
+    torch.testing.assert_close(zero, comfy_ddim, atol=1e-4, rtol=1e-4)
 
     tag = _tag("asy")
     edited = run_latent(comfy, custom_prompt(comfy.checkpoint, asyrp, {"strength": 10.0, "rows": "both",
@@ -227,3 +230,29 @@ def test_schedule_autograd_and_progress_helpers_on_sd(comfy):
     assert report["progress"] is True
     assert report["copy_is_inference"] is False
     assert report["grad_norm"] > 0
+
+
+def test_cancel_interrupts_a_long_capture(comfy):
+    """Cancel stops the Capture h node mid-run (thousands of samples would take minutes on CPU)."""
+    prompt = sd_prompt(comfy.checkpoint)
+    del prompt["5"], prompt["6"]
+    prompt.update({
+        "10": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 10,
+                                                           "denoise": 1.0}},
+        "11": {"class_type": "HSpaceCaptureH", "inputs": {
+            "model": ["1", 0], "sigmas": ["10", 0], "latent_image": ["4", 0], "num_samples": 5000, "seed": 0,
+            "cfg": 2.0, "eta": 0.0, "store": "memory", "filename_prefix": "hspace_trajectories/cancel",
+            "positive": ["2", 0], "negative": ["3", 0]}},
+        "12": {"class_type": "HSpaceSaveTrajectory", "inputs": {"trajectory": ["11", 0],
+                                                                "filename_prefix": "hspace_trajectories/cancel"}},
+    })
+    prompt_id = comfy.client.queue_prompt(prompt)
+    deadline = time.monotonic() + 60
+    while prompt_id not in comfy.client.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)  # past model loading, inside the capture loop
+    started = time.monotonic()
+    comfy.client.interrupt()
+    with pytest.raises(AssertionError, match="execution_interrupted"):
+        comfy.client.wait(prompt_id, timeout_s=120)
+    assert time.monotonic() - started < 15
