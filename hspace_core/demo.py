@@ -155,7 +155,7 @@ def _digit_experiments(pipe, evaluator, config, report, images, x_T, sigmas, pc0
     labels_plain, confidence = evaluator.predict(images)
     report.numbers["samples_confident_fraction"] = round(float((confidence > 0.9).float().mean()), 3)
     for name, direction in (("pc0", pc0), ("random", random_like(pc0, 7))):
-        edited = pipe.edit(x_T, sigmas, [(direction, 1.0)], t_edit=config.t_edit_pc)
+        edited = pipe.edit(x_T, sigmas, [(direction, 1.0)], t_edit=config.t_edit_pc, progress=True)
         report.numbers[f"{name}_class_change_rate"] = round(change_rate(evaluator, edited, labels_plain), 3)
     report.timed("PC class changes", start)
     log(f"top PC at +1σ (t >= {config.t_edit_pc}) changes the class of {report.numbers['pc0_class_change_rate']:.1%}"
@@ -165,7 +165,7 @@ def _digit_experiments(pipe, evaluator, config, report, images, x_T, sigmas, pc0
     digits, labels = load_heldout_digits()
     subset = balanced_subset(labels, config.real_digits)
     digits, labels = digits[subset], labels[subset]
-    inversion = pipe.invert(digits, config.steps)
+    inversion = pipe.invert(digits, config.steps, progress=True)
     reconstruction = pipe.edit(inversion.x_T, inversion.sigmas)
     report.numbers["ddim_reconstruction_mae"] = round(float((reconstruction - digits).abs().mean()), 4)
     exact = pipe.invert(digits[:32].double(), config.steps, method="edit_friendly")
@@ -179,7 +179,7 @@ def _digit_experiments(pipe, evaluator, config, report, images, x_T, sigmas, pc0
     targets = cyclic_targets(labels)
     groups = class_transfer_groups(pipe, inversion, labels, targets)
     for name, seed in (("class_transfer_hit_rate", None), ("class_transfer_random_hit_rate", 100)):
-        edited = edit_groups(pipe, inversion.x_T, inversion.sigmas, groups, baseline_seed=seed)
+        edited = edit_groups(pipe, inversion.x_T, inversion.sigmas, groups, baseline_seed=seed, progress=True)
         report.numbers[name] = round(hit_rate(evaluator, edited, targets), 3)
     means, keys = class_means(inversion.trajectory, labels), inversion.trajectory.timesteps.tolist()
     firsts = torch.stack([(labels == c).nonzero()[0, 0] for c in range(10)])

@@ -117,17 +117,18 @@ class HSpacePipeline:
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor, steps: int = 20, method: str = "ddim", grid: str = "asyrp",
-               seed: int = 0, capture: bool = True) -> Inversion:
+               seed: int = 0, capture: bool = True, progress: bool = False) -> Inversion:
         """DDIM inversion (deterministic; h captured along the way) or exact edit-friendly DDPM inversion."""
         sigmas = self.sigmas(steps, grid)
         images = images.to(self.denoiser.device)
         controller = Bottleneck(capture=capture)
         with self.denoiser.attached(controller):
             if method == "ddim":
-                x_T = invert_ddim(self.denoiser, images, inversion_sigmas(sigmas), disable=True)
+                x_T = invert_ddim(self.denoiser, images, inversion_sigmas(sigmas), disable=not progress)
                 noises, eta = None, 0.0
             elif method == "edit_friendly":
-                x_T, noises = invert_edit_friendly(self.denoiser, images, sigmas, eta=1.0, seed=seed, disable=True)
+                x_T, noises = invert_edit_friendly(self.denoiser, images, sigmas, eta=1.0, seed=seed,
+                                                   disable=not progress)
                 eta = 1.0
             else:
                 raise HSpaceError(f"method must be 'ddim' or 'edit_friendly', got {method!r}")
@@ -144,7 +145,7 @@ class HSpacePipeline:
     def edit(self, x_T: torch.Tensor, sigmas: torch.Tensor, edits: Sequence[EditSpec | tuple[Direction, float]] = (),
              t_edit: float = 0.0, t_boost: float = 0.0, mode: str = "asymmetric", eta: float = 0.0,
              noises: Sequence[torch.Tensor] | None = None, seed: int | None = None,
-             n_train_steps: int | None = None, allow_foreign: bool = False) -> torch.Tensor:
+             n_train_steps: int | None = None, allow_foreign: bool = False, progress: bool = False) -> torch.Tensor:
         """Sample from x_T with h shifted by the edits on the steps with t >= t_edit (Asyrp).
 
         ``edits`` are (direction, strength) pairs or :class:`EditSpec` (which may name the samples it edits).
@@ -162,4 +163,4 @@ class HSpacePipeline:
         with self.denoiser.attached(controller):
             return sample_asyrp(self.denoiser, x_T.to(self.denoiser.device), sigmas, mode=mode,
                                 sigma_edit=sigma_edit, sigma_boost=sigma_boost, eta=eta, noises=noises, seed=seed,
-                                disable=True)
+                                disable=not progress)
