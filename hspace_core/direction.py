@@ -61,7 +61,9 @@ class Direction:
             self.timesteps = tuple(float(t) for t in self.timesteps)
         elif self.timesteps is not None:
             raise HSpaceError("a global direction [C,H,W] takes no timesteps")
-        self.meta = {"hook_site": HOOK_SITE, "units": "raw", "version": __version__, **self.meta}
+        defaults = {"hook_site": HOOK_SITE, "units": "raw", "version": __version__, "default_strength": 1.0,
+                    "strength_range": [-2.0, 2.0], "edit_window": None}  # window: [t_end, t_start]; None = all
+        self.meta = {**defaults, **self.meta}
 
     @property
     def per_timestep(self) -> bool:

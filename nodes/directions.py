@@ -12,7 +12,8 @@ from . import _folders
 from ._types import DIRECTION, DirectionSet, as_set, single
 
 CATEGORY = "hspace/directions"
-INFO_KEYS = ("method", "component", "units", "per_timestep", "num_samples", "default_strength", "hook_site",
+INFO_KEYS = ("method", "component", "units", "per_timestep", "num_samples", "default_strength", "strength_range",
+             "edit_window", "hook_site",
              "version")
 
 

@@ -360,6 +360,9 @@ def global_delta_h(denoiser: Any, block: DeltaBlock, x_start: torch.Tensor, sigm
     mean = (total / x_start.shape[0]).float()
     meta = {"method": "asyrp", "num_images": x_start.shape[0], "edit_window_sigma": float(sigma_edit),
             "units": "raw", "n_train_steps": len(sigmas) - 1}
+    schedule = getattr(denoiser, "schedule", None)
+    if schedule is not None:
+        meta["edit_window"] = [round(float(schedule.timestep(sigma_edit)), 3), schedule.num_train_timesteps - 1]
     if callable(getattr(denoiser, "fingerprint", None)):
         meta["fingerprint"] = denoiser.fingerprint()
     if per_timestep:

@@ -104,6 +104,7 @@ class PCAResult:
         if len(timesteps) != self.num_steps:
             raise HSpaceError(f"{self.num_steps} timesteps expected (one per captured step), got {len(timesteps)}")
         info = {"method": "pca", "component": index, "per_timestep": self.per_timestep,
+                "strength_range": [-5.0, 5.0] if scaled else [-1.0, 1.0],  # Haas et al. sweep -5 ... +5 std
                 "num_samples": self.num_samples, "algorithm": self.method, "units": "std" if scaled else "unit",
                 "explained_variance_ratio": self.explained_variance_ratio[:, index].tolist()}
         return Direction(self.direction(index, scaled), timesteps, {**info, **(meta or {})})
