@@ -17,6 +17,7 @@ from .errors import HSpaceError
 from .schedule import check_sigmas
 
 MODES = ("asymmetric", "symmetric")
+FLIPPED_ZERO = 1e-4  # what ComfyUI's FlipSigmas puts in place of a leading 0
 
 
 def with_hspace_flags(extra_args: dict[str, Any] | None, **flags: Any) -> dict[str, Any]:
@@ -158,9 +159,14 @@ def invert_ddim(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
     """Deterministic DDIM inversion: the DDIM step along an increasing schedule, the model at the lower sigma.
 
     Use :func:`~hspace_core.schedule.inversion_sigmas` to invert exactly the pairs a generation grid uses.
-    The bottleneck is never shifted here; a capturing controller records h along the way.
+    A leading sigma <= 1e-4 stands for 0, the clean image (ComfyUI's FlipSigmas turns a generation schedule
+    ``[s_N .. s_1, 0]`` into ``[1e-4, s_1 .. s_N]``): it is dropped, so the image counts as x at ``s_1`` and
+    the pairs are those of the generation schedule. The bottleneck is never shifted here; a capturing
+    controller records h along the way.
     """
     sigmas = _check(x, sigmas)
+    if sigmas[0] <= FLIPPED_ZERO and len(sigmas) > 2:
+        sigmas = sigmas[1:]
     if not (sigmas[1:] > sigmas[:-1]).all() or sigmas[0] <= 0:
         raise HSpaceError(f"an increasing schedule of positive sigmas expected for inversion, got {sigmas.tolist()}")
     extra_args = with_hspace_flags(extra_args, shift=False)

@@ -9,7 +9,7 @@ from hspace_core.direction import Trajectory
 from hspace_core.samplers import MODES, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
 from hspace_core.schedule import inversion_sigmas
 
-from . import _inputs, _sampling
+from . import _inputs, _sampling, comfy_adapter
 from ._types import NOISE, TRAJECTORY, NoiseRecord
 
 CATEGORY = "hspace/inversion"
@@ -104,5 +104,27 @@ class HSpaceSampleFromNoise:
         return (samples,)
 
 
-NODE_CLASSES = (HSpaceInvertImage, HSpaceSampleFromNoise)
-DISPLAY_NAMES = {"HSpaceInvertImage": "Invert Image (hspace)", "HSpaceSampleFromNoise": "Sample From Noise (hspace)"}
+class HSpaceInversionSampler:
+    """A SAMPLER for SamplerCustom / SamplerCustomAdvanced that runs DDIM inversion: give it the schedule you will
+    sample with, flipped by FlipSigmas, with add_noise off and cfg 1 (or low). It inverts exactly the steps of
+    that schedule (FlipSigmas' 1e-4 stand-in for 0 is skipped), so sampling back with DDIM on the unflipped
+    schedule, add_noise off, reconstructs the image; with the Asyrp Sampler it edits it."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {}}
+
+    def make(self) -> tuple[Any]:
+        return (comfy_adapter.as_comfy_sampler(invert_ddim),)
+
+
+NODE_CLASSES = (HSpaceInvertImage, HSpaceSampleFromNoise, HSpaceInversionSampler)
+DISPLAY_NAMES = {"HSpaceInvertImage": "Invert Image (hspace)", "HSpaceSampleFromNoise": "Sample From Noise (hspace)",
+                 "HSpaceInversionSampler": "DDIM Inversion Sampler (hspace)"}
+

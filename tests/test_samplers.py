@@ -194,3 +194,14 @@ def test_nan_input_is_refused():
 def test_inversion_needs_an_increasing_schedule():
     with pytest.raises(HSpaceError, match="increasing"):
         invert_ddim(GaussianOracle(), torch.randn(1, 4), grid(5)[:-1], disable=True)
+
+
+def test_inversion_accepts_a_flipsigmas_schedule():
+    """ComfyUI's FlipSigmas gives [1e-4, s_1 .. s_N]: the same result as inverting [s_1 .. s_N]."""
+    model = GaussianOracle()
+    x0 = torch.randn(1, 100, dtype=torch.float64)
+    sigmas = grid(10)
+    flipped = sigmas.flip(0).clone()
+    flipped[0] = 1e-4
+    assert torch.equal(invert_ddim(model, x0, flipped, disable=True),
+                       invert_ddim(model, x0, inversion_sigmas(sigmas), disable=True))

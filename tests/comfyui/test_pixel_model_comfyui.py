@@ -119,3 +119,38 @@ def test_rgb_diffusers_folder_decodes_with_core_pixel_space_vae(comfy):
     assert latent.shape == (1, 3, 16, 16) and torch.isfinite(latent).all()
     assert len(outputs["7"]["images"]) == 1
     assert [rec["shape"] for rec in comfy.probe_records(tag)] == [[1, 16, 8, 8]] * 3
+
+
+def test_inversion_sampler_round_trips_real_digits(comfy):
+    """Real digits -> FlipSigmas + SamplerCustom(DDIM Inversion Sampler) -> SamplerCustom(ddim) reconstructs them,
+    about as well as the usual FlipSigmas + euler recipe (measured MAE 0.089 vs 0.075 on these 16 zeros)."""
+    prompt = {
+        "1": {"class_type": "HSpacePixelModelLoader", "inputs": {"model_name": EMBEDDED}},
+        "2": {"class_type": "HSpaceUnconditional", "inputs": {}},
+        "3": {"class_type": "HSpaceEmbeddedDigits", "inputs": {"digit": "any", "count": 16, "offset": 0}},
+        "4": {"class_type": "HSpaceImageToPixelLatent", "inputs": {"image": ["3", 0], "model": ["1", 0]}},
+        "5": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 20,
+                                                          "denoise": 1.0}},
+        "6": {"class_type": "FlipSigmas", "inputs": {"sigmas": ["5", 0]}},
+        "7": {"class_type": "HSpaceInversionSampler", "inputs": {}},
+        "8": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "9": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
+        "20": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "inv_source"}},
+    }
+
+    def custom(node: str, sampler: str, sigmas: str, latent: list) -> None:
+        prompt[node] = {"class_type": "SamplerCustom", "inputs": {
+            "model": ["1", 0], "add_noise": False, "noise_seed": 0, "cfg": 1.0, "positive": ["2", 0],
+            "negative": ["2", 0], "sampler": [sampler, 0], "sigmas": [sigmas, 0], "latent_image": latent}}
+
+    for name, inverter in (("ours", "7"), ("euler", "8")):
+        inverted, rebuilt = f"{name}_inv", f"{name}_rec"
+        custom(inverted, inverter, "6", ["4", 0])
+        custom(rebuilt, "9", "5", [inverted, 0])
+        prompt[f"{name}_save"] = {"class_type": "SaveLatent", "inputs": {"samples": [rebuilt, 0],
+                                                                         "filename_prefix": f"inv_{name}"}}
+    outputs = comfy.client.run(prompt, timeout_s=300)
+    source = comfy.client.latent(outputs["20"]["latents"][0])
+    errors = {name: float((comfy.client.latent(outputs[f"{name}_save"]["latents"][0]) - source).abs().mean())
+              for name in ("ours", "euler")}
+    assert errors["ours"] < 0.12 and errors["ours"] < 1.5 * errors["euler"], errors
