@@ -54,6 +54,7 @@ class HSpaceLoadDirection:
     RETURN_TYPES = (DIRECTION, "STRING")
     RETURN_NAMES = ("direction", "info")
     FUNCTION = "load"
+    HAS_INTERMEDIATE_OUTPUT = True  # ComfyUI re-sends its cached ui (drawn by web/js/hspace.js) on a re-run
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class HSpacePCA:
     RETURN_TYPES = (DIRECTION, "STRING")
     RETURN_NAMES = ("directions", "spectrum")
     FUNCTION = "discover"
+    HAS_INTERMEDIATE_OUTPUT = True  # ComfyUI re-sends its cached ui (drawn by web/js/hspace.js) on a re-run
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
