@@ -36,11 +36,14 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, kind:
 
 
 def _sniff(path: Path) -> None:
+    """Refuse pickles early. A safetensors file starts with the 8-byte length of its JSON header, then "{"."""
     if not path.is_file():
         raise HSpaceError(f"no file at {path}")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+        head = f.read(9)
+    header_length = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    looks_like_safetensors = head[8:9] == b"{" and 0 < header_length <= path.stat().st_size - 8
+    if not looks_like_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise HSpaceError(f"{path.name} is a pickle / torch.save file; hspace reads only .safetensors files "
                           "(pickles can run code when loaded)")
 
