@@ -270,6 +270,12 @@ WORKFLOWS = [
 
 
 # -- UI format -------------------------------------------------------------------------------------------------
+# Height a node takes once it has run (its drawn output: spectrum, metadata, previews), measured in ComfyUI
+# 0.33.0 / frontend 1.49.6 with headless Chromium; nodes below it are placed past that.
+HEIGHT_AFTER_RUN = {"HSpacePCA": 248, "HSpaceLoadDirection": 307, "HSpaceDirectionInfo": 216,
+                    "HSpaceStrengthSweep": 711, "SaveImage": 270}
+
+
 def _size(face: Interface) -> list[int]:
     rows = max(len(face.sockets), len(face.outputs))
     return [340, 46 + 22 * rows + 26 * len(face.widgets)]
@@ -321,7 +327,7 @@ def build(workflow: Workflow) -> dict[str, Any]:
         size = _size(face)
         x = 40 + 400 * depths[n.id]
         y = column_y.get(depths[n.id], 40)
-        column_y[depths[n.id]] = y + size[1] + 50
+        column_y[depths[n.id]] = y + max(size[1], HEIGHT_AFTER_RUN.get(n.type, 0)) + 50
         ui_nodes.append({"id": n.id, "type": n.type, "pos": [x, y], "size": size, "flags": {}, "order": 0,
                          "mode": 0, "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": n.type},
                          "widgets_values": widgets_values})
