@@ -19,6 +19,25 @@ class _StopAtBottleneck(Exception):
         self.h = h
 
 
+def _duplicate_chunks(t: torch.Tensor, chunks: int) -> torch.Tensor:
+    """Rows ``[c_0; c_1; ...]`` (one block per cond/uncond chunk) -> ``[c_0; c_0; c_1; c_1; ...]``."""
+    grouped = t.reshape(chunks, 1, t.shape[0] // chunks, *t.shape[1:])
+    return grouped.expand(chunks, 2, *grouped.shape[2:]).reshape(2 * t.shape[0], *t.shape[1:])
+
+
+def _duplicate_inputs(args: tuple, kwargs: dict, rows: int, chunks: int) -> tuple[tuple, dict]:
+    """Duplicate every per-row tensor input of an up block (skips, temb, text embeddings) that still has the
+    encoder's ``rows``; h itself already has twice as many."""
+    def dup(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows:
+            return _duplicate_chunks(value, chunks)
+        if isinstance(value, (tuple, list)):
+            return type(value)(dup(v) for v in value)
+        return value
+
+    return dup(args), {k: dup(v) for k, v in kwargs.items()}
+
+
 def hspace_flags(model_options: dict[str, Any] | None) -> dict[str, Any]:
     """The per-call flags a sampler put in ``model_options["transformer_options"]["hspace"]``."""
     return ((model_options or {}).get("transformer_options") or {}).get("hspace") or {}
@@ -52,6 +71,13 @@ class DiffusersDenoiser:
         self._call: dict[str, Any] = {}
 
     @property
+    def shares_encoder(self) -> bool:
+        """Whether split calls can run the encoder once (not for Fourier time embeddings or skip-conv up blocks,
+        whose forward uses the per-row timesteps or an extra skip path after the up blocks)."""
+        return (getattr(self.unet.config, "time_embedding_type", "positional") != "fourier"
+                and not any(hasattr(block, "skip_conv") for block in self.unet.up_blocks))
+
+    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
@@ -75,6 +101,8 @@ class DiffusersDenoiser:
         if call.get("replace") is not None:
             h = call["replace"]
         elif self.controller is not None:
+            if call.get("share"):
+                h = _duplicate_chunks(h, len(call["cond_or_uncond"]))
             h = self.controller(h, call["timestep"], call["cond_or_uncond"], call["flags"], call["sigma"])
         if call.get("stop"):
             raise _StopAtBottleneck(h)
@@ -86,10 +114,20 @@ class DiffusersDenoiser:
 
     def _unet_output(self, x: torch.Tensor, sigma: torch.Tensor, flags: dict[str, Any], stop: bool = False,
                      replace: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """The UNet's raw output for x (k-diffusion form) at sigma, rows batched for CFG."""
+        """The UNet's raw output for x (k-diffusion form) at sigma, rows batched for CFG.
+
+        A split call ``[x; x]`` (the asymmetric step) runs the encoder once on x: the mid-block hook duplicates
+        h into [unshifted; shifted] rows and a pre-hook on every up block duplicates the skip connections and
+        the other per-row inputs, so only the decoder runs twice.
+        """
         check_finite(x, "the model input x")
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device="cpu").flatten()
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        half = x.shape[0] // 2
+        share = (flags.get("split", False) and self.shares_encoder and replace is None and not stop
+                 and x.shape[0] % 2 == 0 and torch.equal(x[:half], x[half:]) and torch.equal(sigma[:half], sigma[half:]))
+        if share:
+            x, sigma = x[:half], sigma[:half]
         alpha = self.schedule.alpha_bar(sigma)
         x_t = x * alpha.sqrt().to(x).view(-1, *[1] * (x.ndim - 1))
         t = self._timesteps(sigma)
@@ -104,12 +142,18 @@ class DiffusersDenoiser:
                 x_t, t = torch.cat([x_t, x_t]), torch.cat([t, t])
             kwargs["encoder_hidden_states"] = embeds.to(self.device, self.dtype)
         self._call = {"timestep": float(t[0]), "sigma": float(sigma[0]), "cond_or_uncond": chunks,
-                      "flags": flags, "stop": stop, "replace": replace}
-        handle = self.unet.mid_block.register_forward_hook(self._hook)
+                      "flags": flags, "stop": stop, "replace": replace, "share": share}
+        handles = [self.unet.mid_block.register_forward_hook(self._hook)]
+        if share:
+            rows = x_t.shape[0]
+            handles += [block.register_forward_pre_hook(
+                lambda module, args, kwargs: _duplicate_inputs(args, kwargs, rows, len(chunks)), with_kwargs=True)
+                for block in self.unet.up_blocks]
         try:
             out = self.unet(x_t.to(self.device, self.dtype), t.to(self.device, torch.float32), **kwargs).sample
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
             self._call = {}
         return out.to(x.dtype)
 

@@ -91,7 +91,7 @@ def _check(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
 
 def _predict(model: Callable, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, shift: str) -> tuple:
     """(x0 for P_t, eps for D_t) under the edit mode of this step: "as-is" (the flags of ``extra_args``),
-    "none", "symmetric" or "asymmetric"."""
+    "none", "symmetric", "asymmetric" (one batched call) or "asymmetric-sequential" (two calls)."""
     s_in = x.new_ones([x.shape[0]])
     if shift == "as-is":
         x0 = model(x, sigma * s_in, **extra_args)
@@ -99,6 +99,10 @@ def _predict(model: Callable, x: torch.Tensor, sigma: torch.Tensor, extra_args: 
     if shift == "asymmetric":
         both = model(torch.cat([x, x]), sigma * torch.cat([s_in, s_in]), **with_hspace_flags(extra_args, split=True))
         x0_unshifted, x0_shifted = both.chunk(2)
+        return x0_shifted, (x - x0_unshifted) / sigma
+    if shift == "asymmetric-sequential":
+        x0_unshifted = model(x, sigma * s_in, **with_hspace_flags(extra_args, shift=False))
+        x0_shifted = model(x, sigma * s_in, **with_hspace_flags(extra_args, shift=True))
         return x0_shifted, (x - x0_unshifted) / sigma
     x0 = model(x, sigma * s_in, **with_hspace_flags(extra_args, shift=shift == "symmetric"))
     return x0, (x - x0) / sigma
@@ -122,18 +126,27 @@ def _run(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dic
 def sample_asyrp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                  callback: Callable | None = None, disable: bool | None = None, mode: str = "asymmetric",
                  sigma_edit: float = 0.0, sigma_boost: float = 0.0, eta: float = 0.0, eta_boost: float = 1.0,
-                 noises: Sequence[torch.Tensor] | None = None, seed: int | None = None) -> torch.Tensor:
+                 noises: Sequence[torch.Tensor] | None = None, seed: int | None = None,
+                 batched: bool | None = None) -> torch.Tensor:
     """The asymmetric reverse process of Kwon et al. 2023 (Asyrp, §3.2 and eq. 4), with quality boosting.
 
     On steps with ``sigma >= sigma_edit`` (the edit window [T, t_edit]) the predicted x0 comes from the
-    shifted bottleneck and the direction term from the unshifted one, both from one batched call:
+    shifted bottleneck and the direction term from the unshifted one:
     ``x_next = x0_shifted + sigma_down * eps_unshifted + noise``. ``mode="symmetric"`` shifts both terms
     (Haas et al.). On steps with ``sigma < sigma_boost`` nothing is shifted and eta is ``eta_boost``
     (eta = 1, the stochastic DDPM step, in the paper). Elsewhere plain DDIM with ``eta``.
+
+    ``batched``: get both predictions from one call on ``[x; x]`` (a diffusers UNet then runs its encoder
+    once), or from two calls. The default batches on accelerators and makes two calls on the CPU, where
+    one call on 2B rows measured slower than two on B (benchmarks/bench_engine.py).
     """
     if mode not in MODES:
         raise HSpaceError(f"mode must be one of {MODES}, got {mode!r}")
     sigmas = _check(x, sigmas)
+    if batched is None:
+        batched = x.device.type != "cpu"
+    if mode == "asymmetric" and not batched:
+        mode = "asymmetric-sequential"
     edits = [mode if float(s) >= sigma_edit * (1 - 1e-6) and float(s) >= sigma_boost * (1 - 1e-6) else "none"
              for s in sigmas[:-1]]
     return _run(model, x, sigmas, extra_args or {}, callback, disable, edits,

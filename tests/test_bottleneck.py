@@ -186,3 +186,34 @@ def test_edits_restricted_to_samples_and_the_sqrt_k_rule_per_sample():
     assert torch.equal(split[:4], torch.zeros(4)) and torch.allclose(split[4:], shifted)
     with pytest.raises(HSpaceError, match="names sample 2"):
         controller(torch.zeros(2, 1, 1, 1), 10.0)
+
+
+@pytest.mark.parametrize("cfg", [False, True])
+def test_split_calls_run_the_encoder_once_and_match_the_batched_call(cfg):
+    if cfg:
+        model = DiffusersDenoiser(tiny_cond_unet(), VPSchedule.scaled_linear(), cond=torch.randn(1, 3, 8),
+                                  uncond=torch.randn(1, 3, 8), cfg_scale=4.0)
+        x = torch.randn(2, 4, 8, 8)
+    else:
+        model = tiny_denoiser()
+        x = torch.randn(2, 3, 8, 8)
+    assert model.shares_encoder
+    d = Direction(torch.randn(model.h_shape()))
+    seen = {"down": [], "up": []}
+    hooks = [b.register_forward_hook(lambda m, i, o, key=key: seen[key].append((o[0] if key == "down" else o).shape[0]))
+             for key, blocks in (("down", model.unet.down_blocks), ("up", model.unet.up_blocks)) for b in blocks]
+    flags = with_hspace_flags({}, split=True)
+    try:
+        with model.attached(Bottleneck([EditSpec(d, 2.0)], rows="both", capture=True)) as controller:
+            shared = model(torch.cat([x, x]), torch.tensor(4.0), **flags)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rows = x.shape[0] * (2 if cfg else 1)
+    assert set(seen["down"]) == {rows} and set(seen["up"]) == {2 * rows}  # encoder once, decoder on both
+    assert controller.records[0].h.shape[0] == rows  # the unshifted rows only
+    with model.attached(Bottleneck([EditSpec(d, 2.0)], rows="both")):
+        unshifted = model(x, torch.tensor(4.0), **with_hspace_flags({}, shift=False))
+        shifted = model(x, torch.tensor(4.0))
+    assert torch.allclose(shared, torch.cat([unshifted, shifted]), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(unshifted, shifted)

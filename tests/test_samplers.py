@@ -83,13 +83,14 @@ def direction_for(model, value=1.0, seed=0):
     return Direction(value * torch.randn(model.h_shape()))
 
 
-def test_asyrp_with_zero_shift_reproduces_ddim():
+@pytest.mark.parametrize("batched", [True, False])
+def test_asyrp_with_zero_shift_reproduces_ddim(batched):
     model = tiny_denoiser()
     sigmas = grid(10)
     x = torch.randn(2, 3, 8, 8) * float(sigmas[0])
     plain = sample_ddim(model, x, sigmas, disable=True)
     with model.attached(Bottleneck([EditSpec(direction_for(model, 0.0))])):
-        edited = sample_asyrp(model, x, sigmas, disable=True)
+        edited = sample_asyrp(model, x, sigmas, batched=batched, disable=True)
     assert (edited - plain).abs().max() <= 1e-6 * plain.abs().max()  # batch 2B vs B: float32 rounding
     with model.attached(Bottleneck([EditSpec(direction_for(model))])):
         outside = sample_asyrp(model, x, sigmas, sigma_edit=float(sigmas[0]) * 2, disable=True)
@@ -108,21 +109,22 @@ def test_asyrp_with_boost_reproduces_the_same_stochastic_run():
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def one_step(model, x, sigmas, mode, shift):
+def one_step(model, x, sigmas, mode, shift, batched=True):
     with model.attached(Bottleneck([EditSpec(shift)])):
         if mode == "none":
             return sample_ddim(model, x, sigmas, extra_args={"model_options": {"transformer_options": {"hspace": {"shift": False}}}}, disable=True)
-        return sample_asyrp(model, x, sigmas, mode=mode, disable=True)
+        return sample_asyrp(model, x, sigmas, mode=mode, batched=batched, disable=True)
 
 
-def test_asymmetric_and_symmetric_coefficients():
+@pytest.mark.parametrize("batched", [True, False])
+def test_asymmetric_and_symmetric_coefficients(batched):
     model = tiny_denoiser()
     t, t_next = 999, 973
     sigmas = torch.stack([SCHEDULE.sigmas[t], SCHEDULE.sigmas[t_next]])
     x = torch.randn(1, 3, 8, 8) * float(sigmas[0])
     shift = direction_for(model, 5.0)
     plain = one_step(model, x, sigmas, "none", shift)
-    asym = one_step(model, x, sigmas, "asymmetric", shift)
+    asym = one_step(model, x, sigmas, "asymmetric", shift, batched)
     sym = one_step(model, x, sigmas, "symmetric", shift)
     with model.attached(Bottleneck([EditSpec(shift)])):
         eps_shift = model.eps(x, sigmas[0])
@@ -156,9 +158,11 @@ def test_edit_window_and_boost_steps():
     sigma_edit, sigma_boost = window_sigmas(SCHEDULE, sigmas, t_edit=500, t_boost=200)
     model = FlagRecorder()
     x = torch.randn(1, 4)
-    sample_asyrp(model, x, sigmas, sigma_edit=sigma_edit, sigma_boost=sigma_boost, seed=0, disable=True)
+    sample_asyrp(model, x, sigmas, sigma_edit=sigma_edit, sigma_boost=sigma_boost, seed=0, batched=True,
+                 disable=True)
     edited = [t for t, (s, flags, rows) in zip(timesteps, model.calls) if flags.get("split")]
     assert edited == [t for t in timesteps if t >= 500]
+    assert all(rows == 2 for s, flags, rows in model.calls if flags.get("split"))
     etas = step_etas(sigmas, 0.0, sigma_boost)
     assert [t for t, e in zip(timesteps, etas) if e == 1.0] == [t for t in timesteps if t < 200]
     boosted_calls = [flags for t, (s, flags, rows) in zip(timesteps, model.calls) if t < 200]
@@ -205,3 +209,14 @@ def test_inversion_accepts_a_flipsigmas_schedule():
     flipped[0] = 1e-4
     assert torch.equal(invert_ddim(model, x0, flipped, disable=True),
                        invert_ddim(model, x0, inversion_sigmas(sigmas), disable=True))
+
+
+def test_sequential_asymmetric_step_makes_an_unshifted_then_a_shifted_call():
+    sigmas = grid(10)
+    sigma_edit = window_sigmas(SCHEDULE, sigmas, t_edit=500)[0]
+    model = FlagRecorder()
+    sample_asyrp(model, torch.randn(1, 4), sigmas, sigma_edit=sigma_edit, batched=False, disable=True)
+    edited_steps = sum(t >= 500 for t in asyrp_timesteps(10))
+    shifts = [flags.get("shift") for s, flags, rows in model.calls]
+    assert shifts == [False, True] * edited_steps + [False] * (10 - edited_steps)
+    assert all(rows == 1 for s, flags, rows in model.calls)

@@ -121,7 +121,7 @@ class HSpaceProbeAsyrpSampler:
     def make(self, mode):
         from hspace_core.samplers import sample_asyrp
 
-        return (adapter.as_comfy_sampler(sample_asyrp, mode=mode),)
+        return (adapter.as_comfy_sampler(sample_asyrp, mode=mode, batched=True),)
 
 
 class HSpaceProbeInspect:
