@@ -4,7 +4,6 @@ A classifier trained apart from the diffusion model judges the images. Bounds ar
 scripts/figures.py (README, "Measured on the embedded model") with headroom; every test is seeded.
 """
 import pytest
-import torch
 
 from hspace_core.arithmetic import random_like
 from hspace_core.discovery.pca import pca_directions
