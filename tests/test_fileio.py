@@ -72,7 +72,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(fileio, "save_file", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(HSpaceError, match="could not save .*disk full"):
         save_direction(per_step_direction(), target)
     assert target.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["d.safetensors"]
