@@ -530,16 +530,14 @@ class ShardedTrajectory:
             raise HSpaceError(f"{self.folder} is not a sharded hspace trajectory: {err}") from None
         if not isinstance(index, dict) or index.get("hspace_format") != INDEX_KIND:
             raise HSpaceError(f"{index_path} is not an hspace trajectory index")
-        version, entries = index.get("hspace_format_version", 1), index.get("shards")
-        if version not in (1, FORMAT_VERSION):
-            raise HSpaceError(f"{index_path} has the format version {version!r}; this hspace reads 1 to "
-                              f"{FORMAT_VERSION} (update hspace if the capture is newer)")
+        version, entries = index.get("hspace_format_version"), index.get("shards")
         if not (isinstance(entries, list) and entries):
             raise HSpaceError(f"{index_path} lists no shards: a non-empty list expected, got {entries!r:.60}")
-        if version == 1:
-            warnings.warn(f"{self.folder.name} was captured by an older hspace (no checksums): it loads, but "
-                          "corruption cannot be detected in it", stacklevel=2)
-            entries = [{"file": e} for e in entries]
+        if version is None and all(isinstance(e, str) for e in entries):  # format 1: a list of file names
+            version, entries = 1, [{"file": e} for e in entries]
+        if version != 1 and not (_is_count(version) and version == FORMAT_VERSION):
+            raise HSpaceError(f"{index_path} has the format version {version!r}; this hspace reads 1 to "
+                              f"{FORMAT_VERSION} (update hspace if the capture is newer)")
         self.shards, self._expected = [], []
         for entry in entries:
             name = entry.get("file") if isinstance(entry, dict) else None
@@ -555,6 +553,9 @@ class ShardedTrajectory:
                 raise HSpaceError(f"{index_path}: the entry of {name} needs a sample count and a sha256")
             self.shards.append(self.folder / name)
             self._expected.append(entry)
+        if version == 1:
+            warnings.warn(f"{self.folder.name} was captured by an older hspace (no checksums): it loads, but "
+                          "corruption cannot be detected in it", stacklevel=2)
 
     def iter_chunks(self) -> Iterator[Trajectory]:
         remedy = f"capture again, or restore the folder {self.folder.name} from a backup"
