@@ -329,3 +329,22 @@ def test_load_trajectory_lists_no_temporaries_or_orphan_shards(tmp_path, monkeyp
     assert trajectories.listed_files() == ["hspace_trajectories/capture_00001_.safetensors [output]",
                                            "hspace_trajectories/capture_00002_ [output]"]
     orphan.discard()
+
+
+def test_a_shard_is_hashed_on_its_first_read_and_again_only_once_changed(tmp_path, monkeypatch):
+    writer = TrajectoryWriter(tmp_path / "c")
+    writer.append(small_trajectory().select(slice(0, 2)))
+    writer.append(small_trajectory().select(slice(2, 5)))
+    sharded = writer.close()
+    hashed = []
+    original = fileio.content_hash
+    monkeypatch.setattr(fileio, "content_hash", lambda *a: hashed.append(1) or original(*a))
+    for _ in range(3):
+        assert sum(c.num_samples for c in sharded.iter_chunks()) == 5
+    assert len(hashed) == 2
+    shard = sharded.shards[1]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(data)
+    with pytest.raises(HSpaceError, match="shard_00001.safetensors is corrupt.*capture again"):
+        list(sharded.iter_chunks())
