@@ -172,7 +172,11 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, kind:
     if path.is_dir():
         raise HSpaceError(f"cannot save to {path}: it is a folder")
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-    meta = json.loads(json.dumps(meta))  # what a load will give back (tuples become lists), hashed as such
+    try:
+        meta = json.loads(json.dumps(meta))  # what a load will give back (tuples become lists), hashed as such
+    except (TypeError, ValueError) as err:
+        raise HSpaceError(f"cannot save {path.name}: its metadata must be JSON (numbers, strings, lists, "
+                          f"objects): {err}") from None
     record = {"format": kind, "version": FORMAT_VERSION, "meta": meta, "sha256": content_hash(kind, meta, tensors)}
     fd, temp = _new_locked(path.parent, path.name, TEMP_SUFFIX, tempfile.mkstemp)
     try:

@@ -225,6 +225,8 @@ def test_saving_where_the_parent_is_a_file_or_unwritable_is_a_clear_error(tmp_pa
         save_direction(per_step_direction(), tmp_path / "file" / "sub" / "d.safetensors")
     with pytest.raises(HSpaceError, match="it is a folder"):
         save_direction(per_step_direction(), tmp_path)
+    with pytest.raises(HSpaceError, match="metadata must be JSON"):
+        save_direction(Direction(torch.ones(3, 1, 1), meta={"x": torch.ones(1)}), tmp_path / "d.safetensors")
     if Path("/proc/self").is_dir():  # a location no one may write to, even root
         with pytest.raises(HSpaceError, match="cannot (create|save|write)"):
             save_direction(per_step_direction(), "/proc/hspace_test/d.safetensors")
