@@ -1,6 +1,6 @@
 """hspace files: safetensors with JSON metadata in the header, written crash-safe, checked on load. Never pickle.
 
-Format 2 (written since 0.2; format 1 files still load, with a warning, since they carry no checksum):
+Format 2 (format 1 files, from before it, still load, with a warning, since they carry no checksum):
 
 - the safetensors metadata holds one key, ``hspace``: canonical JSON (sorted keys) of ``{"format": kind,
   "version": 2, "meta": ..., "sha256": ...}``. One key, because safetensors writes its metadata map in a
