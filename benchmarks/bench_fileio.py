@@ -67,7 +67,8 @@ def main() -> None:
     tensors = {"h": trajectory.h, "timesteps": trajectory.timesteps, "sigmas": trajectory.sigmas}
     no_fsync = lambda fd: None  # noqa: E731
     rows = [
-        (f"save trajectory {size_mb:.0f} MB", median_time(lambda: fileio.save_trajectory(trajectory, big), args.repeats),
+        (f"save trajectory {size_mb:.0f} MB",
+         median_time(lambda: fileio.save_trajectory(trajectory, big), args.repeats),
          median_time(without("fsync", no_fsync, lambda: fileio.save_trajectory(trajectory, big)), args.repeats),
          "with fsync / without"),
         ("save direction 0.6 MB", median_time(lambda: fileio.save_direction(direction, small), 10 * args.repeats),

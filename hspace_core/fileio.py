@@ -292,8 +292,8 @@ def _read_record(path: Path, kind: str) -> tuple[int, Any, str | None]:
     raise HSpaceError(f"{path.name} is not an hspace {kind} file (found: no hspace metadata)")
 
 
-def _read_tensors(path: Path, expected: set[str], floating: bool = True) -> dict[str, torch.Tensor]:
-    """The file's tensors, which must be exactly ``expected`` (all floating point unless ``floating`` is off)."""
+def _read_tensors(path: Path, expected: set[str]) -> dict[str, torch.Tensor]:
+    """The file's tensors, which must be exactly ``expected``, all floating point."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             names = set(handle.keys())
@@ -303,7 +303,7 @@ def _read_tensors(path: Path, expected: set[str], floating: bool = True) -> dict
     except (SafetensorError, OSError, RuntimeError) as err:
         raise _corrupt(path, str(err)) from None
     for name, tensor in tensors.items():
-        if floating and not tensor.is_floating_point():
+        if not tensor.is_floating_point():
             raise HSpaceError(f"{path.name}: the tensor {name!r} should be floating point, got {tensor.dtype}")
     return tensors
 
@@ -391,18 +391,18 @@ def save_direction(direction: Direction, path: str | os.PathLike) -> Path:
 def load_directions(path: str | os.PathLike) -> list[Direction]:
     """Every direction of a direction file (one, or the set it was saved with)."""
     path = Path(path)
+    remedy = "save the direction again, or restore the file from a backup"
     version, meta, checksum = _read_record(path, "direction")
     if version == 1:
         names = {"delta"} | ({"timesteps"} & _tensor_names(path))
         tensors = _read_tensors(path, names)
-        _verify(path, version, "direction", meta, tensors, checksum, "")
+        _verify(path, version, "direction", meta, tensors, checksum, remedy)
         return [_direction(path, tensors["delta"], tensors.get("timesteps"), meta)]
     if not (isinstance(meta, list) and meta):
         raise _wrong_type(path, "meta", "a non-empty list (one entry per direction)", meta)
     names = {f"delta.{i}" for i in range(len(meta))}
     tensors = _read_tensors(path, names | ({f"timesteps.{i}" for i in range(len(meta))} & _tensor_names(path)))
-    _verify(path, version, "direction", meta, tensors, checksum, "save the direction again, or restore the file "
-                                                                   "from a backup")
+    _verify(path, version, "direction", meta, tensors, checksum, remedy)
     return [_direction(path, tensors[f"delta.{i}"], tensors.get(f"timesteps.{i}"), m) for i, m in enumerate(meta)]
 
 

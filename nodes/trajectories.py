@@ -32,7 +32,8 @@ def listed_files() -> list[str]:
         root = Path(base)
         folder = root / SUBFOLDER
         if folder.is_dir():
-            visible = [p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+            visible = [p for p in folder.rglob("*")
+                       if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
             files = [p for p in visible if p.suffix == ".safetensors" and not SHARD_PATTERN.fullmatch(p.name)]
             shards = [p.parent for p in visible if p.name == INDEX_NAME]
             names += [f"{p.relative_to(root).as_posix()} [{annotation}]" for p in sorted(files + shards)]

@@ -1,4 +1,8 @@
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,8 +11,8 @@ from safetensors.torch import save_file
 from hspace_core import fileio
 from hspace_core.direction import Direction, Trajectory
 from hspace_core.errors import HSpaceError
-from hspace_core.fileio import (TrajectoryWriter, load_direction, load_trajectory, save_direction,
-                                save_trajectory)
+from hspace_core.fileio import (ShardedTrajectory, TrajectoryWriter, clean_abandoned, load_direction,
+                                load_directions, load_trajectory, save_direction, save_directions, save_trajectory)
 
 
 def per_step_direction():
@@ -96,17 +100,6 @@ def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickl
 
 
 # -- format 2: determinism, version, checksum, header checks --------------------------------------------------------
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from safetensors.torch import save  # noqa: E402
-
-from hspace_core.fileio import (ShardedTrajectory, clean_abandoned, load_directions,  # noqa: E402
-                                save_directions)
-
 SAVE_IN_A_SUBPROCESS = """
 import sys, torch
 from hspace_core.direction import Direction
@@ -240,7 +233,8 @@ def test_saving_where_the_parent_is_a_file_or_unwritable_is_a_clear_error(tmp_pa
 # -- captures to disk --------------------------------------------------------------------------------------------
 def small_trajectory(n=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return Trajectory(torch.randn(n, 3, 2, 2, 2, generator=g), [900, 500, 100], [9.0, 5.0, 1.0], {"seeds": list(range(n))})
+    return Trajectory(torch.randn(n, 3, 2, 2, 2, generator=g), [900, 500, 100], [9.0, 5.0, 1.0],
+                      {"seeds": list(range(n))})
 
 
 def test_a_capture_is_invisible_until_closed_and_a_rerun_leaves_no_stale_shard(tmp_path):
