@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from typing import Any
 
 import torch
@@ -42,10 +41,6 @@ class _DiskStore(TrajectoryWriter):
         folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix,
                                                                        folder_paths.get_output_directory())
         super().__init__(os.path.join(folder, f"{name}_{counter:05}_"))
-
-    def discard(self) -> None:
-        """Remove a capture that did not finish (cancelled or failed): nothing is left half-written."""
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class HSpaceCaptureH:

@@ -6,7 +6,7 @@ from typing import Any
 from hspace_core import arithmetic
 from hspace_core.direction import Direction
 from hspace_core.errors import HSpaceError
-from hspace_core.fileio import load_direction, save_direction
+from hspace_core.fileio import load_directions, save_directions
 
 from . import _folders
 from ._types import DIRECTION, DirectionSet, as_set, single
@@ -47,7 +47,7 @@ def describe(directions: DirectionSet) -> str:
 
 
 class HSpaceLoadDirection:
-    """Load a direction (.safetensors with hspace metadata) from models/hspace_directions."""
+    """Load a direction, or the set a file holds, (.safetensors with hspace metadata) from models/hspace_directions."""
 
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
@@ -67,12 +67,12 @@ class HSpaceLoadDirection:
         return f"{stat.st_mtime_ns}-{stat.st_size}"
 
     def load(self, direction_name: str) -> dict[str, Any]:
-        directions = [load_direction(_folders.resolve(direction_name))]
-        return {"ui": {"hspace_info": [summary(directions[0])]}, "result": (directions, describe(directions))}
+        directions = load_directions(_folders.resolve(direction_name))
+        return {"ui": {"hspace_info": [summary(d) for d in directions]}, "result": (directions, describe(directions))}
 
 
 class HSpaceSaveDirection:
-    """Save a direction (or each direction of a set) to models/hspace_directions as .safetensors."""
+    """Save a direction, or a set as one file (whole or not at all), to models/hspace_directions as .safetensors."""
 
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
@@ -83,7 +83,8 @@ class HSpaceSaveDirection:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "direction": _direction_input("the direction or set to save; a set of k gets k files, name_0 ... name_k-1"),
+            "direction": _direction_input("the direction or set to save; a set is one file, loaded "
+                                            "back as the set (Pick Direction takes one out)"),
             "filename": ("STRING", {"default": "hspace/direction",
                                     "tooltip": "file name inside models/hspace_directions, without extension"}),
             "overwrite": ("BOOLEAN", {"default": False,
@@ -91,10 +92,8 @@ class HSpaceSaveDirection:
         }}
 
     def save(self, direction: DirectionSet, filename: str, overwrite: bool) -> dict[str, Any]:
-        items = as_set(direction)
-        names = [filename] if len(items) == 1 else [f"{filename}_{i}" for i in range(len(items))]
-        paths = [save_direction(d, _folders.save_path(n, overwrite)) for d, n in zip(items, names)]
-        return {"ui": {"text": [str(p) for p in paths]}}
+        path = save_directions(as_set(direction), _folders.save_path(filename, overwrite))
+        return {"ui": {"text": [str(path)]}}
 
 
 class HSpaceDirectionInfo:

@@ -3,7 +3,8 @@
 Files are hspace trajectory ``.safetensors`` (h, timesteps, sigmas, JSON metadata), saved under
 ``output/<filename_prefix>_00001_.safetensors``. Load Trajectory lists those, and the shard folders of captures to
 disk (``index.json``), under ``hspace_trajectories`` in the output and input folders, annotated ``[output]`` /
-``[input]`` as ComfyUI's own loaders do; a shard folder stays on disk and is read a shard at a time.
+``[input]`` as ComfyUI's own loaders do; a shard folder stays on disk and is read a shard at a time. What a save or
+capture stopped before the end left (hidden temporaries, shards without an index) is never listed.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hspace_core.fileio import ShardedTrajectory, load_trajectory, save_trajectory
+from hspace_core.fileio import INDEX_NAME, SHARD_PATTERN, ShardedTrajectory, load_trajectory, save_trajectory
 
 from . import _comfy, _inputs
 from ._types import TRAJECTORY, TrajectoryValue, in_memory
@@ -31,8 +32,10 @@ def listed_files() -> list[str]:
         root = Path(base)
         folder = root / SUBFOLDER
         if folder.is_dir():
-            files = [p for p in folder.rglob("*.safetensors") if not (p.parent / "index.json").is_file()]
-            shards = [p.parent for p in folder.rglob("index.json")]
+            visible = [p for p in folder.rglob("*")
+                       if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+            files = [p for p in visible if p.suffix == ".safetensors" and not SHARD_PATTERN.fullmatch(p.name)]
+            shards = [p.parent for p in visible if p.name == INDEX_NAME]
             names += [f"{p.relative_to(root).as_posix()} [{annotation}]" for p in sorted(files + shards)]
     return names
 

@@ -139,8 +139,8 @@ def test_save_list_load_and_info_in_a_temporary_folder(tmp_path, monkeypatch):
     assert Path(again["ui"]["text"][0]).name == "smile_00001.safetensors"
     node("HSpaceSaveDirection").save(per_step(1) + per_step(2), "set", overwrite=True)
     names = node("HSpaceLoadDirection").INPUT_TYPES()["required"]["direction_name"][0]
-    assert names == ["edits/smile.safetensors", "edits/smile_00001.safetensors", "set_0.safetensors",
-                     "set_1.safetensors"]
+    assert names == ["edits/smile.safetensors", "edits/smile_00001.safetensors", "set.safetensors"]
+    assert len(node("HSpaceLoadDirection").load("set.safetensors")["result"][0]) == 2
     loaded = node("HSpaceLoadDirection").load("edits/smile.safetensors")
     direction = loaded["result"][0][0]
     torch.testing.assert_close(direction.delta, per_step(1)[0].delta)
