@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from .checks import check_scheduler_config
 from .errors import HSpaceError
 
 
@@ -44,6 +45,7 @@ class VPSchedule:
     @classmethod
     def from_diffusers_config(cls, config: dict) -> "VPSchedule":
         """From a diffusers scheduler config (``scheduler_config.json``)."""
+        check_scheduler_config(config)
         kind = config.get("beta_schedule", "linear")
         args = (config.get("beta_start", 1e-4), config.get("beta_end", 0.02), config.get("num_train_timesteps", 1000))
         if kind == "linear":
