@@ -21,6 +21,11 @@ UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.
                 "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """A library's (possibly multi-line) error message as one line, for wrapping in an HSpaceError."""
+    return " ".join(str(error).split())[:limit]
+
+
 # -- numbers and mode strings ------------------------------------------------------------------------------------
 
 def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from .bottleneck import Bottleneck, EditSpec
-from .checks import check_batch, check_loading_info, check_number, check_unet_folder, read_json
+from .checks import check_batch, check_loading_info, check_number, check_unet_folder, one_line, read_json
 from .denoisers import DiffusersDenoiser
 from .direction import Direction, Trajectory
 from .errors import HSpaceError
@@ -61,7 +61,7 @@ class HSpacePipeline:
         try:
             unet, info = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False, output_loading_info=True)
         except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:
-            raise HSpaceError(f"the UNet2DModel in {unet_dir} could not be loaded: {str(err).splitlines()[0]}") from None
+            raise HSpaceError(f"the UNet2DModel in {unet_dir} could not be loaded: {one_line(err)}") from None
         check_loading_info(info, unet_dir)
         unet = unet.to(device).eval()
         return cls(unet, VPSchedule.from_diffusers_config(config), config.get("prediction_type", "epsilon"))

@@ -94,8 +94,8 @@ class VPSchedule:
 
 def asyrp_timesteps(num_steps: int, t0: int = 999) -> list[int]:
     """Asyrp's grid ``[int(s + 1e-6) for s in linspace(0, 1, N) * t0]``, returned descending (999 ... 0)."""
-    if num_steps < 2:
-        raise HSpaceError(f"the Asyrp grid needs at least 2 steps, got {num_steps}")
+    if num_steps < 2 or num_steps > t0 + 1:
+        raise HSpaceError(f"the Asyrp grid over timesteps 0..{t0} needs 2 to {t0 + 1} steps, got {num_steps}")
     grid = [int(s + 1e-6) for s in (torch.linspace(0, 1, num_steps, dtype=torch.float64) * t0).tolist()]
     return grid[::-1]
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from hspace_core.checks import check_batch, check_loading_info, check_pixel_unet_config, check_unet_folder, read_json
+from hspace_core.checks import (check_batch, check_loading_info, check_pixel_unet_config, check_unet_folder, one_line,
+                                read_json)
 from hspace_core.errors import HSpaceError
 
 from . import _comfy
@@ -184,7 +185,7 @@ def load_unet_and_schedule(source: str) -> tuple[torch.nn.Module, dict[str, Any]
     try:
         unet, info = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
-        raise HSpaceError(f"a diffusers UNet2DModel expected in {unet_dir}: {str(exc).splitlines()[0]}") from None
+        raise HSpaceError(f"a diffusers UNet2DModel expected in {unet_dir}: {one_line(exc)}") from None
     check_loading_info(info, unet_dir)
     return unet.eval(), scheduler_config
 
