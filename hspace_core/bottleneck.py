@@ -68,6 +68,8 @@ class Bottleneck:
         self.edits = list(edits)
         if rows not in ROW_CHOICES:
             raise HSpaceError(f"rows must be one of {ROW_CHOICES}, got {rows!r}")
+        if window is not None:
+            window = tuple(check_number(t, "the edit window's timesteps") for t in window)
         if window is not None and window[0] > window[1]:
             raise HSpaceError(f"window (t_end, t_start) with t_end <= t_start expected, got {tuple(window)}")
         self.window = window

@@ -79,7 +79,8 @@ def check_config(config: DemoConfig) -> None:
     if blocking is not None:
         raise HSpaceError(f"--out: {out} cannot be created: {blocking} is a file, not a folder")
     if config.model is not None and not Path(config.model).is_dir():
-        raise HSpaceError(f"--model: a diffusers pixel-DDPM folder expected, got {config.model} (no such folder)")
+        what = "a file" if Path(config.model).exists() else "no such folder"
+        raise HSpaceError(f"--model: a diffusers pixel-DDPM folder expected, got {config.model} ({what})")
 
 
 def _load(config: DemoConfig) -> tuple[HSpacePipeline, torch.Tensor]:

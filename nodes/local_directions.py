@@ -75,8 +75,9 @@ class HSpaceJacobianDirections:
                                         "tooltip": "how many singular vectors (directions) to find"}),
                 "step_index": ("INT", {"default": 0, "min": 0, "max": 1000,
                                        "tooltip": "the step whose vectors are used at every step (0 = first)"}),
-                "method": (list(JACOBIAN_METHODS), {"tooltip": "subspace: block power iteration; power: the paper's "
-                                                              "one-vector-at-a-time iteration with deflation"}),
+                "method": (list(JACOBIAN_METHODS), {"tooltip": "subspace: block power iteration; power: the "
+                                                                  "paper's one-vector-at-a-time iteration with "
+                                                                  "deflation"}),
                 "max_iter": ("INT", {"default": 50, "min": 1, "max": 1000,
                                      "tooltip": "iteration limit of the solver at each step"}),
             },
@@ -94,8 +95,6 @@ class HSpaceJacobianDirections:
         steps = len(_sampling.check_sigmas(sigmas if noise is None else noise.sigmas)) - 1
         check_number(step_index, f"step_index (the schedule has {steps} steps)", 0, steps - 1, integer=True)
         samples, xs, sigmas = _unedited_run(model, sigmas, latent_image, seed, noise, positive, unique_id)
-        if step_index >= xs.shape[0]:
-            raise HSpaceError(f"step_index {step_index} is past the last of the schedule's {xs.shape[0]} steps")
         denoiser = autograd_denoiser(model, positive)
         progress = comfy_adapter.progress_callback(xs.shape[0], unique_id)
         with comfy_adapter.autograd_enabled():

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from hspace_core import arithmetic
-from hspace_core.bottleneck import EditSpec
+from hspace_core.bottleneck import Bottleneck, EditSpec
 from hspace_core.direction import Direction, Trajectory
 from hspace_core.discovery.pca import pca_directions
 from hspace_core.errors import HSpaceError
@@ -286,6 +286,8 @@ LIBRARY: list[Case] = [
         trajectory(), 2, method="magic"), "method must be"),
     ("pca: one sample", lambda: pca_directions(
         trajectory(1), 2), "at least 2 samples"),
+    ("bottleneck: NaN edit window", lambda: Bottleneck([EditSpec(direction())], window=(float("nan"), 900.0)),
+     "window.*finite"),
     # degenerate arithmetic
     ("arithmetic: slerp of opposite directions", _opposite_slerp, "opposite directions"),
     ("arithmetic: normalize a self-projection", lambda: _normalize_self_projection(1.0), "zero direction"),
@@ -391,6 +393,7 @@ CLI: list[Case] = [
     ("cli: --real-digits above what exists", lambda: cli("--real-digits", "501"), "--real-digits.*500"),
     ("cli: --real-digits 5", lambda: cli("--real-digits", "5"), "--real-digits"),
     ("cli: --model no such folder", lambda: cli("--model", str(workdir() / "nothing")), "--model"),
+    ("cli: --model names a file", lambda: cli("--model", str(existing_file())), "--model.*a file"),
     ("cli: --model a DiT folder", lambda: cli("--model", str(model_folders()["dit"])), "--model.*DiT"),
     ("cli: --model truncated weights", lambda: cli("--model", str(model_folders()["truncated"])), "--model.*truncated"),
 ]
