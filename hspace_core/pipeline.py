@@ -101,6 +101,7 @@ class HSpacePipeline:
         """x_T ~ N(0, I) per seed, in the k-diffusion scaling of the first sigma."""
         if not len(seeds):
             raise HSpaceError("at least one seed expected, got none")
+        seeds = [check_number(s, "a seed", integer=True) for s in seeds]
         scale = float((1 + sigmas[0] ** 2).sqrt())
         z = torch.stack([torch.randn(self.image_shape, generator=torch.Generator().manual_seed(int(s)))
                          for s in seeds])

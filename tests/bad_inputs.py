@@ -270,6 +270,7 @@ LIBRARY: list[Case] = [
     ("capture: batch_size 0", lambda: pipe().capture([0, 1], steps=2, batch_size=0), "batch_size"),
     ("capture: no seeds", lambda: pipe().capture([], steps=2), "seed"),
     ("noise: no seeds", lambda: pipe().noise([], sigmas()), "seed"),
+    ("noise: a seed that is not an integer", lambda: pipe().noise([0, "one"], sigmas()), "seed.*integer"),
     ("sigmas: unknown grid", lambda: pipe().sigmas(4, grid="karras"), "grid must be"),
     ("sampler: eta 2", lambda: sample_ddim(
         lambda x, s, **k: x * 0, x_T(), sigmas(), eta=2.0, disable=True), r"eta.*\[0.0, 1.0\]"),
