@@ -7,6 +7,7 @@ Only tiny models and analytic inputs: every call returns (or refuses) in well un
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import io
@@ -39,7 +40,9 @@ Case = tuple[str, Callable[[], object], str]
 
 @functools.lru_cache(maxsize=None)
 def workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="hspace_bad_input_"))
+    path = Path(tempfile.mkdtemp(prefix="hspace_bad_input_"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 @functools.lru_cache(maxsize=None)
