@@ -1,4 +1,9 @@
-"""Direction arithmetic. The inner product is the plain sum over all elements (Haas et al.)."""
+"""Direction arithmetic. The inner product is the plain sum over all elements (Haas et al.).
+
+Degenerate cases are defined, not left to rounding: what remains of a projection is exactly zero when it is
+below :data:`RESIDUAL_RTOL` of the input's norm (float32 rounding, e.g. a direction projected out of itself),
+so normalizing it is refused as a zero direction; slerp of opposite directions (no unique great circle) is refused.
+"""
 from __future__ import annotations
 
 import math
@@ -6,8 +11,15 @@ from typing import Sequence
 
 import torch
 
+from .checks import check_number
 from .direction import Direction
 from .errors import HSpaceError
+
+
+# Directions are float32: a projection residual below this fraction of the input's norm is rounding, not signal.
+RESIDUAL_RTOL = 1e-5
+# |cos| of the angle beyond which two unit directions count as opposite (sin(omega) below about 1e-4).
+OPPOSITE_COS = 1 - 5e-9
 
 
 def _aligned(a: Direction, b: Direction) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...] | None]:
@@ -40,7 +52,7 @@ def subtract(a: Direction, b: Direction) -> Direction:
 
 
 def scale(a: Direction, factor: float) -> Direction:
-    return a.with_delta(a.delta * factor)
+    return a.with_delta(a.delta * check_number(factor, "the scale factor"))
 
 
 def norm(a: Direction) -> float:
@@ -54,7 +66,8 @@ def normalize(a: Direction, per_timestep: bool = False) -> Direction:
     else:
         norms = a.delta.norm()
     if (norms == 0).any():
-        raise HSpaceError("cannot normalize a zero direction")
+        raise HSpaceError("cannot normalize a zero direction (nothing is left of it, e.g. after projecting it out "
+                          "of a span that contains it)")
     return a.with_delta(a.delta / norms, units="unit")
 
 
@@ -72,11 +85,15 @@ def joint_project_out(n: torch.Tensor, conditions: torch.Tensor, rcond: float = 
 
     Computed in float64 through the SVD of N (the same projector, stable when conditions are nearly
     dependent: singular values below ``rcond`` times the largest count as dependence and are dropped).
+    A residual below ``RESIDUAL_RTOL`` of the norm of n (n lies in the span, up to rounding) is returned as zeros.
     """
     _, singular, basis = torch.linalg.svd(conditions.double(), full_matrices=False)
     basis = basis[singular > rcond * float(singular.max())]
     n64 = n.double()
-    return (n64 - basis.T @ (basis @ n64)).to(n.dtype)
+    residual = n64 - basis.T @ (basis @ n64)
+    if residual.norm() <= RESIDUAL_RTOL * n64.norm():
+        residual.zero_()
+    return residual.to(n.dtype)
 
 
 def project_out(a: Direction, conditions: Sequence[Direction]) -> Direction:
@@ -103,12 +120,17 @@ def orthogonalize(directions: Sequence[Direction]) -> list[Direction]:
 
 def slerp(a: Direction, b: Direction, t: float) -> Direction:
     """Spherical interpolation of the unit directions, with the norm interpolated linearly."""
+    check_number(t, "the slerp position t")
     x, y, keys = _aligned(a, b)
     nx, ny = x.double().norm(), y.double().norm()
     if nx == 0 or ny == 0:
         raise HSpaceError("cannot slerp a zero direction")
     ux, uy = x.double() / nx, y.double() / ny
-    omega = math.acos(max(-1.0, min(1.0, float((ux * uy).sum()))))
+    cos = float((ux * uy).sum())
+    if cos < -OPPOSITE_COS:
+        raise HSpaceError("slerp of opposite directions is undefined (every great circle joins them): "
+                          "directions that are not exactly opposite expected")
+    omega = math.acos(max(-1.0, min(1.0, cos)))
     if omega < 1e-6:
         unit = (1 - t) * ux + t * uy
     else:

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from .checks import check_edit_samples, check_number
 from .direction import Direction, Trajectory, check_finite
 from .errors import HSpaceError
 
@@ -26,6 +27,12 @@ class EditSpec:
     direction: Direction
     strength: float = 1.0
     samples: torch.Tensor | Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.direction, Direction):
+            raise HSpaceError(f"an edit's direction: a Direction expected, got {type(self.direction).__name__}")
+        self.strength = check_number(self.strength, "the edit strength")
+        self.samples = check_edit_samples(self.samples)
 
 
 @dataclass
@@ -61,6 +68,8 @@ class Bottleneck:
         self.edits = list(edits)
         if rows not in ROW_CHOICES:
             raise HSpaceError(f"rows must be one of {ROW_CHOICES}, got {rows!r}")
+        if window is not None:
+            window = tuple(check_number(t, "the edit window's timesteps") for t in window)
         if window is not None and window[0] > window[1]:
             raise HSpaceError(f"window (t_end, t_start) with t_end <= t_start expected, got {tuple(window)}")
         self.window = window

@@ -27,4 +27,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             real_digits=args.real_digits, seed=args.seed))
     except HSpaceError as err:
         parser.exit(2, f"hspace: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "hspace: interrupted\n")
     return 0

@@ -10,6 +10,7 @@ random direction of the same per-step norm). Everything lands in a report folder
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,15 +20,21 @@ import torch
 from tqdm.auto import tqdm
 
 from .arithmetic import random_like
+from .checks import check_number
 from .direction import Direction
 from .experiments import (balanced_subset, change_rate, class_direction, class_means, class_transfer_groups, cyclic_targets,
                           edit_groups, hit_rate)
 from .discovery.pca import pca_directions
 from .discovery.supervised import disentangle, mean_difference, top_bottom_k
+from .errors import HSpaceError
 from .fileio import save_direction
 from .imaging import image_grid
 from .pipeline import HSpacePipeline
 from .report import bar_chart
+from .schedule import window_sigmas
+
+# The sweeps show the top 4 principal components, and PCA of n samples has at most n - 1.
+MIN_SAMPLES = 5
 
 
 @dataclass
@@ -53,11 +60,70 @@ class Report:
         self.seconds[name] = round(time.perf_counter() - start, 2)
 
 
-def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Report:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_config(config: DemoConfig) -> None:
+    """Refuse bad settings before any work, naming the command-line flag of each."""
+    check_number(config.samples, _flag("samples"), MIN_SAMPLES, integer=True)
+    check_number(config.steps, _flag("steps"), 2, integer=True)
+    check_number(config.real_digits, _flag("real_digits"), 10, integer=True)  # class means need every digit
+    check_number(config.seed, _flag("seed"), integer=True)
+    for name in ("components", "batch_size"):
+        check_number(getattr(config, name), name, 1, integer=True)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise HSpaceError(f"--out: a folder for the report expected, but {out} is an existing file")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise HSpaceError(f"--out: {out} cannot be created: {blocking} is a file, not a folder")
+    if config.model is not None and not Path(config.model).is_dir():
+        what = "a file" if Path(config.model).exists() else "no such folder"
+        raise HSpaceError(f"--model: a diffusers pixel-DDPM folder expected, got {config.model} ({what})")
+
+
+def _load(config: DemoConfig) -> tuple[HSpacePipeline, torch.Tensor]:
+    """The model and the generation sigmas, with the settings that depend on the model checked."""
+    try:
+        pipe = HSpacePipeline.default() if config.model is None else HSpacePipeline.from_pretrained(config.model)
+    except HSpaceError as err:
+        raise HSpaceError(f"--model {config.model or '(embedded)'}: {err}") from None
+    try:
+        sigmas = pipe.sigmas(config.steps)
+    except HSpaceError as err:
+        raise HSpaceError(f"--steps {config.steps}: {err}") from None
+    window_sigmas(pipe.schedule, sigmas, config.t_edit_pc)
+    if config.model is None:
+        from .embedded import load_heldout_digits
+
+        available = len(load_heldout_digits()[1])
+        check_number(config.real_digits, f"--real-digits (the embedded model holds out {available})", 10, available,
+                     integer=True)
+    return pipe, sigmas
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Report:
+    """Check the settings and load the model, then run; a failed or interrupted run leaves no report folder it made."""
+    check_config(config)
+    pipe, sigmas = _load(config)
+    out = Path(config.out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HSpaceError(f"--out: the report folder {out} cannot be created ({err.strerror})") from None
+    try:
+        return _run(config, pipe, sigmas, out, log)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run(config: DemoConfig, pipe: HSpacePipeline, sigmas: torch.Tensor, out: Path,
+         log: Callable[[str], None]) -> Report:
     report = Report({k: str(v) for k, v in asdict(config).items()})
-    pipe = HSpacePipeline.default() if config.model is None else HSpacePipeline.from_pretrained(config.model)
     embedded = config.model is None
     evaluator = None
     if embedded:
@@ -72,7 +138,6 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Report:
                                           progress=lambda done, total: bar.update(done - bar.n))
     report.timed("capture", start)
     image_grid(images[:64], ncols=16, upscale=3).save(out / "samples.png")
-    sigmas = pipe.sigmas(config.steps)
     x_T = pipe.noise(seeds, sigmas)
 
     start = time.perf_counter()

@@ -9,15 +9,10 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
+from .checks import check_delta, check_finite, check_timesteps
 from .errors import HSpaceError
 
 HOOK_SITE = "mid_block.output"
-
-
-def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
-    if not torch.isfinite(tensor).all():
-        raise HSpaceError(f"{what} contains NaN or Inf values")
-    return tensor
 
 
 def model_fingerprint(module: torch.nn.Module, arch: str, h_shape: Sequence[int]) -> dict[str, Any]:
@@ -50,7 +45,7 @@ class Direction:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.delta = torch.as_tensor(self.delta).detach().float()
+        self.delta = check_delta(torch.as_tensor(self.delta)).detach().float()
         if self.delta.ndim not in (3, 4):
             raise HSpaceError(f"a direction of shape [C,H,W] or [S,C,H,W] expected, got {tuple(self.delta.shape)}")
         check_finite(self.delta, "the direction")
@@ -58,7 +53,7 @@ class Direction:
             if self.timesteps is None or len(self.timesteps) != self.delta.shape[0]:
                 raise HSpaceError(f"a per-timestep direction needs one timestep per slice: {self.delta.shape[0]} "
                                   f"slices, {None if self.timesteps is None else len(self.timesteps)} timesteps")
-            self.timesteps = tuple(float(t) for t in self.timesteps)
+            self.timesteps = check_timesteps(self.timesteps)
         elif self.timesteps is not None:
             raise HSpaceError("a global direction [C,H,W] takes no timesteps")
         defaults = {"hook_site": HOOK_SITE, "units": "raw", "version": __version__, "default_strength": 1.0,

@@ -1,7 +1,6 @@
 """A diffusers UNet ready for h-space work: generate, capture, invert, edit. The library's front door."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -9,6 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from .bottleneck import Bottleneck, EditSpec
+from .checks import check_batch, check_loading_info, check_number, check_unet_folder, one_line, read_json
 from .denoisers import DiffusersDenoiser
 from .direction import Direction, Trajectory
 from .errors import HSpaceError
@@ -52,12 +52,18 @@ class HSpacePipeline:
         unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
         if not (unet_dir / "config.json").is_file():
             raise HSpaceError(f"no diffusers UNet (config.json) in {folder} or {folder / 'unet'}")
+        check_unet_folder(unet_dir)
         config = {}
         for candidate in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"):
             if candidate.is_file():
-                config = json.loads(candidate.read_text())
+                config = read_json(candidate, "the scheduler config")
                 break
-        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False).to(device).eval()
+        try:
+            unet, info = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:
+            raise HSpaceError(f"the UNet2DModel in {unet_dir} could not be loaded: {one_line(err)}") from None
+        check_loading_info(info, unet_dir)
+        unet = unet.to(device).eval()
         return cls(unet, VPSchedule.from_diffusers_config(config), config.get("prediction_type", "epsilon"))
 
     @classmethod
@@ -79,14 +85,23 @@ class HSpacePipeline:
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         return cfg.in_channels, size, size
 
+    def _shape_check(self) -> tuple[int, tuple[int, int]]:
+        """(channels, (height, width)) every image and x_T of this model must have."""
+        channels, height, width = self.image_shape
+        return channels, (height, width)
+
     def sigmas(self, steps: int, grid: str = "asyrp") -> torch.Tensor:
         """Generation sigmas (ending in 0) on Asyrp's grid or diffusers' leading DDIM grid."""
+        check_number(steps, "steps", 1, integer=True)
         if grid not in GRIDS:
             raise HSpaceError(f"grid must be one of {sorted(GRIDS)}, got {grid!r}")
         return self.schedule.sigmas_for(GRIDS[grid](steps))
 
     def noise(self, seeds: Sequence[int], sigmas: torch.Tensor) -> torch.Tensor:
         """x_T ~ N(0, I) per seed, in the k-diffusion scaling of the first sigma."""
+        if not len(seeds):
+            raise HSpaceError("at least one seed expected, got none")
+        seeds = [check_number(s, "a seed", integer=True) for s in seeds]
         scale = float((1 + sigmas[0] ** 2).sqrt())
         z = torch.stack([torch.randn(self.image_shape, generator=torch.Generator().manual_seed(int(s)))
                          for s in seeds])
@@ -103,6 +118,7 @@ class HSpacePipeline:
         seeds = list(seeds)
         if not seeds:
             raise HSpaceError("at least one seed expected")
+        check_number(batch_size, "batch_size", 1, integer=True)
         sigmas = self.sigmas(steps, grid)
         parts, images = [], []
         for batch in self._batches(len(seeds), batch_size):
@@ -119,6 +135,9 @@ class HSpacePipeline:
     def invert(self, images: torch.Tensor, steps: int = 20, method: str = "ddim", grid: str = "asyrp",
                seed: int = 0, capture: bool = True, progress: bool = False) -> Inversion:
         """DDIM inversion (deterministic; h captured along the way) or exact edit-friendly DDPM inversion."""
+        if method not in ("ddim", "edit_friendly"):
+            raise HSpaceError(f"method must be 'ddim' or 'edit_friendly', got {method!r}")
+        check_batch(images, "the images to invert", *self._shape_check(), value_range=(-1.0, 1.0))
         sigmas = self.sigmas(steps, grid)
         images = images.to(self.denoiser.device)
         controller = Bottleneck(capture=capture)
@@ -126,12 +145,10 @@ class HSpacePipeline:
             if method == "ddim":
                 x_T = invert_ddim(self.denoiser, images, inversion_sigmas(sigmas), disable=not progress)
                 noises, eta = None, 0.0
-            elif method == "edit_friendly":
+            else:
                 x_T, noises = invert_edit_friendly(self.denoiser, images, sigmas, eta=1.0, seed=seed,
                                                    disable=not progress)
                 eta = 1.0
-            else:
-                raise HSpaceError(f"method must be 'ddim' or 'edit_friendly', got {method!r}")
         trajectory = None
         if capture:
             trajectory = controller.trajectory(meta={"source": f"{method} inversion",
@@ -152,6 +169,13 @@ class HSpacePipeline:
         ``noises`` (from an edit-friendly inversion or :func:`~hspace_core.samplers.ddpm_noises`) fixes the
         stochastic terms; without edits this reproduces the plain run.
         """
+        check_batch(x_T, "x_T", *self._shape_check())
+        check_number(eta, "eta", 0.0, 1.0)
+        if noises is not None and (len(noises) != len(sigmas) - 1 or any(n.shape != x_T.shape for n in noises)):
+            raise HSpaceError(f"one noise term of shape {list(x_T.shape)} per step expected ({len(sigmas) - 1} steps), "
+                              f"got {len(noises)} of shapes {sorted({tuple(n.shape) for n in noises})}")
+        if n_train_steps is not None:
+            check_number(n_train_steps, "n_train_steps", 1, integer=True)
         edits = [e if isinstance(e, EditSpec) else EditSpec(*e) for e in edits]
         for edit in edits:
             edit.direction.check_model(self.fingerprint, allow_foreign)

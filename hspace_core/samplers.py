@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import trange
 
+from .checks import check_number
 from .direction import check_finite
 from .errors import HSpaceError
 from .schedule import check_sigmas
@@ -38,6 +39,7 @@ def ddim_sigmas(sigma: float, sigma_next: float, eta: float) -> tuple[float, flo
     std for x_t; divided by sqrt(a') it becomes ``sigma_up``, and ``sigma_down = sqrt(sigma'^2 - sigma_up^2)``,
     so that ``x' = x0 + sigma_down * eps + sigma_up * z``. eta = 1 gives the DDPM posterior std.
     """
+    check_number(eta, "eta", 0.0, 1.0)
     if eta == 0 or sigma_next == 0 or sigma_next >= sigma:
         return sigma_next, 0.0
     a, a_next = 1 / (1 + sigma ** 2), 1 / (1 + sigma_next ** 2)

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from .checks import check_scheduler_config
 from .errors import HSpaceError
 
 
@@ -44,6 +45,7 @@ class VPSchedule:
     @classmethod
     def from_diffusers_config(cls, config: dict) -> "VPSchedule":
         """From a diffusers scheduler config (``scheduler_config.json``)."""
+        check_scheduler_config(config)
         kind = config.get("beta_schedule", "linear")
         args = (config.get("beta_start", 1e-4), config.get("beta_end", 0.02), config.get("num_train_timesteps", 1000))
         if kind == "linear":
@@ -92,8 +94,8 @@ class VPSchedule:
 
 def asyrp_timesteps(num_steps: int, t0: int = 999) -> list[int]:
     """Asyrp's grid ``[int(s + 1e-6) for s in linspace(0, 1, N) * t0]``, returned descending (999 ... 0)."""
-    if num_steps < 2:
-        raise HSpaceError(f"the Asyrp grid needs at least 2 steps, got {num_steps}")
+    if num_steps < 2 or num_steps > t0 + 1:
+        raise HSpaceError(f"the Asyrp grid over timesteps 0..{t0} needs 2 to {t0 + 1} steps, got {num_steps}")
     grid = [int(s + 1e-6) for s in (torch.linspace(0, 1, num_steps, dtype=torch.float64) * t0).tolist()]
     return grid[::-1]
 

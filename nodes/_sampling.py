@@ -14,6 +14,7 @@ Progress = Callable[[int], None]
 import torch
 
 from hspace_core.bottleneck import Bottleneck
+from hspace_core.checks import check_number
 from hspace_core.direction import Trajectory, model_fingerprint
 from hspace_core.errors import HSpaceError
 from hspace_core.schedule import window_sigmas
@@ -114,11 +115,19 @@ def asyrp_options(model: Any, mode: str, t_edit: float, t_boost: float,
     if sigmas is not None:
         sigma_edit, sigma_boost = window_sigmas(comfy_adapter.vp_schedule(model), sigmas, t_edit, t_boost)
         return {"mode": mode, "sigma_edit": sigma_edit, "sigma_boost": sigma_boost}
+    check_timestep(model, t_edit, "t_edit")
+    check_timestep(model, t_boost, "t_boost")
     if t_boost > t_edit:
         raise HSpaceError(f"t_boost ({t_boost}) must not exceed t_edit ({t_edit}): no step would be edited")
     sigma_boost = float(comfy_adapter.timestep_to_sigma(model, t_boost)) if t_boost > 0 else 0.0
     return {"mode": mode, "sigma_edit": float(comfy_adapter.timestep_to_sigma(model, t_edit)),
             "sigma_boost": sigma_boost}
+
+
+def check_timestep(model: Any, timestep: float, name: str) -> float:
+    """A timestep inside the model's range, [0, number of training timesteps - 1]."""
+    last = len(comfy_adapter.model_sampling(model).sigmas) - 1
+    return check_number(timestep, f"{name} (the model's timesteps)", 0, last)
 
 
 def random_noise(latent: dict[str, Any], seed: int, model: Any) -> torch.Tensor:

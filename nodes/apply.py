@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
+from hspace_core.checks import check_choice, check_number
 from hspace_core.errors import HSpaceError
 from hspace_core.samplers import MODES, sample_asyrp, sample_ddim
 
@@ -85,6 +86,9 @@ class HSpaceAsyrpSampler:
 
     def make(self, model: Any, mode: str, t_edit: int, t_boost: int, eta: float, eta_boost: float,
              seed: int) -> tuple[Any]:
+        check_choice(mode, "mode", MODES)
+        check_number(eta, "eta", 0.0, 1.0)
+        check_number(eta_boost, "eta_boost", 0.0, 1.0)
         options = _sampling.asyrp_options(model, mode, t_edit, t_boost)
         return (comfy_adapter.as_comfy_sampler(_asyrp_in_window, **options, eta=eta, eta_boost=eta_boost, seed=seed),)
 
@@ -139,6 +143,9 @@ class HSpaceStrengthSweep:
               end_percent: float, rows: str, allow_foreign: bool, positive: list | None = None,
               negative: list | None = None, vae: Any = None, sampler: Any = None,
               unique_id: str | None = None) -> dict[str, Any]:
+        check_number(count, "count", 2, integer=True)
+        check_number(strength_min, "strength_min")
+        check_number(strength_max, "strength_max")
         strengths = [strength_min + (strength_max - strength_min) * i / (count - 1) for i in range(count)]
         noise = _sampling.random_noise(latent_image, seed, model)
         steps = len(_sampling.check_sigmas(sigmas)) - 1

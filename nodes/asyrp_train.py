@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hspace_core.checks import check_number
 from hspace_core.denoisers import DiffusersDenoiser
 from hspace_core.discovery.asyrp import DeltaBlock, DirectionalCLIPLoss, global_delta_h, load_clip, train_delta_block
 from hspace_core.errors import HSpaceError
@@ -51,6 +52,10 @@ class HSpaceAsyrpTrain:
     def train(self, model: Any, noise: NoiseRecord, source_text: str, target_text: str, clip_model: str,
               t_edit: int, epochs: int, lr: float, lambda_l1: float, per_timestep: bool,
               unique_id: str | None = None) -> tuple[DirectionSet, str]:
+        check_number(epochs, "epochs", 1, integer=True)
+        check_number(lr, "lr", 0.0)
+        check_number(lambda_l1, "lambda_l1", 0.0)
+        _sampling.check_timestep(model, t_edit, "t_edit")
         denoiser = autograd_denoiser(model)
         if not isinstance(denoiser, DiffusersDenoiser):
             raise HSpaceError("Asyrp training needs a pixel DDPM (a diffusers UNet from the hspace loader)")

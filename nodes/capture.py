@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from hspace_core.checks import check_choice, check_number
 from hspace_core.direction import Trajectory
 from hspace_core.errors import HSpaceError
 from hspace_core.fileio import TrajectoryWriter
@@ -78,6 +79,9 @@ class HSpaceCaptureH:
     def capture(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], num_samples: int, seed: int,
                 cfg: float, eta: float, store: str, filename_prefix: str, positive: list | None = None,
                 negative: list | None = None, unique_id: str | None = None) -> tuple[TrajectoryValue, dict[str, Any]]:
+        check_choice(store, "store", STORES)
+        check_number(num_samples, "num_samples", 1, integer=True)
+        check_number(eta, "eta", 0.0, 1.0)
         batch = latent_image["samples"].shape[0]
         if batch < 1:
             raise HSpaceError("the latent_image holds no sample: an empty latent with batch size >= 1 expected")

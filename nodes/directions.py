@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from hspace_core import arithmetic
+from hspace_core.checks import check_number
 from hspace_core.direction import Direction
 from hspace_core.errors import HSpaceError
 from hspace_core.fileio import load_directions, save_directions
@@ -157,6 +158,7 @@ class HSpacePickDirection:
         }}
 
     def pick(self, directions: DirectionSet, index: int) -> tuple[DirectionSet]:
+        check_number(index, "index", 0, integer=True)
         items = as_set(directions)
         if index >= len(items):
             raise HSpaceError(f"index {index} is out of range: this set holds {len(items)} directions "

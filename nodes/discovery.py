@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from hspace_core.checks import check_choice, check_number
 from hspace_core.direction import Direction
 from hspace_core.discovery.pca import METHODS as PCA_METHODS
 from hspace_core.discovery.pca import pca_directions
@@ -19,6 +20,8 @@ from . import _inputs, comfy_adapter
 from ._types import DIRECTION, DirectionSet, TrajectoryValue, first_chunk, h_source, in_memory
 
 CATEGORY = "hspace/discovery"
+SUPERVISED_METHODS = ("mean_difference", "linear_probe")
+DIGITS = tuple(str(d) for d in range(10))
 
 
 def spectrum_text(ratios: list[float]) -> str:
@@ -80,13 +83,14 @@ class HSpaceSupervisedDirection:
         return {"required": {
             "positive": _inputs.trajectory("h of examples that have the attribute"),
             "negative": _inputs.trajectory("h of examples without it (paired or not)"),
-            "method": (["mean_difference", "linear_probe"], {
+            "method": (list(SUPERVISED_METHODS), {
                 "tooltip": "mean_difference: Haas et al.; linear_probe: unit normal of a logistic-regression "
                            "boundary"}),
         }, "hidden": _inputs.HIDDEN}
 
     def discover(self, positive: TrajectoryValue, negative: TrajectoryValue, method: str,
                  unique_id: str | None = None) -> tuple[DirectionSet]:
+        check_choice(method, "method", SUPERVISED_METHODS)
         positive, negative = in_memory(positive), in_memory(negative)
         if positive.num_steps != negative.num_steps or not torch.allclose(positive.timesteps, negative.timesteps):
             raise HSpaceError(f"positive and negative trajectories must share their steps: timesteps "
@@ -117,13 +121,15 @@ class HSpaceDigitClassifierDirection:
         return {"required": {
             "trajectory": _inputs.trajectory("captured h of generated digits (Capture h on the embedded model)"),
             "samples": _inputs.latent("the samples output of the same Capture h"),
-            "digit": ([str(d) for d in range(10)], {"tooltip": "the attribute: the classifier's probability of it"}),
+            "digit": (list(DIGITS), {"tooltip": "the attribute: the classifier's probability of it"}),
             "k": ("INT", {"default": 16, "min": 1, "max": 50000,
                           "tooltip": "how many top and bottom scored samples (Haas: 100 of 10,000)"}),
         }}
 
     def discover(self, trajectory: TrajectoryValue, samples: dict[str, Any], digit: str,
                  k: int) -> tuple[DirectionSet, str]:
+        check_choice(digit, "digit", DIGITS)
+        check_number(k, "k", 1, integer=True)
         trajectory = in_memory(trajectory)
         images = samples["samples"]
         if images.shape[0] != trajectory.num_samples or tuple(images.shape[1:]) != (1, 16, 16):

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from hspace_core.checks import check_choice, check_number
 from hspace_core.direction import Trajectory
 from hspace_core.samplers import MODES, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
 from hspace_core.schedule import inversion_sigmas
@@ -48,6 +49,8 @@ class HSpaceInvertImage:
     def invert(self, model: Any, sigmas: torch.Tensor, latent: dict[str, Any], method: str, cfg: float, eta: float,
                seed: int, positive: list | None = None, negative: list | None = None,
                unique_id: str | None = None) -> tuple[NoiseRecord, Trajectory, dict[str, Any]]:
+        check_choice(method, "method", METHODS)
+        check_number(eta, "eta", 0.0, 1.0)
         meta = {"source": "inversion", "method": method}
         if method == "ddim":
             x_T, value, trajectory = _sampling.capture(model, invert_ddim, inversion_sigmas(sigmas), latent,
@@ -93,6 +96,7 @@ class HSpaceSampleFromNoise:
     def sample(self, model: Any, noise: NoiseRecord, mode: str, t_edit: int, t_boost: int, cfg: float,
                positive: list | None = None, negative: list | None = None,
                unique_id: str | None = None) -> tuple[dict[str, Any]]:
+        check_choice(mode, "mode", RESAMPLE_MODES)
         options: dict[str, Any] = {"eta": noise.eta, "noises": noise.noises}
         fn = sample_ddim
         if mode != "ddim":

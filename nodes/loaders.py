@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from hspace_core.checks import check_choice, check_number
 from hspace_core.embedded import load_heldout_digits
 from hspace_core.errors import HSpaceError
 
@@ -33,6 +34,9 @@ class HSpaceEmbeddedDigits:
         }}
 
     def load(self, digit: str, count: int, offset: int) -> tuple[torch.Tensor]:
+        check_choice(digit, "digit", DIGITS)
+        check_number(count, "count", 1, integer=True)
+        check_number(offset, "offset", 0, integer=True)
         images, labels = load_heldout_digits()
         if digit != "any":
             images = images[labels == int(digit)]

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from hspace_core.checks import check_choice, check_number
 from hspace_core.direction import Direction
 from hspace_core.discovery.jacobian import trajectory_jacobian_directions
 from hspace_core.discovery.pullback import encoder_function, pullback_basis, x_space_guidance
@@ -17,6 +18,8 @@ from ._denoisers import autograd_denoiser
 from ._types import DIRECTION, DirectionSet, NoiseRecord
 
 CATEGORY = "hspace/discovery"
+JACOBIAN_METHODS = ("subspace", "power")
+SIGNS = ("+", "-")
 
 
 def _ddim_recording_x(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
@@ -72,8 +75,9 @@ class HSpaceJacobianDirections:
                                         "tooltip": "how many singular vectors (directions) to find"}),
                 "step_index": ("INT", {"default": 0, "min": 0, "max": 1000,
                                        "tooltip": "the step whose vectors are used at every step (0 = first)"}),
-                "method": (["subspace", "power"], {"tooltip": "subspace: block power iteration; power: the paper's "
-                                                              "one-vector-at-a-time iteration with deflation"}),
+                "method": (list(JACOBIAN_METHODS), {"tooltip": "subspace: block power iteration; power: the "
+                                                                  "paper's one-vector-at-a-time iteration with "
+                                                                  "deflation"}),
                 "max_iter": ("INT", {"default": 50, "min": 1, "max": 1000,
                                      "tooltip": "iteration limit of the solver at each step"}),
             },
@@ -85,9 +89,12 @@ class HSpaceJacobianDirections:
     def discover(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, num_vectors: int,
                  step_index: int, method: str, max_iter: int, noise: NoiseRecord | None = None,
                  positive: list | None = None, unique_id: str | None = None) -> tuple[DirectionSet, dict[str, Any]]:
+        check_choice(method, "method", JACOBIAN_METHODS)
+        check_number(num_vectors, "num_vectors", 1, integer=True)
+        check_number(max_iter, "max_iter", 1, integer=True)
+        steps = len(_sampling.check_sigmas(sigmas if noise is None else noise.sigmas)) - 1
+        check_number(step_index, f"step_index (the schedule has {steps} steps)", 0, steps - 1, integer=True)
         samples, xs, sigmas = _unedited_run(model, sigmas, latent_image, seed, noise, positive, unique_id)
-        if step_index >= xs.shape[0]:
-            raise HSpaceError(f"step_index {step_index} is past the last of the schedule's {xs.shape[0]} steps")
         denoiser = autograd_denoiser(model, positive)
         progress = comfy_adapter.progress_callback(xs.shape[0], unique_id)
         with comfy_adapter.autograd_enabled():
@@ -125,7 +132,7 @@ class HSpacePullbackEdit:
                                         "tooltip": "size n of the local basis (Park: 2 for editing)"}),
                 "component": ("INT", {"default": 0, "min": 0, "max": 255,
                                       "tooltip": "which basis vector to move along (0 = largest singular value)"}),
-                "sign": (["+", "-"], {"tooltip": "direction along the basis vector"}),
+                "sign": (list(SIGNS), {"tooltip": "direction along the basis vector"}),
                 "guidance_strength": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 100.0, "step": 0.01,
                                                 "tooltip": "lambda of x-space guidance (Park: 0.1 at T, more later)"}),
                 "guidance_steps": ("INT", {"default": 16, "min": 0, "max": 256,
@@ -143,6 +150,13 @@ class HSpacePullbackEdit:
              num_vectors: int, component: int, sign: str, guidance_strength: float, guidance_steps: int,
              t_boost: int, max_iter: int, noise: NoiseRecord | None = None, positive: list | None = None,
              unique_id: str | None = None) -> tuple[dict[str, Any], DirectionSet, str]:
+        check_choice(sign, "sign", SIGNS)
+        check_number(num_vectors, "num_vectors", 1, integer=True)
+        check_number(component, "component", 0, integer=True)
+        check_number(guidance_strength, "guidance_strength")
+        check_number(guidance_steps, "guidance_steps", 0, integer=True)
+        check_number(max_iter, "max_iter", 1, integer=True)
+        _sampling.check_timestep(model, t_edit, "t_edit")
         if component >= num_vectors:
             raise HSpaceError(f"component {component} needs a basis of more than {num_vectors} vectors")
         _, xs, sigmas = _unedited_run(model, sigmas, latent_image, seed, noise, positive, unique_id)
@@ -184,7 +198,8 @@ def _finish(model: Any, start: torch.Tensor, sigmas: torch.Tensor, t_boost: floa
             noise: NoiseRecord | None, step: int, positive: list | None, unique_id: str | None) -> dict[str, Any]:
     """Sample from an edited x down to 0: DDIM, stochastic below t_boost; an edit-friendly record's noise terms
     continue from ``step``."""
-    options = {**_sampling.asyrp_options(model, "symmetric", 999, t_boost), "eta_boost": 1.0, "seed": seed}
+    last = len(comfy_adapter.model_sampling(model).sigmas) - 1
+    options = {**_sampling.asyrp_options(model, "symmetric", last, t_boost), "eta_boost": 1.0, "seed": seed}
     if noise is not None and noise.noises is not None:
         options.update(eta=noise.eta, eta_boost=noise.eta, noises=noise.noises[step:])
     samples, _ = _sampling.run_sampler(model, sample_asyrp, sigmas, {"samples": torch.zeros_like(start)}, positive,

@@ -13,13 +13,14 @@ ComfyUI is imported only inside functions; the ComfyUI classes are built on firs
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hspace_core.checks import (check_batch, check_loading_info, check_pixel_unet_config, check_unet_folder, one_line,
+                                read_json)
 from hspace_core.errors import HSpaceError
 
 from . import _comfy
@@ -48,6 +49,7 @@ class DiffusersUNetWrapper(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: Any = None, y: Any = None,
                 control: Any = None, transformer_options: dict[str, Any] | None = None, **kwargs: Any) -> torch.Tensor:
+        check_batch(x, "the pixel model's input", channels=int(self.unet.config.in_channels))
         options = dict(transformer_options or {})
         patches = (options.get("patches") or {}).get("middle_block_after_patch") or []
         handle = None
@@ -128,11 +130,8 @@ def _comfy_classes() -> tuple[type, type, type]:
 def check_pixel_unet(unet: torch.nn.Module) -> None:
     if getattr(unet, "mid_block", None) is None:
         raise HSpaceError(f"{type(unet).__name__} has no mid_block: a UNet2DModel with a middle block expected")
-    config = getattr(unet, "config", {})
-    if getattr(config, "num_class_embeds", None) or getattr(config, "class_embed_type", None):
-        raise HSpaceError("class-conditional UNet2DModels are not supported: an unconditional pixel DDPM expected")
-    if getattr(config, "cross_attention_dim", None):
-        raise HSpaceError(f"{type(unet).__name__} is text-conditional: use a ComfyUI checkpoint loader for it")
+    check_pixel_unet_config({"_class_name": type(unet).__name__, **dict(getattr(unet, "config", {}))},
+                            type(unet).__name__)
 
 
 def wrap_unet(unet: torch.nn.Module, scheduler_config: dict[str, Any], source: str | None = None) -> Any:
@@ -181,11 +180,14 @@ def load_unet_and_schedule(source: str) -> tuple[torch.nn.Module, dict[str, Any]
     from diffusers import UNet2DModel
 
     unet_dir, scheduler_file = _find_diffusers_folder(Path(source))
+    check_unet_folder(unet_dir)
+    scheduler_config = read_json(scheduler_file, "the scheduler config")
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise HSpaceError(f"a diffusers UNet2DModel expected in {unet_dir}: {exc}") from exc
-    return unet.eval(), json.loads(scheduler_file.read_text())
+        unet, info = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
+        raise HSpaceError(f"a diffusers UNet2DModel expected in {unet_dir}: {one_line(exc)}") from None
+    check_loading_info(info, unet_dir)
+    return unet.eval(), scheduler_config
 
 
 def load_pixel_model(source: str = EMBEDDED, disable_dynamic: bool = False) -> Any:
@@ -211,7 +213,7 @@ def image_to_latent(images: torch.Tensor, channels: int) -> torch.Tensor:
     """A ComfyUI IMAGE [B, H, W, C] in [0, 1] -> pixel latents [B, channels, H, W] in [-1, 1]."""
     if images.ndim != 4 or images.shape[-1] < 1:
         raise HSpaceError(f"an IMAGE [B, H, W, C] expected, got shape {list(images.shape)}")
-    pixels = images.float().movedim(-1, 1)[:, :3]
+    pixels = check_batch(images.float().movedim(-1, 1), "the IMAGE", value_range=(0.0, 1.0))[:, :3]
     if channels == 1:
         pixels = pixels.mean(dim=1, keepdim=True)
     elif pixels.shape[1] == 1:

@@ -33,3 +33,14 @@ def test_demo_on_the_embedded_model(tmp_path):
     assert {"class_transfer_hit_rate", "ddim_reconstruction_mae", "pc0_class_change_rate"} <= set(numbers)
     assert numbers["edit_friendly_relative_error"] < 1e-5
     assert (out / "class_transfer.png").is_file()
+
+
+def test_an_interrupted_demo_ends_with_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("hspace_core.demo.run_demo", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "hspace: interrupted\n"
