@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,13 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if "hspace_pack" not in sys.modules:  # the repository root as a package, the way ComfyUI imports the pack folder
+    _pack = types.ModuleType("hspace_pack")
+    _pack.__path__ = [str(ROOT)]
+    sys.modules["hspace_pack"] = _pack
 
-from nodes.pixel_model import EMBEDDED  # noqa: E402
-from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from hspace_pack.nodes.pixel_model import EMBEDDED  # noqa: E402
+from hspace_pack.nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 OUT_DIR = ROOT / "example_workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}

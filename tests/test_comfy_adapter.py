@@ -85,7 +85,9 @@ class Recorder:
 # -- imports --------------------------------------------------------------------------------------------------------
 
 def test_node_modules_import_without_comfyui():
-    code = ("import sys; import nodes._comfy, nodes.comfy_adapter, nodes.pixel_model; "
+    code = ("import sys, types; pack = types.ModuleType('hspace_pack'); pack.__path__ = ['.']; "
+            "sys.modules['hspace_pack'] = pack; "
+            "import hspace_pack.nodes._comfy, hspace_pack.nodes.comfy_adapter, hspace_pack.nodes.pixel_model; "
             "assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 

@@ -41,3 +41,13 @@ def test_registry_metadata_points_at_shipped_files():
     assert comfy["requires-comfyui"].startswith(">=")
     ignored = (ROOT / ".comfyignore").read_text().split()
     assert {"tests/", "benchmarks/", "scripts/"} <= set(ignored)
+
+
+def test_importing_the_pack_leaves_sys_path_alone():
+    import sys
+
+    from modules import load_module
+
+    before = list(sys.path)
+    load_module("hspace_pack_path_check", ROOT / "__init__.py", package=True)
+    assert sys.path == before
