@@ -1,7 +1,8 @@
 """The one place in ``nodes/`` that knows whether ComfyUI is importable.
 
 Everything else in ``nodes/`` imports ComfyUI through :func:`require` (inside functions), so the node
-modules import in plain pytest, where ComfyUI is absent.
+modules import in plain pytest, where ComfyUI is absent. The sampling glue every sampling node shares lives
+here too: latent previews on the progress bar and the core samplers' seeded noise.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import importlib
 import importlib.util
 import sys
 from types import ModuleType
+from typing import Any, Callable
 
 from hspace_core.errors import HSpaceError
 
@@ -39,3 +41,25 @@ def optional(name: str) -> ModuleType | None:
         return importlib.import_module(name)
     except ImportError:
         return None
+
+
+SamplingCallback = Callable[[int, Any, Any, int], None]
+
+
+def preview_callback(model: Any, steps: int) -> SamplingCallback | None:
+    """SamplerCustom's per-step callback ``(step, x0, x, total_steps)``: the node's progress bar with a latent
+    preview of x0 (``latent_preview.prepare_callback``; the bar also honours Cancel). None outside ComfyUI."""
+    latent_preview = optional("latent_preview")
+    return None if latent_preview is None else latent_preview.prepare_callback(model, steps)
+
+
+def offset_callback(callback: SamplingCallback | None, done: int, total: int) -> SamplingCallback | None:
+    """One run's callback inside a node that samples several runs on one bar of ``total`` steps, ``done`` before it."""
+    if callback is None:
+        return None
+    return lambda step, x0, x, _steps: callback(done + step, x0, x, total)
+
+
+def seeded_noise(samples: Any, seed: int, latent: dict[str, Any]) -> Any:
+    """The noise KSampler and SamplerCustom's RandomNoise draw for a latent and seed (``batch_index`` honoured)."""
+    return require("comfy.sample").prepare_noise(samples, seed, latent.get("batch_index"))

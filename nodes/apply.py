@@ -142,12 +142,12 @@ class HSpaceStrengthSweep:
         strengths = [strength_min + (strength_max - strength_min) * i / (count - 1) for i in range(count)]
         noise = _sampling.random_noise(latent_image, seed, model)
         steps = len(_sampling.check_sigmas(sigmas)) - 1
-        bar = comfy_adapter.progress_callback(count * steps, unique_id)
+        previews = _comfy.preview_callback(model, count * steps)
         sampler = sampler or comfy_adapter.as_comfy_sampler(sample_ddim)
         columns = []
         for i, strength in enumerate(strengths):
             patched = apply_direction(model, direction, strength, start_percent, end_percent, rows, allow_foreign)
-            progress = None if bar is None else (lambda step, done=i * steps: bar({"i": done + step}))
+            progress = _comfy.offset_callback(previews, i * steps, count * steps)
             latent = _sampling.run_comfy_sampler(patched, sampler, sigmas, latent_image, positive, negative, cfg,
                                                  noise, seed, progress=progress)
             columns.append(_decode(latent["samples"], vae))

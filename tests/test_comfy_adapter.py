@@ -318,3 +318,12 @@ def test_pixel_nodes_declare_and_run_without_comfyui():
     (cond,) = pixel_model.HSpaceUnconditional().make()
     assert isinstance(cond, list) and cond[0][1] == {}
 
+
+
+def test_offset_callback_puts_each_run_on_the_nodes_one_bar():
+    seen = []
+    callback = _comfy.offset_callback(lambda step, x0, x, total: seen.append((step, total)), done=6, total=9)
+    callback(0, None, None, 3)
+    callback(2, None, None, 3)
+    assert seen == [(6, 9), (8, 9)]
+    assert _comfy.offset_callback(None, 0, 3) is None
