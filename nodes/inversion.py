@@ -90,6 +90,10 @@ class HSpaceSampleFromNoise:
             "hidden": _inputs.HIDDEN,
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, mode: Any = None, t_edit: Any = None, t_boost: Any = None) -> str | bool:
+        return True if mode == "ddim" else _inputs.timestep_window_problem(t_edit, t_boost)
+
     def sample(self, model: Any, noise: NoiseRecord, mode: str, t_edit: int, t_boost: int, cfg: float,
                positive: list | None = None, negative: list | None = None,
                unique_id: str | None = None) -> tuple[dict[str, Any]]:

@@ -28,6 +28,9 @@ class FakeSampling:
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         return (torch.as_tensor(sigma) * 100).round()
 
+    def percent_to_sigma(self, percent: float) -> float:
+        return (1.0 - percent) * 10.0
+
 
 class FakeUNet(torch.nn.Module):
     def __init__(self) -> None:
@@ -327,3 +330,47 @@ def test_offset_callback_puts_each_run_on_the_nodes_one_bar():
     callback(2, None, None, 3)
     assert seen == [(6, 9), (8, 9)]
     assert _comfy.offset_callback(None, 0, 3) is None
+
+
+# -- a direction from another model: the advice fits the shapes ---------------------------------------------------
+
+class ConvUNet(torch.nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.middle_block = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 1))
+
+
+def foreign_direction(channels: int):
+    from hspace_core.direction import Direction
+
+    return [Direction(torch.ones(1, channels, 2, 2), [500.0],
+                      {"fingerprint": {"arch": "OtherModel", "weights": "0", "h_shape": [channels, 2, 2]}})]
+
+
+def test_a_direction_whose_channels_cannot_fit_is_refused_without_suggesting_allow_foreign():
+    from nodes.apply import apply_direction
+
+    with pytest.raises(HSpaceError) as err:
+        apply_direction(FakePatcher(ConvUNet(8)), foreign_direction(4), 1.0, 0.0, 1.0, "cond", True)
+    assert "[4, 2, 2]" in str(err.value) and "[8, 2, 2]" in str(err.value) and "allow foreign" not in str(err.value)
+
+
+def test_a_same_shape_foreign_direction_suggests_allow_foreign_and_applies_with_it():
+    from nodes.apply import apply_direction
+
+    with pytest.raises(HSpaceError, match="allow foreign"):
+        apply_direction(FakePatcher(ConvUNet(4)), foreign_direction(4), 1.0, 0.0, 1.0, "cond", False)
+    patched = apply_direction(FakePatcher(ConvUNet(4)), foreign_direction(4), 1.0, 0.0, 1.0, "cond", True)
+    assert patched.patches["middle_block_after_patch"]
+
+
+def test_windows_are_checked_at_validation():
+    from nodes.registry import NODE_CLASS_MAPPINGS as nodes
+
+    for name in ("HSpaceApplyDirection", "HSpaceStrengthSweep"):
+        assert "start_percent <= end_percent" in nodes[name].VALIDATE_INPUTS(start_percent=0.8, end_percent=0.2)
+        assert nodes[name].VALIDATE_INPUTS(start_percent=0.2, end_percent=0.8) is True
+        assert nodes[name].VALIDATE_INPUTS(start_percent=None, end_percent=0.2) is True  # linked: known later
+    assert "must not exceed" in nodes["HSpaceAsyrpSampler"].VALIDATE_INPUTS(t_edit=300, t_boost=400)
+    assert "must not exceed" in nodes["HSpaceSampleFromNoise"].VALIDATE_INPUTS(mode="asymmetric", t_edit=3, t_boost=4)
+    assert nodes["HSpaceSampleFromNoise"].VALIDATE_INPUTS(mode="ddim", t_edit=3, t_boost=4) is True
