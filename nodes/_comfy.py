@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from types import ModuleType
 from typing import Any, Callable
@@ -63,3 +64,19 @@ def offset_callback(callback: SamplingCallback | None, done: int, total: int) ->
 def seeded_noise(samples: Any, seed: int, latent: dict[str, Any]) -> Any:
     """The noise KSampler and SamplerCustom's RandomNoise draw for a latent and seed (``batch_index`` honoured)."""
     return require("comfy.sample").prepare_noise(samples, seed, latent.get("batch_index"))
+
+
+def solver_report(what: str, result: Any, max_iter: int) -> str | None:
+    """A warning line when an iterative solver stopped at its iteration limit without converging (also logged);
+    None when it converged. Reads the result's ``converged``, ``iterations`` and ``tolerance`` (the tolerance
+    reached) where it has them."""
+    if getattr(result, "converged", True):
+        return None
+    iterations = getattr(result, "iterations", None)
+    reached = getattr(result, "tolerance", None)
+    ran = f"after {iterations} iterations" if iterations is not None else f"at max_iter {max_iter}"
+    tolerance = f" (tolerance reached {float(reached):.3g})" if reached is not None else ""
+    message = (f"warning: {what} did not converge {ran}{tolerance}; the directions are approximate: raise max_iter "
+               f"(now {max_iter})")
+    logging.getLogger("hspace").warning("hspace: %s", message)
+    return message

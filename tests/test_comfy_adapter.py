@@ -374,3 +374,16 @@ def test_windows_are_checked_at_validation():
     assert "must not exceed" in nodes["HSpaceAsyrpSampler"].VALIDATE_INPUTS(t_edit=300, t_boost=400)
     assert "must not exceed" in nodes["HSpaceSampleFromNoise"].VALIDATE_INPUTS(mode="asymmetric", t_edit=3, t_boost=4)
     assert nodes["HSpaceSampleFromNoise"].VALIDATE_INPUTS(mode="ddim", t_edit=3, t_boost=4) is True
+
+
+def test_a_solver_that_stopped_at_its_limit_is_reported_with_the_tolerance_it_reached(caplog):
+    from types import SimpleNamespace
+
+    assert _comfy.solver_report("the Jacobian SVD", SimpleNamespace(converged=True, iterations=3), 50) is None
+    with caplog.at_level("WARNING", logger="hspace"):
+        text = _comfy.solver_report("the pullback basis", SimpleNamespace(converged=False, iterations=50,
+                                                                           tolerance=3.2e-3), 50)
+    assert "did not converge after 50 iterations" in text and "0.0032" in text and "max_iter" in text
+    assert [r.getMessage() for r in caplog.records] == [f"hspace: {text}"]
+    # results without the iteration fields still report
+    assert "at max_iter 7" in _comfy.solver_report("x", SimpleNamespace(converged=False), 7)
