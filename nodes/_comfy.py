@@ -80,3 +80,11 @@ def solver_report(what: str, result: Any, max_iter: int) -> str | None:
                f"(now {max_iter})")
     logging.getLogger("hspace").warning("hspace: %s", message)
     return message
+
+
+def preview_images(images: Any) -> list[dict[str, Any]]:
+    """IMAGEs saved as ComfyUI previews (temp folder), for a node's ``ui["images"]``; empty outside ComfyUI."""
+    comfy_nodes = optional("nodes")
+    if comfy_nodes is None or not hasattr(comfy_nodes, "PreviewImage"):
+        return []
+    return comfy_nodes.PreviewImage().save_images(images)["ui"]["images"]

@@ -23,6 +23,7 @@ import torch
 from hspace_core.errors import HSpaceError
 
 from . import _comfy
+from ._display import enlarged
 
 EMBEDDED = "hspace-mnist-16 (embedded)"
 COMFY_BETA_SCHEDULES = {"linear": "sqrt_linear", "scaled_linear": "linear", "squaredcos_cap_v2": "squaredcos_cap_v2"}
@@ -273,8 +274,10 @@ class HSpacePixelLatentToImage:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"samples": ("LATENT", {"tooltip": "pixel-space latent of a pixel model (its x0)"})}}
 
-    def convert(self, samples: dict[str, Any]) -> tuple[torch.Tensor]:
-        return (latent_to_image(samples["samples"]),)
+    def convert(self, samples: dict[str, Any]) -> dict[str, Any]:
+        image = latent_to_image(samples["samples"])
+        # shown enlarged (nearest neighbour) on the node; the IMAGE output keeps the model's size
+        return {"ui": {"images": _comfy.preview_images(enlarged(image))}, "result": (image,)}
 
 
 class HSpaceImageToPixelLatent:

@@ -288,9 +288,10 @@ WORKFLOWS = [
 
 
 # -- UI format -------------------------------------------------------------------------------------------------
-# Height a node takes once it has run (its drawn output: spectrum, metadata, previews), measured in ComfyUI
-# 0.33.0 / frontend 1.49.6 with headless Chromium; nodes below it are placed past that.
-HEIGHT_AFTER_RUN = {"HSpacePCA": 248, "HSpaceLoadDirection": 307, "HSpaceDirectionInfo": 216,
+# Height a node takes once it has run (its output: spectrum chart, metadata, previews), measured in ComfyUI
+# 0.33.0 / frontend 1.49.6 with headless Chromium (PCA: its widgets plus the 400x180 chart at the node's width,
+# computed); nodes below it are placed past that.
+HEIGHT_AFTER_RUN = {"HSpacePCA": 390, "HSpaceLoadDirection": 307, "HSpaceDirectionInfo": 216,
                     "HSpaceStrengthSweep": 711, "SaveImage": 270}
 
 

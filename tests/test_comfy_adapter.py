@@ -316,7 +316,7 @@ def test_pixel_nodes_declare_and_run_without_comfyui():
         inputs = cls.INPUT_TYPES()
         assert "required" in inputs and isinstance(cls.RETURN_TYPES, tuple) and hasattr(cls, cls.FUNCTION)
     assert pixel_model.EMBEDDED in pixel_model.HSpacePixelModelLoader.INPUT_TYPES()["required"]["model_name"][0]
-    (image,) = pixel_model.HSpacePixelLatentToImage().convert({"samples": torch.zeros(1, 1, 4, 4)})
+    (image,) = pixel_model.HSpacePixelLatentToImage().convert({"samples": torch.zeros(1, 1, 4, 4)})["result"]
     assert torch.allclose(image, torch.full((1, 4, 4, 3), 0.5))
     (cond,) = pixel_model.HSpaceUnconditional().make()
     assert isinstance(cond, list) and cond[0][1] == {}
@@ -387,3 +387,16 @@ def test_a_solver_that_stopped_at_its_limit_is_reported_with_the_tolerance_it_re
     assert [r.getMessage() for r in caplog.records] == [f"hspace: {text}"]
     # results without the iteration fields still report
     assert "at max_iter 7" in _comfy.solver_report("x", SimpleNamespace(converged=False), 7)
+
+
+def test_small_images_are_enlarged_for_display_with_sharp_pixels():
+    from nodes._display import enlarged, spectrum_chart
+
+    digits = torch.rand(2, 16, 16, 3)
+    shown = enlarged(digits)
+    assert shown.shape == (2, 128, 128, 3)
+    assert torch.equal(shown[:, ::8, ::8], digits) and torch.equal(shown[:, 7::8, 7::8], digits)
+    large = torch.rand(1, 256, 200, 3)
+    assert enlarged(large) is large
+    chart = spectrum_chart([0.5, 0.25, 0.125])
+    assert chart.shape == (1, 180, 400, 3) and 0 <= float(chart.min()) and float(chart.max()) <= 1

@@ -124,6 +124,7 @@ def _free_port() -> int:
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the pack must import without its root on the path, as in a user's ComfyUI
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
