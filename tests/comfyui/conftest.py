@@ -116,6 +116,15 @@ def comfyui_path() -> Path | None:
     return path if (path / "main.py").is_file() else None
 
 
+@pytest.fixture(scope="session")
+def comfyui_dir() -> Path:
+    """The ComfyUI checkout of COMFYUI_PATH (no server started); skips the test without one."""
+    path = comfyui_path()
+    if path is None:
+        pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to run the real-ComfyUI tests")
+    return path
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
