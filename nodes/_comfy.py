@@ -13,7 +13,7 @@ import sys
 from types import ModuleType
 from typing import Any, Callable
 
-from hspace_core.errors import HSpaceError
+from ..hspace_core.errors import HSpaceError
 
 
 def available() -> bool:

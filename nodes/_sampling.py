@@ -11,10 +11,10 @@ from typing import Any, Callable
 
 import torch
 
-from hspace_core.bottleneck import Bottleneck
-from hspace_core.direction import Trajectory, model_fingerprint
-from hspace_core.errors import HSpaceError
-from hspace_core.schedule import window_sigmas
+from ..hspace_core.bottleneck import Bottleneck
+from ..hspace_core.direction import Trajectory, model_fingerprint
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.schedule import window_sigmas
 
 from . import _comfy, comfy_adapter, pixel_model
 

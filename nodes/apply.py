@@ -5,9 +5,9 @@ from typing import Any
 
 import torch
 
-from hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
-from hspace_core.errors import HSpaceError
-from hspace_core.samplers import MODES, sample_asyrp, sample_ddim
+from ..hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.samplers import MODES, sample_asyrp, sample_ddim
 
 from . import _comfy, _inputs, _sampling, comfy_adapter, pixel_model
 from ._grid import labelled_grid

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from hspace_core.direction import Trajectory
-from hspace_core.errors import HSpaceError
-from hspace_core.fileio import TrajectoryWriter
-from hspace_core.samplers import sample_ddim
+from ..hspace_core.direction import Trajectory
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.fileio import TrajectoryWriter
+from ..hspace_core.samplers import sample_ddim
 
 from . import _comfy, _inputs, _sampling
 from ._types import TRAJECTORY, TrajectoryValue

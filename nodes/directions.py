@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hspace_core import arithmetic
-from hspace_core.direction import Direction
-from hspace_core.errors import HSpaceError
-from hspace_core.fileio import load_direction, save_direction
+from ..hspace_core import arithmetic
+from ..hspace_core.direction import Direction
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.fileio import load_direction, save_direction
 
 from . import _folders
 from ._types import DIRECTION, DirectionSet, as_set, single

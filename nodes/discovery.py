@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from hspace_core.direction import Direction
-from hspace_core.discovery.pca import METHODS as PCA_METHODS
-from hspace_core.discovery.pca import pca_directions
-from hspace_core.discovery.supervised import linear_probe_direction, mean_difference, supervised_direction
-from hspace_core.embedded import load_evaluator
-from hspace_core.errors import HSpaceError
-from hspace_core.fileio import ShardedTrajectory
+from ..hspace_core.direction import Direction
+from ..hspace_core.discovery.pca import METHODS as PCA_METHODS
+from ..hspace_core.discovery.pca import pca_directions
+from ..hspace_core.discovery.supervised import linear_probe_direction, mean_difference, supervised_direction
+from ..hspace_core.embedded import load_evaluator
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.fileio import ShardedTrajectory
 
 from . import _comfy, _inputs, comfy_adapter
 from ._display import spectrum_chart

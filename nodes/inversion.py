@@ -5,9 +5,9 @@ from typing import Any
 
 import torch
 
-from hspace_core.direction import Trajectory
-from hspace_core.samplers import MODES, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
-from hspace_core.schedule import inversion_sigmas
+from ..hspace_core.direction import Trajectory
+from ..hspace_core.samplers import MODES, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
+from ..hspace_core.schedule import inversion_sigmas
 
 from . import _inputs, _sampling, comfy_adapter
 from ._types import NOISE, TRAJECTORY, NoiseRecord

@@ -5,8 +5,8 @@ from typing import Any
 
 import torch
 
-from hspace_core.embedded import load_heldout_digits
-from hspace_core.errors import HSpaceError
+from ..hspace_core.embedded import load_heldout_digits
+from ..hspace_core.errors import HSpaceError
 
 from . import pixel_model
 

@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from hspace_core.direction import Direction
-from hspace_core.discovery.jacobian import trajectory_jacobian_directions
-from hspace_core.discovery.pullback import encoder_function, pullback_basis, x_space_guidance
-from hspace_core.errors import HSpaceError
-from hspace_core.samplers import sample_asyrp, sample_ddim
+from ..hspace_core.direction import Direction
+from ..hspace_core.discovery.jacobian import trajectory_jacobian_directions
+from ..hspace_core.discovery.pullback import encoder_function, pullback_basis, x_space_guidance
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.samplers import sample_asyrp, sample_ddim
 
 from . import _comfy, _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser

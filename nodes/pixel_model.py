@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from hspace_core.errors import HSpaceError
+from ..hspace_core.errors import HSpaceError
 
 from . import _comfy
 from ._display import enlarged
@@ -176,7 +176,7 @@ def _find_diffusers_folder(path: Path) -> tuple[Path, Path]:
 def load_unet_and_schedule(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The diffusers UNet and scheduler config of ``source``: :data:`EMBEDDED` or a diffusers folder path."""
     if source == EMBEDDED:
-        from hspace_core.embedded import load_default_scheduler_config, load_default_unet
+        from ..hspace_core.embedded import load_default_scheduler_config, load_default_unet
 
         return load_default_unet(), load_default_scheduler_config()
     from diffusers import UNet2DModel
