@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from hspace_core.denoisers import DiffusersDenoiser
-from hspace_core.errors import HSpaceError
+from ..hspace_core.denoisers import DiffusersDenoiser
+from ..hspace_core.errors import HSpaceError
 
 from . import _comfy, comfy_adapter, pixel_model
 

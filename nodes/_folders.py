@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hspace_core.errors import HSpaceError
+from ..hspace_core.errors import HSpaceError
 
 from . import _comfy
 

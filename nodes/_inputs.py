@@ -63,3 +63,25 @@ def optional_conditioning() -> dict[str, Spec]:
 
 
 HIDDEN = {"unique_id": "UNIQUE_ID"}
+
+
+# -- VALIDATE_INPUTS checks: errors knowable from widget values before anything upstream runs (a linked
+# value is not known then and is left to the node) -----------------------------------------------------------
+def window_problem(start_percent: Any, end_percent: Any) -> str | bool:
+    """VALIDATE_INPUTS' check of an edit window, run before anything upstream (True, or what is wrong)."""
+    if isinstance(start_percent, (int, float)) and isinstance(end_percent, (int, float)):
+        if not (0.0 <= start_percent <= 1.0 and 0.0 <= end_percent <= 1.0):
+            return f"start_percent and end_percent between 0 and 1 expected, got {start_percent} and {end_percent}"
+        if start_percent > end_percent:
+            return f"start_percent <= end_percent expected, got {start_percent} > {end_percent}: nothing would be edited"
+    return True
+
+
+def timestep_window_problem(t_edit: Any, t_boost: Any) -> str | bool:
+    """VALIDATE_INPUTS' check of an Asyrp window [t_edit, T] with boosting below t_boost (True, or what is wrong)."""
+    if isinstance(t_edit, (int, float)) and isinstance(t_boost, (int, float)):
+        if not (0 <= t_boost <= 999 and 0 <= t_edit <= 999):
+            return f"t_edit and t_boost between 0 and 999 expected, got {t_edit} and {t_boost}"
+        if t_boost > t_edit:
+            return f"t_boost ({t_boost}) must not exceed t_edit ({t_edit}): no step would be edited"
+    return True

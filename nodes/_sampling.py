@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-Progress = Callable[[int], None]
-
 import torch
 
-from hspace_core.bottleneck import Bottleneck
-from hspace_core.checks import check_number
-from hspace_core.direction import Trajectory, model_fingerprint
-from hspace_core.errors import HSpaceError
-from hspace_core.schedule import window_sigmas
+from ..hspace_core.bottleneck import Bottleneck
+from ..hspace_core.checks import check_number
+from ..hspace_core.direction import Trajectory, model_fingerprint
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.schedule import window_sigmas
 
 from . import _comfy, comfy_adapter, pixel_model
+
+Progress = _comfy.SamplingCallback
 
 SamplerFn = Callable[..., Any]
 
@@ -68,15 +68,13 @@ def run_comfy_sampler(model: Any, sampler: Any, sigmas: torch.Tensor, latent: di
                       node_id: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """SamplerCustom's sampling with a SAMPLER object; ``noise`` None means no added noise. Returns a LATENT.
 
-    Progress goes to ``progress(step)``, or by default to a ComfyUI progress bar of this run's steps.
+    Progress goes to ``progress(step, x0, x, total_steps)``, or by default to the node's progress bar with latent
+    previews, as in SamplerCustom.
     """
     sample = _comfy.require("comfy.sample")
     sigmas = check_sigmas(sigmas)
     samples = _latent_samples(model, latent)
-    if progress is None:
-        bar = comfy_adapter.progress_callback(len(sigmas) - 1, node_id)
-        progress = None if bar is None else (lambda step: bar({"i": step}))
-    callback = None if progress is None else (lambda step, x0, x, total: progress(step))
+    callback = _comfy.preview_callback(model, len(sigmas) - 1) if progress is None else progress
     noise = torch.zeros_like(samples) if noise is None else noise
     out = sample.sample_custom(model, noise, cfg, sampler, sigmas, conditioning(model, positive, "positive"),
                                conditioning(model, negative, "negative"), samples,
@@ -132,7 +130,7 @@ def check_timestep(model: Any, timestep: float, name: str) -> float:
 
 def random_noise(latent: dict[str, Any], seed: int, model: Any) -> torch.Tensor:
     """ComfyUI's noise for a latent and seed (what KSampler draws)."""
-    return _comfy.require("comfy.sample").prepare_noise(_latent_samples(model, latent), seed)
+    return _comfy.seeded_noise(_latent_samples(model, latent), seed, latent)
 
 
 def capture(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,

@@ -15,9 +15,9 @@ from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
-from hspace_core.direction import Direction, Trajectory
-from hspace_core.errors import HSpaceError
-from hspace_core.fileio import ShardedTrajectory
+from ..hspace_core.direction import Direction, Trajectory
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.fileio import ShardedTrajectory
 
 TRAJECTORY = "HSPACE_TRAJECTORY"
 DIRECTION = "HSPACE_DIRECTION"

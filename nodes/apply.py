@@ -5,10 +5,10 @@ from typing import Any
 
 import torch
 
-from hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
-from hspace_core.checks import check_choice, check_number
-from hspace_core.errors import HSpaceError
-from hspace_core.samplers import MODES, sample_asyrp, sample_ddim
+from ..hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
+from ..hspace_core.checks import check_choice, check_number
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.samplers import MODES, sample_asyrp, sample_ddim
 
 from . import _comfy, _inputs, _sampling, comfy_adapter, pixel_model
 from ._grid import labelled_grid
@@ -25,10 +25,17 @@ def apply_direction(model: Any, directions: DirectionSet, strength: float, start
                     end_percent: float, rows: str, allow_foreign: bool) -> Any:
     """A patched clone of ``model`` that adds ``strength`` times the direction to h inside the window."""
     direction = single(directions)
-    direction.check_model(_sampling.fingerprint(model, direction.h_shape), allow_foreign)
+    direction.check_model(_sampling.fingerprint(model, _model_h_shape(model, direction)), allow_foreign)
     window = comfy_adapter.percent_window(model, start_percent, end_percent)
     controller = Bottleneck([EditSpec(direction, strength)], window=window, rows=rows)
     return comfy_adapter.patch_model(model, controller)
+
+
+def _model_h_shape(model: Any, direction: Any) -> tuple[int, ...]:
+    """The model's h shape as far as it is known before sampling: the channels its middle block puts out (the
+    output bias of its last layer) and the direction's spatial size (the model's follows the latent)."""
+    last = list(comfy_adapter.check_unet(model).middle_block.parameters())[-1]
+    return (int(last.shape[0]), *direction.h_shape[1:])
 
 
 def apply_inputs() -> dict[str, Any]:
@@ -55,6 +62,10 @@ class HSpaceApplyDirection:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"model": _inputs.model(), "direction": _inputs.direction(), **apply_inputs()}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, start_percent: Any = None, end_percent: Any = None) -> str | bool:
+        return _inputs.window_problem(start_percent, end_percent)
 
     def apply(self, model: Any, direction: DirectionSet, strength: float, start_percent: float, end_percent: float,
               rows: str, allow_foreign: bool) -> tuple[Any]:
@@ -83,6 +94,10 @@ class HSpaceAsyrpSampler:
             "eta_boost": _inputs.eta(1.0, "eta of the boosted steps below t_boost (1 = DDPM)"),
             "seed": _inputs.seed("seed of the noise of stochastic steps"),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, t_edit: Any = None, t_boost: Any = None) -> str | bool:
+        return _inputs.timestep_window_problem(t_edit, t_boost)
 
     def make(self, model: Any, mode: str, t_edit: int, t_boost: int, eta: float, eta_boost: float,
              seed: int) -> tuple[Any]:
@@ -138,6 +153,10 @@ class HSpaceStrengthSweep:
             "hidden": _inputs.HIDDEN,
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, start_percent: Any = None, end_percent: Any = None) -> str | bool:
+        return _inputs.window_problem(start_percent, end_percent)
+
     def sweep(self, model: Any, direction: DirectionSet, sigmas: torch.Tensor, latent_image: dict[str, Any],
               seed: int, cfg: float, strength_min: float, strength_max: float, count: int, start_percent: float,
               end_percent: float, rows: str, allow_foreign: bool, positive: list | None = None,
@@ -149,12 +168,12 @@ class HSpaceStrengthSweep:
         strengths = [strength_min + (strength_max - strength_min) * i / (count - 1) for i in range(count)]
         noise = _sampling.random_noise(latent_image, seed, model)
         steps = len(_sampling.check_sigmas(sigmas)) - 1
-        bar = comfy_adapter.progress_callback(count * steps, unique_id)
+        previews = _comfy.preview_callback(model, count * steps)
         sampler = sampler or comfy_adapter.as_comfy_sampler(sample_ddim)
         columns = []
         for i, strength in enumerate(strengths):
             patched = apply_direction(model, direction, strength, start_percent, end_percent, rows, allow_foreign)
-            progress = None if bar is None else (lambda step, done=i * steps: bar({"i": done + step}))
+            progress = _comfy.offset_callback(previews, i * steps, count * steps)
             latent = _sampling.run_comfy_sampler(patched, sampler, sigmas, latent_image, positive, negative, cfg,
                                                  noise, seed, progress=progress)
             columns.append(_decode(latent["samples"], vae))

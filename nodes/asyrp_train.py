@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hspace_core.checks import check_number
-from hspace_core.denoisers import DiffusersDenoiser
-from hspace_core.discovery.asyrp import DeltaBlock, DirectionalCLIPLoss, global_delta_h, load_clip, train_delta_block
-from hspace_core.errors import HSpaceError
+from ..hspace_core.checks import check_number
+from ..hspace_core.denoisers import DiffusersDenoiser
+from ..hspace_core.discovery.asyrp import DeltaBlock, DirectionalCLIPLoss, global_delta_h, load_clip, train_delta_block
+from ..hspace_core.errors import HSpaceError
 
 from . import _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser

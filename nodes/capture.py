@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from hspace_core.checks import check_choice, check_number
-from hspace_core.direction import Trajectory
-from hspace_core.errors import HSpaceError
-from hspace_core.fileio import TrajectoryWriter
-from hspace_core.samplers import sample_ddim
+from ..hspace_core.checks import check_choice, check_number
+from ..hspace_core.direction import Trajectory
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.fileio import TrajectoryWriter
+from ..hspace_core.samplers import sample_ddim
 
-from . import _comfy, _inputs, _sampling, comfy_adapter
+from . import _comfy, _inputs, _sampling
 from ._types import TRAJECTORY, TrajectoryValue
 
 CATEGORY = "hspace/capture"
@@ -86,12 +86,12 @@ class HSpaceCaptureH:
         if batch < 1:
             raise HSpaceError("the latent_image holds no sample: an empty latent with batch size >= 1 expected")
         batches, steps = math.ceil(num_samples / batch), len(_sampling.check_sigmas(sigmas)) - 1
-        bar = comfy_adapter.progress_callback(batches * steps, unique_id)
+        previews = _comfy.preview_callback(model, batches * steps)
         sink = _DiskStore(filename_prefix) if store == "disk" else _MemoryStore()
         latents = []
         try:
             for i in range(batches):
-                progress = None if bar is None else (lambda step, done=i * steps: bar({"i": done + step}))
+                progress = _comfy.offset_callback(previews, i * steps, batches * steps)
                 latent, _, trajectory = _sampling.capture(
                     model, sample_ddim, sigmas, latent_image, positive, negative, cfg,
                     _sampling.random_noise(latent_image, seed + i, model), seed + i,

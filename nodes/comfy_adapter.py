@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from hspace_core.errors import HSpaceError
+from ..hspace_core.errors import HSpaceError
 
 from . import _comfy
 
@@ -179,7 +179,7 @@ def prediction_type(model: Any) -> str:
 
 def vp_schedule(model: Any) -> Any:
     """The :class:`hspace_core.schedule.VPSchedule` of a discrete VP MODEL: ``alphas_cumprod = 1 / (1 + sigmas^2)``."""
-    from hspace_core.schedule import VPSchedule
+    from ..hspace_core.schedule import VPSchedule
 
     ms_mod = _comfy.require("comfy.model_sampling")
     ms = model_sampling(model)

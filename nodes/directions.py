@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hspace_core import arithmetic
-from hspace_core.checks import check_number
-from hspace_core.direction import Direction
-from hspace_core.errors import HSpaceError
-from hspace_core.fileio import load_directions, save_directions
+from ..hspace_core import arithmetic
+from ..hspace_core.checks import check_number
+from ..hspace_core.direction import Direction
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.fileio import load_directions, save_directions
 
 from . import _folders
 from ._types import DIRECTION, DirectionSet, as_set, single

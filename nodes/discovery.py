@@ -7,16 +7,17 @@ from typing import Any
 
 import torch
 
-from hspace_core.checks import check_choice, check_number
-from hspace_core.direction import Direction
-from hspace_core.discovery.pca import METHODS as PCA_METHODS
-from hspace_core.discovery.pca import pca_directions
-from hspace_core.discovery.supervised import linear_probe_direction, mean_difference, supervised_direction
-from hspace_core.embedded import load_evaluator
-from hspace_core.errors import HSpaceError
-from hspace_core.fileio import ShardedTrajectory
+from ..hspace_core.checks import check_choice, check_number
+from ..hspace_core.direction import Direction
+from ..hspace_core.discovery.pca import METHODS as PCA_METHODS
+from ..hspace_core.discovery.pca import pca_directions
+from ..hspace_core.discovery.supervised import linear_probe_direction, mean_difference, supervised_direction
+from ..hspace_core.embedded import load_evaluator
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.fileio import ShardedTrajectory
 
-from . import _inputs, comfy_adapter
+from . import _comfy, _inputs, comfy_adapter
+from ._display import spectrum_chart
 from ._types import DIRECTION, DirectionSet, TrajectoryValue, first_chunk, h_source, in_memory
 
 CATEGORY = "hspace/discovery"
@@ -63,8 +64,9 @@ class HSpacePCA:
         directions = [result.to_direction(i, first.timesteps.tolist(), scaled, meta)
                       for i in range(result.num_components)]
         ratios = result.explained_variance_ratio.mean(0).tolist()
-        return {"ui": {"hspace_spectrum": [{"explained_variance_ratio": ratios}]},
-                "result": (directions, spectrum_text(ratios))}
+        ui = {"hspace_spectrum": [{"explained_variance_ratio": ratios}],
+              "images": _comfy.preview_images(spectrum_chart(ratios))}  # the chart shows in either renderer
+        return {"ui": ui, "result": (directions, spectrum_text(ratios))}
 
 
 class HSpaceSupervisedDirection:

@@ -5,10 +5,10 @@ from typing import Any
 
 import torch
 
-from hspace_core.checks import check_choice, check_number
-from hspace_core.direction import Trajectory
-from hspace_core.samplers import MODES, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
-from hspace_core.schedule import inversion_sigmas
+from ..hspace_core.checks import check_choice, check_number
+from ..hspace_core.direction import Trajectory
+from ..hspace_core.samplers import MODES, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
+from ..hspace_core.schedule import inversion_sigmas
 
 from . import _inputs, _sampling, comfy_adapter
 from ._types import NOISE, TRAJECTORY, NoiseRecord
@@ -92,6 +92,10 @@ class HSpaceSampleFromNoise:
             "optional": _inputs.optional_conditioning(),
             "hidden": _inputs.HIDDEN,
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, mode: Any = None, t_edit: Any = None, t_boost: Any = None) -> str | bool:
+        return True if mode == "ddim" else _inputs.timestep_window_problem(t_edit, t_boost)
 
     def sample(self, model: Any, noise: NoiseRecord, mode: str, t_edit: int, t_boost: int, cfg: float,
                positive: list | None = None, negative: list | None = None,

@@ -5,9 +5,9 @@ from typing import Any
 
 import torch
 
-from hspace_core.checks import check_choice, check_number
-from hspace_core.embedded import load_heldout_digits
-from hspace_core.errors import HSpaceError
+from ..hspace_core.checks import check_choice, check_number
+from ..hspace_core.embedded import load_heldout_digits
+from ..hspace_core.errors import HSpaceError
 
 from . import pixel_model
 

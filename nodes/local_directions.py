@@ -6,16 +6,16 @@ from typing import Any
 
 import torch
 
-from hspace_core.checks import check_choice, check_number
-from hspace_core.direction import Direction
-from hspace_core.discovery.jacobian import trajectory_jacobian_directions
-from hspace_core.discovery.pullback import encoder_function, pullback_basis, x_space_guidance
-from hspace_core.errors import HSpaceError
-from hspace_core.samplers import sample_asyrp, sample_ddim
+from ..hspace_core.checks import check_choice, check_number
+from ..hspace_core.direction import Direction
+from ..hspace_core.discovery.jacobian import trajectory_jacobian_directions
+from ..hspace_core.discovery.pullback import encoder_function, pullback_basis, x_space_guidance
+from ..hspace_core.errors import HSpaceError
+from ..hspace_core.samplers import sample_asyrp, sample_ddim
 
-from . import _inputs, _sampling, comfy_adapter
+from . import _comfy, _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser
-from ._types import DIRECTION, DirectionSet, NoiseRecord
+from ._types import DIRECTION, NoiseRecord
 
 CATEGORY = "hspace/discovery"
 JACOBIAN_METHODS = ("subspace", "power")
@@ -88,7 +88,7 @@ class HSpaceJacobianDirections:
 
     def discover(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, num_vectors: int,
                  step_index: int, method: str, max_iter: int, noise: NoiseRecord | None = None,
-                 positive: list | None = None, unique_id: str | None = None) -> tuple[DirectionSet, dict[str, Any]]:
+                 positive: list | None = None, unique_id: str | None = None) -> dict[str, Any]:
         check_choice(method, "method", JACOBIAN_METHODS)
         check_number(num_vectors, "num_vectors", 1, integer=True)
         check_number(max_iter, "max_iter", 1, integer=True)
@@ -105,7 +105,8 @@ class HSpaceJacobianDirections:
                 "fingerprint": _sampling.fingerprint(model, tuple(result.right.shape[2:]))}
         directions = [Direction(result.broadcast(step_index, k), timesteps, {**meta, "component": k})
                       for k in range(result.right.shape[1])]
-        return directions, samples
+        warning = _comfy.solver_report("the Jacobian SVD", result, max_iter)
+        return {"ui": {"text": [warning] if warning else []}, "result": (directions, samples)}
 
 
 class HSpacePullbackEdit:
@@ -149,7 +150,7 @@ class HSpacePullbackEdit:
     def edit(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, t_edit: int,
              num_vectors: int, component: int, sign: str, guidance_strength: float, guidance_steps: int,
              t_boost: int, max_iter: int, noise: NoiseRecord | None = None, positive: list | None = None,
-             unique_id: str | None = None) -> tuple[dict[str, Any], DirectionSet, str]:
+             unique_id: str | None = None) -> dict[str, Any]:
         check_choice(sign, "sign", SIGNS)
         check_number(num_vectors, "num_vectors", 1, integer=True)
         check_number(component, "component", 0, integer=True)
@@ -174,7 +175,10 @@ class HSpacePullbackEdit:
                 "fingerprint": _sampling.fingerprint(model, tuple(basis.h_basis.shape[1:]))}
         directions = [Direction(u, None, {**meta, "component": i}) for i, u in enumerate(basis.h_basis)]
         values = ", ".join(f"{float(s):.4g}" for s in basis.singular_values)
-        return samples, directions, f"t = {timestep:.0f}: singular values {values}"
+        report = f"t = {timestep:.0f}: singular values {values}"
+        warning = _comfy.solver_report("the pullback basis", basis, max_iter)
+        report = report if warning is None else f"{report}\n{warning}"
+        return {"ui": {"text": [report]}, "result": (samples, directions, report)}
 
 
 def _step_at(model: Any, sigmas: torch.Tensor, t_edit: float) -> tuple[int, float]:

@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
-from hspace_core.checks import (check_batch, check_loading_info, check_pixel_unet_config, check_unet_folder, one_line,
+from ..hspace_core.checks import (check_batch, check_loading_info, check_pixel_unet_config, check_unet_folder, one_line,
                                 read_json)
-from hspace_core.errors import HSpaceError
+from ..hspace_core.errors import HSpaceError
 
 from . import _comfy
+from ._display import enlarged
 
 EMBEDDED = "hspace-mnist-16 (embedded)"
 COMFY_BETA_SCHEDULES = {"linear": "sqrt_linear", "scaled_linear": "linear", "squaredcos_cap_v2": "squaredcos_cap_v2"}
@@ -174,7 +175,7 @@ def _find_diffusers_folder(path: Path) -> tuple[Path, Path]:
 def load_unet_and_schedule(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The diffusers UNet and scheduler config of ``source``: :data:`EMBEDDED` or a diffusers folder path."""
     if source == EMBEDDED:
-        from hspace_core.embedded import load_default_scheduler_config, load_default_unet
+        from ..hspace_core.embedded import load_default_scheduler_config, load_default_unet
 
         return load_default_unet(), load_default_scheduler_config()
     from diffusers import UNet2DModel
@@ -275,8 +276,10 @@ class HSpacePixelLatentToImage:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"samples": ("LATENT", {"tooltip": "pixel-space latent of a pixel model (its x0)"})}}
 
-    def convert(self, samples: dict[str, Any]) -> tuple[torch.Tensor]:
-        return (latent_to_image(samples["samples"]),)
+    def convert(self, samples: dict[str, Any]) -> dict[str, Any]:
+        image = latent_to_image(samples["samples"])
+        # shown enlarged (nearest neighbour) on the node; the IMAGE output keeps the model's size
+        return {"ui": {"images": _comfy.preview_images(enlarged(image))}, "result": (image,)}
 
 
 class HSpaceImageToPixelLatent:

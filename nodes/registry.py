@@ -1,12 +1,56 @@
-"""Every node class of the pack, gathered from the family modules."""
+"""Every node class of the pack, gathered family by family.
+
+A family whose module cannot be imported (a missing dependency) is left out with one log line naming what
+is missing and which nodes are off; the other families still load.
+"""
 from __future__ import annotations
 
-from . import (apply, asyrp_train, capture, directions, discovery, inversion, loaders, local_directions,
-               trajectories)
+import ast
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
 
-FAMILIES = (loaders, capture, trajectories, inversion, discovery, local_directions, asyrp_train, directions,
-            apply)
+FAMILIES = ("loaders", "capture", "trajectories", "inversion", "discovery", "local_directions", "asyrp_train",
+            "directions", "apply")
 
-NODE_CLASS_MAPPINGS = {cls.__name__: cls for family in FAMILIES for cls in family.NODE_CLASSES}
-NODE_DISPLAY_NAME_MAPPINGS = {name: title for family in FAMILIES for name, title in family.DISPLAY_NAMES.items()}
+log = logging.getLogger(__name__)
 
+
+@dataclass
+class Registry:
+    classes: dict[str, type] = field(default_factory=dict)
+    display_names: dict[str, str] = field(default_factory=dict)
+    off: dict[str, list[str]] = field(default_factory=dict)  # family -> its node names, for families not loaded
+
+
+def declared_nodes(family: str) -> list[str]:
+    """The node class names a family module lists in NODE_CLASSES, read from its source without importing it."""
+    tree = ast.parse((Path(__file__).parent / f"{family}.py").read_text(encoding="utf-8"))
+    for statement in tree.body:
+        if (isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == "NODE_CLASSES" for t in statement.targets)
+                and isinstance(statement.value, (ast.Tuple, ast.List))):
+            return [getattr(item, "attr", getattr(item, "id", "?")) for item in statement.value.elts]
+    return []
+
+
+def load_families(families: tuple[str, ...] = FAMILIES) -> Registry:
+    registry = Registry()
+    for family in families:
+        try:
+            module = importlib.import_module(f".{family}", __package__)
+        except ImportError as error:
+            missing = error.name or str(error)
+            registry.off[family] = declared_nodes(family)
+            log.warning("hspace: nodes %s are off: importing nodes/%s.py needs %r, which is missing (%s); install "
+                        "the pack's requirements.txt into ComfyUI's Python", ", ".join(registry.off[family]), family,
+                        missing, error)
+            continue
+        registry.classes.update({cls.__name__: cls for cls in module.NODE_CLASSES})
+        registry.display_names.update(module.DISPLAY_NAMES)
+    return registry
+
+
+_REGISTRY = load_families()
+NODE_CLASS_MAPPINGS = _REGISTRY.classes
+NODE_DISPLAY_NAME_MAPPINGS = _REGISTRY.display_names

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hspace_core.fileio import INDEX_NAME, SHARD_PATTERN, ShardedTrajectory, load_trajectory, save_trajectory
+from ..hspace_core.fileio import INDEX_NAME, SHARD_PATTERN, ShardedTrajectory, load_trajectory, save_trajectory
 
 from . import _comfy, _inputs
 from ._types import TRAJECTORY, TrajectoryValue, in_memory

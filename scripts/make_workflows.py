@@ -1,4 +1,8 @@
-"""Write example_workflows/*.json (ComfyUI UI format, version 0.4), same-name .png diagrams and a README.
+"""Write example_workflows/*.json (ComfyUI UI format, version 0.4), same-name .jpg thumbnails and a README.
+
+ComfyUI's Templates browser (frontend 1.49) lists a pack's example_workflows/*.json by file stem, shows the
+stem as the card's title and loads ``<stem>.jpg`` as its thumbnail, so each file is named by its readable
+title (:attr:`Workflow.file_stem`).
 
 Each workflow is described compactly below (nodes with their widget values and links); the sockets, widget
 order and output types come from the node declarations of this pack (nodes/registry.py) and, for ComfyUI core
@@ -10,18 +14,22 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if "hspace_pack" not in sys.modules:  # the repository root as a package, the way ComfyUI imports the pack folder
+    _pack = types.ModuleType("hspace_pack")
+    _pack.__path__ = [str(ROOT)]
+    sys.modules["hspace_pack"] = _pack
 
-from nodes.pixel_model import EMBEDDED  # noqa: E402
-from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from hspace_pack.nodes.pixel_model import EMBEDDED  # noqa: E402
+from hspace_pack.nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 OUT_DIR = ROOT / "example_workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
@@ -92,9 +100,15 @@ class N:
 
 @dataclass
 class Workflow:
-    name: str
-    title: str
+    name: str  # a short id (the workflow's uuid is derived from it)
+    title: str  # the file stem, hence the Templates browser's card title
     nodes: list[N]
+
+    @property
+    def file_stem(self) -> str:
+        if any(c in self.title for c in '/\\:*?"<>|,'):
+            raise ValueError(f"{self.title!r} cannot be a portable file name")
+        return self.title
 
 
 def note(id: int, text: str) -> N:
@@ -127,8 +141,8 @@ def save_pixels(id: int, samples: tuple[int, int], prefix: str) -> list[N]:
 
 
 WORKFLOWS = [
-    Workflow("pca_edit_embedded", "PCA directions on the embedded model, strength sweep", [
-        note(1, "Runs with nothing to download: the embedded 16x16 digit DDPM. Capture h of 64 samples (saved for "
+    Workflow("pca_edit_embedded", "PCA directions and strength sweep (embedded digits)", [
+        note(1, "Needs nothing to download: the embedded 16x16 digit DDPM (CPU, about a minute). Capture h of 64 samples (saved for "
                 "Load Trajectory), PCA per timestep, then sweep the first component from -3 to +3 standard "
                 "deviations."),
         embedded_loader(2), ddim_schedule(3, 2, 10), *capture_and_pca(4, 2, 3, 64, 8),
@@ -139,8 +153,8 @@ WORKFLOWS = [
         N(10, "SaveImage", images=(9, 0), filename_prefix="hspace/pca_sweep"),
         N(11, "HSpaceSaveTrajectory", trajectory=(5, 0), filename_prefix="hspace_trajectories/embedded_64"),
     ]),
-    Workflow("real_image_inversion_edit", "Real-image inversion (edit-friendly) and Asyrp edit", [
-        note(1, "Invert real held-out digits exactly (edit-friendly DDPM inversion), reconstruct them, and edit "
+    Workflow("real_image_inversion_edit", "Real image inversion and Asyrp edit (embedded digits)", [
+        note(1, "Needs nothing to download (the embedded digit DDPM and its held-out digits; CPU). Invert real held-out digits exactly (edit-friendly DDPM inversion), reconstruct them, and edit "
                 "them along PCA component 0 with Asyrp's asymmetric process (edit for t >= t_edit)."),
         embedded_loader(2), ddim_schedule(3, 2, 20),
         N(4, "HSpaceEmbeddedDigits", digit="3", count=4, offset=0),
@@ -154,8 +168,8 @@ WORKFLOWS = [
         N(15, "HSpaceSampleFromNoise", model=(14, 0), noise=(6, 0), mode="asymmetric", t_edit=400),
         *save_pixels(16, (15, 0), "hspace/edited"),
     ]),
-    Workflow("supervised_disentangle", "Supervised direction from real digits, disentangled by projection", [
-        note(1, "Invert 16 real '7's and 16 real '1's, take the mean difference of their h (Haas et al.), project "
+    Workflow("supervised_disentangle", "Supervised direction disentangled by projection (embedded digits)", [
+        note(1, "Needs nothing to download (the embedded digit DDPM, its digits and digit classifier; CPU). Invert 16 real '7's and 16 real '1's, take the mean difference of their h (Haas et al.), project "
                 "out jointly PCA component 0 of generated samples and a classifier-annotated '0' direction (top "
                 "minus bottom scored samples), and sweep the result."),
         embedded_loader(2), ddim_schedule(3, 2, 10),
@@ -178,8 +192,8 @@ WORKFLOWS = [
           strength_min=-1.0, strength_max=1.0, count=5),
         N(19, "SaveImage", images=(18, 0), filename_prefix="hspace/supervised_sweep"),
     ]),
-    Workflow("jacobian_edit", "Image-specific Jacobian directions (Haas et al.)", [
-        note(1, "Find the top singular vectors of d eps / d h along one sample's run and sweep the first one on "
+    Workflow("jacobian_edit", "Jacobian directions of one image (embedded digits)", [
+        note(1, "Needs nothing to download (the embedded digit DDPM; CPU). Haas et al.: find the top singular vectors of d eps / d h along one sample's run and sweep the first one on "
                 "that same sample (same seed). The direction is the unit vector times each step's singular value, "
                 "small for this model (about 0.02-0.15), hence strengths in the hundreds."),
         embedded_loader(2), ddim_schedule(3, 2, 10), empty_pixels(4, 1),
@@ -190,8 +204,8 @@ WORKFLOWS = [
           strength_min=-600.0, strength_max=600.0, count=5),
         N(8, "SaveImage", images=(7, 0), filename_prefix="hspace/jacobian_sweep"),
     ]),
-    Workflow("pullback_edit", "Pullback basis and x-space guidance (Park et al.)", [
-        note(1, "Run one sample to t_edit, find the local basis of x-space from the Jacobian of the encoder "
+    Workflow("pullback_edit", "Pullback basis and x-space guidance (embedded digits)", [
+        note(1, "Needs nothing to download (the embedded digit DDPM; CPU). Park et al.: run one sample to t_edit, find the local basis of x-space from the Jacobian of the encoder "
                 "x -> h, move both ways along the first basis vector with x-space guidance, finish with DDIM."),
         embedded_loader(2), ddim_schedule(3, 2, 20), empty_pixels(4, 1),
         N(5, "HSpacePullbackEdit", model=(2, 0), sigmas=(3, 0), latent_image=(4, 0), seed=3, sign="+",
@@ -201,9 +215,10 @@ WORKFLOWS = [
         *save_pixels(7, (5, 0), "hspace/pullback_plus"),
         *save_pixels(9, (6, 0), "hspace/pullback_minus"),
     ]),
-    Workflow("asyrp_train_embedded", "Asyrp: train f_t with CLIP, apply its global direction", [
-        note(1, "Needs transformers and CLIP ViT-B/16 weights available offline (a local folder or the Hugging Face "
-                "cache). Inverts 8 real digits with DDIM, trains Asyrp's f_t from 'a digit' to 'a bold digit' "
+    Workflow("asyrp_train_embedded", "Asyrp training with CLIP (embedded digits)", [
+        note(1, "Needs CLIP weights: a transformers CLIP folder (for example openai/clip-vit-base-patch16) named in "
+                "clip_model (a local path or a Hugging Face id in the local cache; transformers is part of "
+                "ComfyUI). Inverts 8 real digits with DDIM, trains Asyrp's f_t from 'a digit' to 'a bold digit' "
                 "for t >= 500, and edits the same digits with the averaged direction."),
         embedded_loader(2), ddim_schedule(3, 2, 20),
         N(4, "HSpaceEmbeddedDigits", digit="3", count=8, offset=0),
@@ -217,21 +232,23 @@ WORKFLOWS = [
         *save_pixels(12, (11, 0), "hspace/asyrp_trained"),
     ]),
     Workflow("asyrp_sd15", "Asyrp sampler on Stable Diffusion 1.5", [
-        note(1, "Needs v1-5-pruned-emaonly.safetensors in models/checkpoints. Capture h of 32 samples, take PCA "
+        note(1, "Needs v1-5-pruned-emaonly.safetensors in models/checkpoints. Capture h of 8 samples, take PCA "
                 "component 1, patch the model with it and sample with the Asyrp SAMPLER (edit for t >= 500, "
-                "quality boosting below 200) next to the unedited image."),
+                "quality boosting below 200) next to the unedited image. Sized for a CPU (256 px, 10 steps: a few "
+                "minutes). On a GPU raise both Empty Latent Image nodes to 512 x 512 (batch 4 for the capture), "
+                "BasicScheduler steps to 40 and Capture h num_samples to 32."),
         N(2, "CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors"),
         N(3, "CLIPTextEncode", clip=(2, 1), text="a portrait photo of a person, studio light"),
         N(4, "CLIPTextEncode", clip=(2, 1), text="blurry, lowres"),
-        N(5, "BasicScheduler", model=(2, 0), scheduler="ddim_uniform", steps=40, denoise=1.0),
-        N(6, "EmptyLatentImage", width=512, height=512, batch_size=4),
-        N(7, "HSpaceCaptureH", model=(2, 0), sigmas=(5, 0), latent_image=(6, 0), num_samples=32, seed=0, cfg=7.0,
+        N(5, "BasicScheduler", model=(2, 0), scheduler="ddim_uniform", steps=10, denoise=1.0),
+        N(6, "EmptyLatentImage", width=256, height=256, batch_size=4),
+        N(7, "HSpaceCaptureH", model=(2, 0), sigmas=(5, 0), latent_image=(6, 0), num_samples=8, seed=0, cfg=7.0,
           positive=(3, 0), negative=(4, 0)),
-        N(8, "HSpacePCA", trajectory=(7, 0), num_components=8),
+        N(8, "HSpacePCA", trajectory=(7, 0), num_components=4),
         N(9, "HSpacePickDirection", directions=(8, 0), index=1),
         N(10, "HSpaceApplyDirection", model=(2, 0), direction=(9, 0), strength=4.0),
         N(11, "HSpaceAsyrpSampler", model=(2, 0), mode="asymmetric", t_edit=500, t_boost=200),
-        N(12, "EmptyLatentImage", width=512, height=512, batch_size=1),
+        N(12, "EmptyLatentImage", width=256, height=256, batch_size=1),
         N(13, "SamplerCustom", model=(10, 0), add_noise=True, noise_seed=42, cfg=7.0, positive=(3, 0),
           negative=(4, 0), sampler=(11, 0), sigmas=(5, 0), latent_image=(12, 0)),
         N(14, "VAEDecode", samples=(13, 0), vae=(2, 2)),
@@ -241,11 +258,13 @@ WORKFLOWS = [
         N(17, "VAEDecode", samples=(16, 0), vae=(2, 2)),
         N(18, "SaveImage", images=(17, 0), filename_prefix="hspace/asyrp_original"),
     ]),
-    Workflow("direction_arithmetic_save_load", "Direction arithmetic, save and load, KSampler", [
-        note(1, "Capture h to disk (output/hspace_trajectories, streamed to PCA a shard at a time), combine PCA "
-                "components (slerp, normalize, scale, Gram-Schmidt, add), save the result to "
-                "models/hspace_directions, load a saved direction and sample with it through a plain KSampler. "
-                "Load Direction lists the files present: run once, then refresh, to pick the saved one."),
+    Workflow("direction_arithmetic_save_load", "Direction arithmetic and saving (embedded digits)", [
+        note(1, "Needs nothing to download (the embedded digit DDPM; CPU). Capture h to disk "
+                "(output/hspace_trajectories, streamed to PCA a shard at a time), combine PCA components (slerp, "
+                "normalize, scale, Gram-Schmidt, add), save the result to models/hspace_directions and sample "
+                "with it through a plain KSampler."),
+        note(25, "To reuse the saved direction in another workflow: add Load Direction (hspace); after this run "
+                 "(press R to refresh the lists) it offers hspace_examples/mix.safetensors."),
         embedded_loader(2), ddim_schedule(3, 2, 10), *capture_and_pca(4, 2, 3, 48, 6, store="disk"),
         N(7, "HSpacePickDirection", directions=(6, 0), index=0),
         N(8, "HSpacePickDirection", directions=(6, 0), index=1),
@@ -258,25 +277,31 @@ WORKFLOWS = [
         N(15, "HSpaceAddDirections", a=(11, 0), b=(14, 0)),
         N(16, "HSpaceSaveDirection", direction=(15, 0), filename="hspace_examples/mix", overwrite=True),
         N(17, "HSpaceDirectionInfo", direction=(15, 0)),
-        N(18, "HSpaceLoadDirection", direction_name="hspace_examples/mix.safetensors"),
-        N(19, "HSpaceApplyDirection", model=(2, 0), direction=(18, 0), strength=1.0),
+        N(19, "HSpaceApplyDirection", model=(2, 0), direction=(15, 0), strength=1.0),
         N(20, "HSpaceUnconditional"),
         empty_pixels(21, 4),
         N(22, "KSampler", model=(19, 0), positive=(20, 0), negative=(20, 0), latent_image=(21, 0), seed=0,
           steps=10, cfg=1.0, sampler_name="ddim", scheduler="ddim_uniform"),
-        *save_pixels(23, (22, 0), "hspace/loaded_direction"),
+        *save_pixels(23, (22, 0), "hspace/mixed_direction"),
     ]),
 ]
 
 
 # -- UI format -------------------------------------------------------------------------------------------------
-# Height a node takes once it has run (its drawn output: spectrum, metadata, previews), measured in ComfyUI
-# 0.33.0 / frontend 1.49.6 with headless Chromium; nodes below it are placed past that.
-HEIGHT_AFTER_RUN = {"HSpacePCA": 248, "HSpaceLoadDirection": 307, "HSpaceDirectionInfo": 216,
+# Height a node takes once it has run (its output: spectrum chart, metadata, previews), measured in ComfyUI
+# 0.33.0 / frontend 1.49.6 with headless Chromium (PCA: its widgets plus the 400x180 chart at the node's width,
+# computed); nodes below it are placed past that.
+HEIGHT_AFTER_RUN = {"HSpacePCA": 390, "HSpaceLoadDirection": 307, "HSpaceDirectionInfo": 216,
                     "HSpaceStrengthSweep": 711, "SaveImage": 270}
 
 
-def _size(face: Interface) -> list[int]:
+NOTE_WIDTH, NOTE_CHARS_PER_LINE, NOTE_LINE_HEIGHT = 360, 40, 18  # generous: the text never needs a scroll bar
+
+
+def _size(face: Interface, node: N) -> list[int]:
+    if node.type == NOTE:
+        lines = sum(-(-max(len(line), 1) // NOTE_CHARS_PER_LINE) for line in node.values["text"].split("\n"))
+        return [NOTE_WIDTH, 40 + NOTE_LINE_HEIGHT * lines]
     rows = max(len(face.sockets), len(face.outputs))
     return [340, 46 + 22 * rows + 26 * len(face.widgets)]
 
@@ -324,7 +349,7 @@ def build(workflow: Workflow) -> dict[str, Any]:
             widgets_values.append(n.values.get(name, default))
             if control:
                 widgets_values.append("fixed")
-        size = _size(face)
+        size = _size(face, n)
         x = 40 + 400 * depths[n.id]
         y = column_y.get(depths[n.id], 40)
         column_y[depths[n.id]] = y + max(size[1], HEIGHT_AFTER_RUN.get(n.type, 0)) + 50
@@ -341,36 +366,59 @@ def build(workflow: Workflow) -> dict[str, Any]:
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hspace/{workflow.name}")), "revision": 0,
             "last_node_id": max(n.id for n in workflow.nodes), "last_link_id": len(links), "nodes": ui_nodes,
             "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "hspace_title": workflow.title}, "version": 0.4}
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "hspace_id": workflow.name,
+                      "hspace_title": workflow.title}, "version": 0.4}
 
 
 # -- thumbnails --------------------------------------------------------------------------------------------------
-def thumbnail(graph: dict[str, Any], title: str, size: tuple[int, int] = (800, 400)) -> Image.Image:
-    """A diagram of the graph: boxes at the nodes' positions, links coloured by type, the title on top."""
+THUMBNAIL_SIZE = (512, 512)  # the Templates browser shows square cards
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.truetype("DejaVuSans-Bold.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def thumbnail(graph: dict[str, Any], title: str, size: tuple[int, int] = THUMBNAIL_SIZE) -> Image.Image:
+    """The card of a workflow: its title in large type over a diagram of the graph (boxes at the nodes'
+    positions, links coloured by type)."""
+    image = Image.new("RGB", size, "#202020")
+    draw = ImageDraw.Draw(image)
+    font = _font(30)
+    lines = _wrap(draw, title, font, size[0] - 40)
+    for i, line in enumerate(lines):
+        draw.text((20, 18 + 38 * i), line, fill="#f0f0f0", font=font)
+    top = 18 + 38 * len(lines) + 16
     nodes = {n["id"]: n for n in graph["nodes"]}
     right = max(n["pos"][0] + n["size"][0] for n in nodes.values())
     bottom = max(n["pos"][1] + n["size"][1] for n in nodes.values())
-    scale = min((size[0] - 20) / right, (size[1] - 50) / bottom)
-    image = Image.new("RGB", size, "#202020")
-    draw = ImageDraw.Draw(image)
-    draw.text((10, 8), f"hspace: {title}", fill="#f0f0f0")
+    scale = min((size[0] - 20) / right, (size[1] - top - 10) / bottom)
 
     def box(n: dict[str, Any]) -> tuple[float, float, float, float]:
         x, y = n["pos"]
         w, h = n["size"]
-        return 10 + x * scale, 40 + y * scale, 10 + (x + w) * scale, 40 + (y + h) * scale
+        return 10 + x * scale, top + y * scale, 10 + (x + w) * scale, top + (y + h) * scale
 
     for _, src, src_slot, dst, dst_slot, kind in graph["links"]:
         a, b = box(nodes[src]), box(nodes[dst])
-        start = (a[2], a[1] + 12 + 8 * src_slot)
-        end = (b[0], b[1] + 12 + 8 * dst_slot)
-        draw.line([start, end], fill=TYPE_COLOURS.get(kind, "#aaaaaa"), width=2)
+        draw.line([(a[2], a[1] + 6 + 4 * src_slot), (b[0], b[1] + 6 + 4 * dst_slot)],
+                  fill=TYPE_COLOURS.get(kind, "#aaaaaa"), width=2)
     for n in nodes.values():
-        left, top, r, btm = box(n)
         ours = n["type"].startswith("HSpace")
-        draw.rectangle([left, top, r, btm], fill="#2f4f4f" if ours else "#353535", outline="#888888")
-        label = NODE_DISPLAY_NAME_MAPPINGS.get(n["type"], n["type"]).replace(" (hspace)", "")
-        draw.text((left + 3, top + 2), label[: max(4, int((r - left) / 6))], fill="#ffffff")
+        fill = "#5a5a2a" if n["type"] == NOTE else "#2f4f4f" if ours else "#353535"
+        draw.rectangle(box(n), fill=fill, outline="#888888")
     return image
 
 
@@ -382,7 +430,8 @@ def readme() -> str:
              ""]
     for workflow in WORKFLOWS:
         text = next((n.values["text"] for n in workflow.nodes if n.type == NOTE), "")
-        lines += [f"## {workflow.title}", "", f"`{workflow.name}.json` ![]({workflow.name}.png)", "", text, ""]
+        stem = workflow.file_stem.replace(" ", "%20")
+        lines += [f"## {workflow.title}", "", f"`{workflow.file_stem}.json`", "", f"![]({stem}.jpg)", "", text, ""]
     return "\n".join(lines)
 
 
@@ -390,9 +439,9 @@ def main() -> None:
     OUT_DIR.mkdir(exist_ok=True)
     for workflow in WORKFLOWS:
         graph = build(workflow)
-        (OUT_DIR / f"{workflow.name}.json").write_text(json.dumps(graph, indent=1) + "\n")
-        thumbnail(graph, workflow.title).save(OUT_DIR / f"{workflow.name}.png")
-        print(f"wrote {workflow.name}.json and .png ({len(graph['nodes'])} nodes, {len(graph['links'])} links)")
+        (OUT_DIR / f"{workflow.file_stem}.json").write_text(json.dumps(graph, indent=1) + "\n")
+        thumbnail(graph, workflow.title).save(OUT_DIR / f"{workflow.file_stem}.jpg", quality=90)
+        print(f"wrote {workflow.file_stem}.json and .jpg ({len(graph['nodes'])} nodes, {len(graph['links'])} links)")
     (OUT_DIR / "README.md").write_text(readme())
 
 

@@ -28,6 +28,9 @@ class FakeSampling:
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         return (torch.as_tensor(sigma) * 100).round()
 
+    def percent_to_sigma(self, percent: float) -> float:
+        return (1.0 - percent) * 10.0
+
 
 class FakeUNet(torch.nn.Module):
     def __init__(self) -> None:
@@ -85,7 +88,9 @@ class Recorder:
 # -- imports --------------------------------------------------------------------------------------------------------
 
 def test_node_modules_import_without_comfyui():
-    code = ("import sys; import nodes._comfy, nodes.comfy_adapter, nodes.pixel_model; "
+    code = ("import sys, types; pack = types.ModuleType('hspace_pack'); pack.__path__ = ['.']; "
+            "sys.modules['hspace_pack'] = pack; "
+            "import hspace_pack.nodes._comfy, hspace_pack.nodes.comfy_adapter, hspace_pack.nodes.pixel_model; "
             "assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
@@ -311,8 +316,87 @@ def test_pixel_nodes_declare_and_run_without_comfyui():
         inputs = cls.INPUT_TYPES()
         assert "required" in inputs and isinstance(cls.RETURN_TYPES, tuple) and hasattr(cls, cls.FUNCTION)
     assert pixel_model.EMBEDDED in pixel_model.HSpacePixelModelLoader.INPUT_TYPES()["required"]["model_name"][0]
-    (image,) = pixel_model.HSpacePixelLatentToImage().convert({"samples": torch.zeros(1, 1, 4, 4)})
+    (image,) = pixel_model.HSpacePixelLatentToImage().convert({"samples": torch.zeros(1, 1, 4, 4)})["result"]
     assert torch.allclose(image, torch.full((1, 4, 4, 3), 0.5))
     (cond,) = pixel_model.HSpaceUnconditional().make()
     assert isinstance(cond, list) and cond[0][1] == {}
 
+
+
+def test_offset_callback_puts_each_run_on_the_nodes_one_bar():
+    seen = []
+    callback = _comfy.offset_callback(lambda step, x0, x, total: seen.append((step, total)), done=6, total=9)
+    callback(0, None, None, 3)
+    callback(2, None, None, 3)
+    assert seen == [(6, 9), (8, 9)]
+    assert _comfy.offset_callback(None, 0, 3) is None
+
+
+# -- a direction from another model: the advice fits the shapes ---------------------------------------------------
+
+class ConvUNet(torch.nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.middle_block = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 1))
+
+
+def foreign_direction(channels: int):
+    from hspace_core.direction import Direction
+
+    return [Direction(torch.ones(1, channels, 2, 2), [500.0],
+                      {"fingerprint": {"arch": "OtherModel", "weights": "0", "h_shape": [channels, 2, 2]}})]
+
+
+def test_a_direction_whose_channels_cannot_fit_is_refused_without_suggesting_allow_foreign():
+    from nodes.apply import apply_direction
+
+    with pytest.raises(HSpaceError) as err:
+        apply_direction(FakePatcher(ConvUNet(8)), foreign_direction(4), 1.0, 0.0, 1.0, "cond", True)
+    assert "[4, 2, 2]" in str(err.value) and "[8, 2, 2]" in str(err.value) and "allow foreign" not in str(err.value)
+
+
+def test_a_same_shape_foreign_direction_suggests_allow_foreign_and_applies_with_it():
+    from nodes.apply import apply_direction
+
+    with pytest.raises(HSpaceError, match="allow foreign"):
+        apply_direction(FakePatcher(ConvUNet(4)), foreign_direction(4), 1.0, 0.0, 1.0, "cond", False)
+    patched = apply_direction(FakePatcher(ConvUNet(4)), foreign_direction(4), 1.0, 0.0, 1.0, "cond", True)
+    assert patched.patches["middle_block_after_patch"]
+
+
+def test_windows_are_checked_at_validation():
+    from nodes.registry import NODE_CLASS_MAPPINGS as nodes
+
+    for name in ("HSpaceApplyDirection", "HSpaceStrengthSweep"):
+        assert "start_percent <= end_percent" in nodes[name].VALIDATE_INPUTS(start_percent=0.8, end_percent=0.2)
+        assert nodes[name].VALIDATE_INPUTS(start_percent=0.2, end_percent=0.8) is True
+        assert nodes[name].VALIDATE_INPUTS(start_percent=None, end_percent=0.2) is True  # linked: known later
+    assert "must not exceed" in nodes["HSpaceAsyrpSampler"].VALIDATE_INPUTS(t_edit=300, t_boost=400)
+    assert "must not exceed" in nodes["HSpaceSampleFromNoise"].VALIDATE_INPUTS(mode="asymmetric", t_edit=3, t_boost=4)
+    assert nodes["HSpaceSampleFromNoise"].VALIDATE_INPUTS(mode="ddim", t_edit=3, t_boost=4) is True
+
+
+def test_a_solver_that_stopped_at_its_limit_is_reported_with_the_tolerance_it_reached(caplog):
+    from types import SimpleNamespace
+
+    assert _comfy.solver_report("the Jacobian SVD", SimpleNamespace(converged=True, iterations=3), 50) is None
+    with caplog.at_level("WARNING", logger="hspace"):
+        text = _comfy.solver_report("the pullback basis", SimpleNamespace(converged=False, iterations=50,
+                                                                           tolerance=3.2e-3), 50)
+    assert "did not converge after 50 iterations" in text and "0.0032" in text and "max_iter" in text
+    assert [r.getMessage() for r in caplog.records] == [f"hspace: {text}"]
+    # results without the iteration fields still report
+    assert "at max_iter 7" in _comfy.solver_report("x", SimpleNamespace(converged=False), 7)
+
+
+def test_small_images_are_enlarged_for_display_with_sharp_pixels():
+    from nodes._display import enlarged, spectrum_chart
+
+    digits = torch.rand(2, 16, 16, 3)
+    shown = enlarged(digits)
+    assert shown.shape == (2, 128, 128, 3)
+    assert torch.equal(shown[:, ::8, ::8], digits) and torch.equal(shown[:, 7::8, 7::8], digits)
+    large = torch.rand(1, 256, 200, 3)
+    assert enlarged(large) is large
+    chart = spectrum_chart([0.5, 0.25, 0.125])
+    assert chart.shape == (1, 180, 400, 3) and 0 <= float(chart.min()) and float(chart.max()) <= 1

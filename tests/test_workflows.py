@@ -56,16 +56,51 @@ def load(path: Path) -> dict:
 
 
 def test_there_are_the_promised_examples():
-    names = {p.stem for p in WORKFLOWS}
+    ids = {load(p)["extra"]["hspace_id"] for p in WORKFLOWS}
     assert {"pca_edit_embedded", "real_image_inversion_edit", "supervised_disentangle", "jacobian_edit",
-            "pullback_edit", "asyrp_sd15", "direction_arithmetic_save_load", "asyrp_train_embedded"} <= names
+            "pullback_edit", "asyrp_sd15", "direction_arithmetic_save_load", "asyrp_train_embedded"} <= ids
+
+
+def test_file_names_are_readable_titles():
+    # the Templates browser shows a pack template's file stem as its title
+    for path in WORKFLOWS:
+        assert path.stem == load(path)["extra"]["hspace_title"]
+        assert path.stem[0].isupper() and "_" not in path.stem and " " in path.stem
+
+
+def note_texts(graph: dict) -> list[str]:
+    notes = sorted((n for n in graph["nodes"] if n["type"] == "Note"), key=lambda n: n["id"])
+    return [n["widgets_values"][0] for n in notes]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_the_first_note_says_what_the_example_needs(path):
+    first = note_texts(load(path))[0]
+    assert first.startswith("Needs "), first
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_notes_fit_their_boxes(path):
+    module = load_module("make_workflows", ROOT / "scripts" / "make_workflows.py")
+    for node in load(path)["nodes"]:
+        if node["type"] == "Note":
+            width, height = node["size"]
+            chars_per_line = width / 9  # a generous glyph width for the frontend's note font
+            lines = sum(-(-max(len(line), 1) // int(chars_per_line)) for line in node["widgets_values"][0].split("\n"))
+            assert height >= 30 + module.NOTE_LINE_HEIGHT * lines, (node["id"], node["size"])
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_no_example_names_a_file_it_does_not_make_itself(path):
+    # on a fresh install nothing is in models/hspace_directions: a Load Direction would show a missing model
+    assert all(node["type"] != "HSpaceLoadDirection" for node in load(path)["nodes"])
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_is_ui_format_with_a_thumbnail(path):
     graph = load(path)
     assert graph["version"] == 0.4
-    assert path.with_suffix(".png").is_file()
+    assert path.with_suffix(".jpg").is_file()  # what the Templates browser requests
     ids = [n["id"] for n in graph["nodes"]]
     assert len(set(ids)) == len(ids) and graph["last_node_id"] >= max(ids)
     assert graph["last_link_id"] >= max((link[0] for link in graph["links"]), default=0)
@@ -124,5 +159,5 @@ def test_combo_values_are_allowed(path):
 def test_the_generator_reproduces_the_files():
     module = load_module("make_workflows", ROOT / "scripts" / "make_workflows.py")
     for workflow in module.WORKFLOWS:
-        assert load(ROOT / "example_workflows" / f"{workflow.name}.json") == module.build(workflow)
+        assert load(ROOT / "example_workflows" / f"{workflow.file_stem}.json") == module.build(workflow)
     assert (ROOT / "example_workflows" / "README.md").read_text() == module.readme()

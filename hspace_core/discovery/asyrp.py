@@ -161,8 +161,11 @@ def load_clip(name_or_path: str = "openai/clip-vit-base-patch16",
         model = CLIPModel.from_pretrained(name_or_path, local_files_only=True).to(device)
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path, local_files_only=True)
     except OSError as error:
-        raise HSpaceError(f"no CLIP weights found at {name_or_path!r} (a local folder or a cached model name is "
-                          "expected; nothing is downloaded)") from error
+        raise HSpaceError(f"no CLIP weights found at {name_or_path!r}: expected a folder in transformers' layout "
+                          "holding config.json, model.safetensors (or pytorch_model.bin), vocab.json, merges.txt and "
+                          "tokenizer_config.json (e.g. ComfyUI/models/clip/clip-vit-base-patch16, from "
+                          "huggingface.co/openai/clip-vit-base-patch16), or that model's name when it is already "
+                          "in the Hugging Face cache (~/.cache/huggingface/hub); nothing is downloaded") from error
     return clip_encoders(model, lambda texts: tokenizer(texts, padding=True, truncation=True, return_tensors="pt"))
 
 

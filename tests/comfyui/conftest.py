@@ -116,6 +116,15 @@ def comfyui_path() -> Path | None:
     return path if (path / "main.py").is_file() else None
 
 
+@pytest.fixture(scope="session")
+def comfyui_dir() -> Path:
+    """The ComfyUI checkout of COMFYUI_PATH (no server started); skips the test without one."""
+    path = comfyui_path()
+    if path is None:
+        pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to run the real-ComfyUI tests")
+    return path
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -124,6 +133,7 @@ def _free_port() -> int:
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the pack must import without its root on the path, as in a user's ComfyUI
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"

@@ -8,7 +8,9 @@ random CLIP (built here with transformers) in place of CLIP ViT-B/16.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +87,13 @@ def object_info(comfy) -> dict[str, Any]:
     return comfy.client.object_info()
 
 
-@pytest.fixture(scope="module")
-def saved_direction(comfy) -> Path:
-    """The file the arithmetic workflow's Load Direction names (Save Direction of the same run rewrites it)."""
-    path = comfy.root / "base" / "models" / "hspace_directions" / "hspace_examples" / "mix.safetensors"
-    return save_direction(Direction(0.1 * torch.randn(EMBEDDED_H_SHAPE)), path)
+@pytest.fixture
+def fresh_models(comfy) -> Path:
+    """models/hspace_directions as on a fresh install: empty (what an earlier test saved is removed)."""
+    folder = comfy.root / "base" / "models" / "hspace_directions"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def build_tiny_clip(folder: Path) -> Path:
@@ -121,7 +125,7 @@ def replacements(comfy) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_example_workflow_executes(comfy, object_info, saved_direction, replacements, path):
+def test_example_workflow_executes(comfy, object_info, fresh_models, replacements, path):
     graph = json.loads(path.read_text())
     missing = {n["type"] for n in graph["nodes"]} - set(object_info) - FRONTEND_ONLY
     assert not missing, f"ComfyUI does not know {missing}"
@@ -162,6 +166,19 @@ def test_jacobian_and_pullback_on_a_checkpoint(comfy):
     assert "method: jacobian" in outputs["6"]["text"][0] and "model: " in outputs["6"]["text"][0]
     assert "method: pullback" in outputs["8"]["text"][0]
     assert torch.isfinite(comfy.client.latent(outputs["9"]["latents"][0])).all()
+
+
+def test_every_template_thumbnail_the_frontend_requests_is_served(comfy):
+    """Frontend 1.49 lists /workflow_templates and, for a pack's template, loads
+    /api/workflow_templates/<pack>/<name>.jpg as its card and the file stem as its title."""
+    templates = comfy.client.get_json("/workflow_templates")[comfy.pack_name]
+    assert sorted(templates) == sorted(p.stem for p in WORKFLOWS)
+    for name in templates:
+        quoted = urllib.parse.quote(name)
+        image = comfy.client._request(f"/api/workflow_templates/{comfy.pack_name}/{quoted}.jpg")
+        assert image[:3] == b"\xff\xd8\xff", f"{name}.jpg is not a JPEG"
+        graph = json.loads(comfy.client._request(f"/api/workflow_templates/{comfy.pack_name}/{quoted}.json"))
+        assert graph["extra"]["hspace_title"] == name
 
 
 def test_the_frontend_extension_and_node_docs_are_served(comfy, object_info):

@@ -1,18 +1,20 @@
-// hspace frontend extension: draws what the hspace nodes report on the node itself (no widgets, so the
-// saved widgets_values of a workflow never change):
-//  - hspace_info (Load Direction, Direction Info): the direction's metadata, one line per field
-//  - hspace_spectrum (PCA Directions): a bar chart of the explained variance per component
+// hspace frontend extension: shows what the hspace nodes report, in the classic LiteGraph canvas and in the Vue
+// ("Nodes 2.0") renderer alike, so nothing is drawn on the canvas:
+//  - hspace_info (Load Direction, Direction Info) and text (Save Direction, Save Trajectory, Compare
+//    Directions, Jacobian / Pullback solver warnings): a read-only text DOM widget below the other widgets,
+//    clipped to the node (scrolls when long), never serialized into widgets_values or the prompt
+//  - PCA Directions: its spectrum arrives as a preview image (a PNG chart made in Python); the node grows so
+//    that the chart fits below the widgets
 //  - hspace_sweep (Strength Sweep): the grid arrives as a preview image (drawn by ComfyUI); the node grows so
 //    that the whole grid fits below the widgets, and widens to 64 px per column when nothing is in the way
-//  - text (Save Direction, Save Trajectory, Compare Directions): the paths written / the report text
-// What is drawn goes right below the widgets; a node only ever grows (never shrinks, never moves) and only
-// when what it shows does not fit. Tested in ComfyUI 0.33 with frontend 1.49 (LiteGraph canvas).
+// A node only ever grows (never shrinks, never moves) and only when what it shows does not fit.
 // This file is served at /extensions/<pack>/js/hspace.js, hence three levels up to /scripts/app.js.
 import { app } from "../../../scripts/app.js";
 
 const LINE_HEIGHT = 13;
 const MAX_LINES = 40;
-const SPECTRUM_HEIGHT = 90;
+const VISIBLE_LINES = 16; // the text widget scrolls beyond this
+const [SPECTRUM_WIDTH, SPECTRUM_HEIGHT] = [400, 180]; // nodes/_display.py's chart
 const PAD = 8;
 const SWEEP_CELL = 64;
 const PREVIEW_CAPTION = 24; // ComfyUI writes the image size ("448 × 270") under a preview
@@ -35,15 +37,9 @@ function reportLines(message) {
   return lines;
 }
 
-// The height of the title-less body that LiteGraph needs for the slots and widgets.
+// The height of the title-less body that LiteGraph needs for the slots and widgets (the text widget included).
 function contentHeight(node) {
   return node.computeSize()[1];
-}
-
-function extraHeight(node) {
-  const lines = node.hspaceLines?.length ?? 0;
-  const spectrum = node.hspaceSpectrum?.length ? SPECTRUM_HEIGHT + PAD : 0;
-  return (lines ? lines * LINE_HEIGHT + PAD : 0) + spectrum;
 }
 
 // Does the rectangle [x, y, w, h] (graph coordinates, title included) touch another node?
@@ -57,55 +53,28 @@ function overlapsOthers(node, x, y, w, h) {
   });
 }
 
-// Shortens a line to `width` pixels by cutting its middle, so a path keeps its file name.
-function fitText(ctx, text, width) {
-  if (ctx.measureText(text).width <= width) return text;
-  let [head, tail] = [Math.ceil(text.length / 2), Math.floor(text.length / 2)];
-  while (head + tail > 1) {
-    if (head >= tail) head--;
-    else tail--;
-    const short = `${text.slice(0, head)}…${text.slice(text.length - tail)}`;
-    if (ctx.measureText(short).width <= width) return short;
-  }
-  return "…";
-}
-
-function drawLines(node, ctx, top) {
-  ctx.fillStyle = "#ccc";
-  ctx.font = "11px monospace";
-  const width = node.size[0] - 2 * PAD;
-  const fit = node.hspaceFit; // the shortened lines, kept until the lines or the node's width change
-  if (fit?.source !== node.hspaceLines || fit.width !== width) {
-    node.hspaceFit = { source: node.hspaceLines, width, lines: node.hspaceLines.map((line) => fitText(ctx, line, width)) };
-  }
-  node.hspaceFit.lines.forEach((line, i) => ctx.fillText(line, PAD, top + (i + 1) * LINE_HEIGHT));
-}
-
-function drawSpectrum(node, ctx, top) {
-  const ratios = node.hspaceSpectrum;
-  const width = node.size[0] - 2 * PAD;
-  const barWidth = width / ratios.length;
-  const peak = Math.max(...ratios, 1e-12);
-  const labels = barWidth >= 16; // room for the component numbers under the bars
-  const chartBottom = top + SPECTRUM_HEIGHT - (labels ? 12 : 2);
-  const chartHeight = chartBottom - (top + 18);
-  ctx.fillStyle = "rgba(0,0,0,0.25)";
-  ctx.fillRect(PAD, top, width, SPECTRUM_HEIGHT);
-  ctx.fillStyle = "#6fa8dc";
-  ratios.forEach((r, i) => {
-    const h = Math.max(chartHeight * (r / peak), 1);
-    ctx.fillRect(PAD + i * barWidth + 1, chartBottom - h, Math.max(barWidth - 2, 1), h);
+// The read-only text widget of a node, made on its first report.
+function reportWidget(node) {
+  if (node.hspaceReport) return node.hspaceReport;
+  const element = document.createElement("pre");
+  Object.assign(element.style, {
+    margin: "0", padding: "2px 4px", font: "11px monospace", color: "#ccc", background: "rgba(0,0,0,0.2)",
+    whiteSpace: "pre", overflow: "auto", boxSizing: "border-box", width: "100%", height: "100%",
+    pointerEvents: "auto", userSelect: "text",
   });
-  ctx.fillStyle = "#ddd";
-  ctx.font = "10px sans-serif";
-  if (labels) {
-    ctx.textAlign = "center";
-    ratios.forEach((_, i) => ctx.fillText(String(i), PAD + (i + 0.5) * barWidth, top + SPECTRUM_HEIGHT - 2));
-    ctx.textAlign = "left";
-  }
-  const total = ratios.reduce((a, b) => a + b, 0);
-  const title = `explained variance: PC0 ${(100 * ratios[0]).toFixed(1)}%, all ${ratios.length}: ${(100 * total).toFixed(1)}%`;
-  ctx.fillText(fitText(ctx, title, width - 8), PAD + 4, top + 12);
+  const height = () => Math.min(node.hspaceLineCount ?? 1, VISIBLE_LINES) * LINE_HEIGHT + PAD;
+  node.hspaceReport = node.addDOMWidget("hspace_report", "hspace_report", element, {
+    serialize: false, hideOnZoom: false, getValue: () => element.textContent, setValue: () => {},
+    getMinHeight: height, getMaxHeight: height,
+  });
+  node.hspaceReport.serialize = false;
+  node.hspaceReport.element = element;
+  return node.hspaceReport;
+}
+
+// The height a preview image of pixel size [w, h] takes under the widgets at the node's width.
+function previewHeight(node, w, h) {
+  return ((node.size[0] - 2 * PAD) * h) / w + PREVIEW_CAPTION;
 }
 
 // The node size that shows the sweep grid below the widgets: 64 px per column or more when the wider node
@@ -134,29 +103,20 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
-      if (message?.hspace_spectrum?.length) this.hspaceSpectrum = message.hspace_spectrum[0].explained_variance_ratio;
       const lines = reportLines(message);
-      if (lines) this.hspaceLines = lines;
-      let [width, height] = [this.size[0], contentHeight(this) + extraHeight(this)];
+      if (lines) {
+        this.hspaceLineCount = lines.length;
+        reportWidget(this).element.textContent = lines.join("\n");
+      }
+      let [width, height] = [this.size[0], contentHeight(this)];
       if (message?.hspace_sweep?.length) [width, height] = sweepSize(this, message.hspace_sweep[0], width);
+      else if (message?.hspace_spectrum?.length && message?.images?.length) {
+        height += previewHeight(this, SPECTRUM_WIDTH, SPECTRUM_HEIGHT);
+      }
       if (width > this.size[0] || height > this.size[1]) {
         this.setSize([Math.max(width, this.size[0]), Math.max(height, this.size[1])]);
       }
       (this.graph ?? app.graph).setDirtyCanvas(true, true);
-    };
-
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      onDrawForeground?.apply(this, arguments);
-      if (this.flags?.collapsed || !extraHeight(this)) return;
-      ctx.save();
-      let top = contentHeight(this);
-      if (this.hspaceLines?.length) {
-        drawLines(this, ctx, top);
-        top += this.hspaceLines.length * LINE_HEIGHT + PAD;
-      }
-      if (this.hspaceSpectrum?.length) drawSpectrum(this, ctx, top);
-      ctx.restore();
     };
   },
 });

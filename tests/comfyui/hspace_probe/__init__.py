@@ -1,8 +1,9 @@
 """A test-only ComfyUI node pack: probes that drive hspace's ComfyUI adapter from real prompts.
 
 Loaded by the server the tests start (never shipped). It imports the repository's ``nodes/`` folder as the
-package ``hspace_probe_nodes`` (so it does not depend on how the pack's own ``__init__.py`` registers nodes),
-and appends the repository root to ``sys.path`` when ``hspace_core`` is not installed. The patch probes write
+package ``hspace_probe_pack.nodes`` (the repository root as the package ``hspace_probe_pack``, so it does not
+depend on how the pack's own ``__init__.py`` registers nodes; ``hspace_core`` is ``hspace_probe_pack.hspace_core``,
+the copy the nodes import package-relatively). The patch probes write
 one JSON line per model call to ``<output>/hspace_probe/<tag>.jsonl``; the other probes report through ``ui``.
 """
 from __future__ import annotations
@@ -17,21 +18,16 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))))
 
-try:
-    import hspace_core  # noqa: F401
-except ImportError:
-    sys.path.append(REPO)  # appended: ComfyUI's own modules (e.g. nodes.py) keep precedence
+if "hspace_probe_pack" not in sys.modules:
+    _pkg = types.ModuleType("hspace_probe_pack")
+    _pkg.__path__ = [REPO]
+    sys.modules["hspace_probe_pack"] = _pkg
 
-if "hspace_probe_nodes" not in sys.modules:
-    _pkg = types.ModuleType("hspace_probe_nodes")
-    _pkg.__path__ = [os.path.join(REPO, "nodes")]
-    sys.modules["hspace_probe_nodes"] = _pkg
+adapter = importlib.import_module("hspace_probe_pack.nodes.comfy_adapter")
+pixel_model = importlib.import_module("hspace_probe_pack.nodes.pixel_model")
 
-adapter = importlib.import_module("hspace_probe_nodes.comfy_adapter")
-pixel_model = importlib.import_module("hspace_probe_nodes.pixel_model")
-
-from hspace_core.bottleneck import Bottleneck, EditSpec  # noqa: E402
-from hspace_core.direction import Direction  # noqa: E402
+from hspace_probe_pack.hspace_core.bottleneck import Bottleneck, EditSpec  # noqa: E402
+from hspace_probe_pack.hspace_core.direction import Direction  # noqa: E402
 
 
 def _records_path(tag: str) -> str:
@@ -102,7 +98,7 @@ class HSpaceProbeDDIMSampler:
         return {"required": {"eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0})}}
 
     def make(self, eta):
-        from hspace_core.samplers import sample_ddim
+        from hspace_probe_pack.hspace_core.samplers import sample_ddim
 
         return (adapter.as_comfy_sampler(sample_ddim, eta=eta),)
 
@@ -119,7 +115,7 @@ class HSpaceProbeAsyrpSampler:
         return {"required": {"mode": (["asymmetric", "symmetric"],)}}
 
     def make(self, mode):
-        from hspace_core.samplers import sample_asyrp
+        from hspace_probe_pack.hspace_core.samplers import sample_asyrp
 
         return (adapter.as_comfy_sampler(sample_asyrp, mode=mode, batched=True),)
 
@@ -171,7 +167,7 @@ class HSpaceProbeInspect:
             report["grad_norm"] = float(x.grad.norm())
         unet = getattr(model.model.diffusion_model, "unet", None)
         if unet is not None:  # a pixel model: ComfyUI's x0 must equal hspace_core's diffusers denoiser
-            from hspace_core.denoisers import DiffusersDenoiser
+            from hspace_probe_pack.hspace_core.denoisers import DiffusersDenoiser
 
             import comfy.model_management
 
