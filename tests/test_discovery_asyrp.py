@@ -70,16 +70,31 @@ def test_block_for_unet_and_time_embedding():
     torch.testing.assert_close(temb, expected)
 
 
-def test_directional_clip_loss():
+def test_directional_clip_loss_is_the_directional_cosine_of_the_features():
     encode_image, encode_text = _tiny_clip()
-    loss = DirectionalCLIPLoss(encode_image, encode_text, "face", "smiling face")
-    assert abs(float(loss.text_direction.norm()) - 1) < 1e-6
-    assert -1 <= loss.text_cosine <= 1
-    source = torch.rand(2, 3, 8, 8) * 2 - 1
+    templates = ("a photo of a {}.", "a drawing of the {}.", "art of a {}.")
+    loss = DirectionalCLIPLoss(encode_image, encode_text, "face", "smiling face", templates=templates)
+    torch.manual_seed(3)
+    source = torch.rand(3, 3, 8, 8) * 2 - 1
     edited = source + 0.3 * torch.randn_like(source)
-    value = loss(edited, source)
-    cos = 1 - 2 * torch.exp(-value)  # exact only per image; bounds hold for the mean
-    assert value > 0 and -1 <= float(cos) <= 1
+
+    # StyleGAN-NADA's direction, computed here from the raw encoders, one image at a time
+    def unit(v):
+        return v / v.norm(dim=-1, keepdim=True)
+
+    with torch.no_grad():
+        differences = (unit(encode_text([t.format("smiling face") for t in templates]))
+                       - unit(encode_text([t.format("face") for t in templates])))
+        text_direction = unit(differences.mean(0))
+        cosines = torch.stack([unit(unit(encode_image(e[None])[0]) - unit(encode_image(s[None])[0])) @ text_direction
+                               for e, s in zip(edited, source)])
+        raw = encode_text(["face", "smiling face"])
+    expected = -torch.log((1 + cosines) / 2).mean()
+    torch.testing.assert_close(loss(edited, source), expected, rtol=1e-5, atol=1e-6)
+    for i in range(3):  # per image, the loss inverts to its cosine: cos = 2 exp(-L) - 1
+        torch.testing.assert_close(2 * torch.exp(-loss(edited[i:i + 1], source[i:i + 1])) - 1, cosines[i],
+                                   rtol=1e-5, atol=1e-6)
+    assert loss.text_cosine == pytest.approx(float(unit(raw[0]) @ unit(raw[1])), abs=1e-6)
     gray = loss(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))  # one channel is repeated to RGB
     assert torch.isfinite(gray)
 
