@@ -16,7 +16,7 @@ from nodes._types import DIRECTION, NOISE, TRAJECTORY
 from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE_TYPES = {"MODEL", "LATENT", "IMAGE", "CONDITIONING", "SIGMAS", "SAMPLER", "VAE", "STRING", "INT", "FLOAT",
+CORE_TYPES = {"MODEL", "LATENT", "IMAGE", "CONDITIONING", "SIGMAS", "SAMPLER", "VAE", "CLIP", "MASK", "STRING", "INT", "FLOAT",
               "BOOLEAN"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 NODES = sorted(NODE_CLASS_MAPPINGS.items())
