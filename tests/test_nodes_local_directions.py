@@ -1,7 +1,6 @@
 """The Jacobian and Pullback nodes without ComfyUI: the ComfyUI sampling and model plumbing are replaced by the
 library's own denoisers, so what is checked is the nodes' wiring: which conditioning reaches which phase of the
 recipe, Park's defaults, and the mask."""
-import math
 
 import pytest
 import torch
