@@ -23,12 +23,13 @@ F_T_KIND = "asyrp_f_t"
 
 class DeltaFunction:
     """f_t as a bottleneck function: ``(h, t) -> block(h, temb(t))`` with the frozen UNet's time embedding, on
-    the block's device and dtype, without gradient."""
+    h's device and in the block's dtype, without gradient."""
 
     def __init__(self, block: DeltaBlock, unet: nn.Module):
         self.block, self.unet = block.eval(), unet
 
     def __call__(self, h: torch.Tensor, timestep: float) -> torch.Tensor:
+        self.block.to(h.device)  # the model may have moved since (ComfyUI loads it to the GPU to sample)
         parameter = next(self.block.parameters())
         temb = unet_time_embedding(self.unet, torch.full((h.shape[0],), float(timestep)))
         with torch.no_grad():
