@@ -1,7 +1,6 @@
 """A diffusers UNet ready for h-space work: generate, capture, invert, edit. The library's front door."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -9,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from .bottleneck import Bottleneck, EditSpec
-from .denoisers import DiffusersDenoiser
+from .denoisers import DiffusersDenoiser, load_diffusers_folder
 from .direction import Direction, Trajectory
 from .errors import HSpaceError
 from .samplers import invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
@@ -44,20 +43,8 @@ class HSpacePipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "HSpacePipeline":
-        """A diffusers pixel-DDPM folder: ``unet/`` (or the UNet at the top) and ``scheduler_config.json``
-        (in ``scheduler/`` or at the top; the DDPM default schedule when absent)."""
-        from diffusers import UNet2DModel
-
-        folder = Path(folder)
-        unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-        if not (unet_dir / "config.json").is_file():
-            raise HSpaceError(f"no diffusers UNet (config.json) in {folder} or {folder / 'unet'}")
-        config = {}
-        for candidate in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"):
-            if candidate.is_file():
-                config = json.loads(candidate.read_text())
-                break
-        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False).to(device).eval()
+        """A diffusers pixel-DDPM folder (:func:`~hspace_core.denoisers.load_diffusers_folder`)."""
+        unet, config = load_diffusers_folder(folder, device)
         return cls(unet, VPSchedule.from_diffusers_config(config), config.get("prediction_type", "epsilon"))
 
     @classmethod
