@@ -76,10 +76,12 @@ def _duplicate_inputs(args: tuple, kwargs: dict, rows: int, chunks: int) -> tupl
     return dup(args), {k: dup(v) for k, v in kwargs.items()}
 
 
-def load_diffusers_folder(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+def load_diffusers_folder(folder: str | Path, device: str | torch.device = "cpu",
+                          default_schedule: bool = False) -> tuple[torch.nn.Module, dict]:
     """The pixel-DDPM ``UNet2DModel`` (eval mode) and the scheduler config of a diffusers folder: a pipeline folder
     (``unet/``, ``scheduler/scheduler_config.json``) or a model folder (``config.json`` and weights, with
-    ``scheduler_config.json`` beside them). Never downloads."""
+    ``scheduler_config.json`` beside them). Never downloads. Without a scheduler config: an error, or with
+    ``default_schedule`` an empty config (the DDPM defaults: linear betas 1e-4..0.02, 1000 steps, epsilon)."""
     from diffusers import UNet2DModel  # imported here: diffusers is slow to import
 
     folder = Path(folder)
@@ -90,14 +92,15 @@ def load_diffusers_folder(folder: str | Path, device: str | torch.device = "cpu"
     candidates = (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json",
                   unet_dir / "scheduler_config.json")
     scheduler_file = next((c for c in candidates if c.is_file()), None)
-    if scheduler_file is None:
+    if scheduler_file is None and not default_schedule:
         raise HSpaceError(f"no scheduler_config.json found in {folder} (nor in its scheduler/ folder): the noise "
                           "schedule must come with the model")
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, EnvironmentError) as error:
         raise HSpaceError(f"a diffusers UNet2DModel expected in {unet_dir}: {error}") from error
-    return unet.to(device).eval(), json.loads(scheduler_file.read_text())
+    config = {} if scheduler_file is None else json.loads(scheduler_file.read_text())
+    return unet.to(device).eval(), config
 
 
 def hspace_flags(model_options: dict[str, Any] | None) -> dict[str, Any]:

@@ -43,8 +43,9 @@ class HSpacePipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "HSpacePipeline":
-        """A diffusers pixel-DDPM folder (:func:`~hspace_core.denoisers.load_diffusers_folder`)."""
-        unet, config = load_diffusers_folder(folder, device)
+        """A diffusers pixel-DDPM folder (:func:`~hspace_core.denoisers.load_diffusers_folder`; the DDPM default
+        schedule when it has no scheduler config)."""
+        unet, config = load_diffusers_folder(folder, device, default_schedule=True)
         return cls(unet, VPSchedule.from_diffusers_config(config), config.get("prediction_type", "epsilon"))
 
     @classmethod
