@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -36,6 +36,15 @@ class EditSpec:
 
 
 @dataclass
+class FunctionEdit:
+    """A per-sample shift Δh = strength · function(h, timestep), evaluated on each sample's own h (Asyrp's f_t at
+    inference); it adds to the directions' shift on the same rows and steps."""
+
+    function: Callable[[torch.Tensor, float], torch.Tensor]
+    strength: float = 1.0
+
+
+@dataclass
 class Capture:
     timestep: float
     sigma: float | None
@@ -60,12 +69,14 @@ class Bottleneck:
         rows: which rows are shifted: "cond", "uncond" or "both" (an unconditional model has only cond rows).
         capture: record the unshifted h of every call in :attr:`records`.
         n_train_steps, n_test_steps: step-count scaling of Asyrp (Delta h times N_train / N_test).
+        functions: per-sample shifts computed from each sample's h (:class:`FunctionEdit`), same window and rows.
     """
 
     def __init__(self, edits: Iterable[EditSpec] = (), window: tuple[float, float] | None = None,
                  rows: str = "cond", capture: bool = False, n_train_steps: int | None = None,
-                 n_test_steps: int | None = None):
+                 n_test_steps: int | None = None, functions: Iterable[FunctionEdit] = ()):
         self.edits = list(edits)
+        self.functions = list(functions)
         if rows not in ROW_CHOICES:
             raise HSpaceError(f"rows must be one of {ROW_CHOICES}, got {rows!r}")
         if window is not None:
@@ -126,13 +137,17 @@ class Bottleneck:
         chunk = h.shape[0] // len(chunks)
         samples = chunk // 2 if split else chunk
         delta = self.delta(timestep, h.shape[1:], samples)
-        if delta is None:
+        functions = self.functions if self.in_window(timestep) else []
+        if delta is None and not functions:
             return h
         shift = torch.zeros(h.shape, dtype=h.dtype, device=h.device)
         for i, kind in enumerate(chunks):
             if self.rows == "both" or (self.rows == "cond") == (kind == COND):
-                start = i * chunk + (chunk - samples)
-                shift[start:start + samples] = delta.to(h)
+                rows = slice(i * chunk + (chunk - samples), (i + 1) * chunk)
+                if delta is not None:
+                    shift[rows] = delta.to(h)
+                for edit in functions:
+                    shift[rows] += edit.strength * edit.function(h[rows], timestep).to(h)
         return h + shift
 
     def _record(self, h: torch.Tensor, timestep: float, sigma, chunks: list[int], split: bool) -> None:

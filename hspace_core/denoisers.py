@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from .bottleneck import COND, UNCOND, Bottleneck
+from .checks import check_loading_info, check_unet_folder, one_line, read_json
 from .direction import check_finite, model_fingerprint
 from .errors import HSpaceError
 from .schedule import VPSchedule
@@ -17,6 +19,42 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 class _StopAtBottleneck(Exception):
     def __init__(self, h: torch.Tensor):
         self.h = h
+
+
+class BottleneckOverride:
+    """What the Jacobian code needs at the hook site, for any framework: stop at the bottleneck and return h
+    (:meth:`encode`, the decoder never runs), or replace h by a given one (:meth:`replacing`). Called like a
+    controller, ``override(h, ...) -> h``; in neither state it passes h through."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.replacement: torch.Tensor | None = None
+
+    def __call__(self, h: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        h = h if self.replacement is None else self.replacement
+        if self.stop:
+            raise _StopAtBottleneck(h)
+        return h
+
+    def encode(self, run: Any) -> torch.Tensor:
+        """h of the model call ``run()``, stopped at the bottleneck."""
+        self.stop = True
+        try:
+            run()
+        except _StopAtBottleneck as stop:
+            return stop.h
+        finally:
+            self.stop = False
+        raise HSpaceError("the UNet never reached its middle block")
+
+    @contextlib.contextmanager
+    def replacing(self, h: torch.Tensor) -> Iterator[None]:
+        """Model calls inside the block see ``h`` as the bottleneck's output."""
+        self.replacement = h
+        try:
+            yield
+        finally:
+            self.replacement = None
 
 
 def _duplicate_chunks(t: torch.Tensor, chunks: int) -> torch.Tensor:
@@ -36,6 +74,36 @@ def _duplicate_inputs(args: tuple, kwargs: dict, rows: int, chunks: int) -> tupl
         return value
 
     return dup(args), {k: dup(v) for k, v in kwargs.items()}
+
+
+def load_diffusers_folder(folder: str | Path, device: str | torch.device = "cpu",
+                          default_schedule: bool = False) -> tuple[torch.nn.Module, dict]:
+    """The pixel-DDPM ``UNet2DModel`` (eval mode) and the scheduler config of a diffusers folder: a pipeline folder
+    (``unet/``, ``scheduler/scheduler_config.json``) or a model folder (``config.json`` and weights, with
+    ``scheduler_config.json`` beside them). Never downloads. Without a scheduler config: an error, or with
+    ``default_schedule`` an empty config (the DDPM defaults: linear betas 1e-4..0.02, 1000 steps, epsilon)."""
+    from diffusers import UNet2DModel  # imported here: diffusers is slow to import
+
+    folder = Path(folder)
+    unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    if not (unet_dir / "config.json").is_file():
+        raise HSpaceError(f"no diffusers UNet (config.json, or unet/config.json) in {folder}: a diffusers folder "
+                          "expected")
+    candidates = (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json",
+                  unet_dir / "scheduler_config.json")
+    scheduler_file = next((c for c in candidates if c.is_file()), None)
+    if scheduler_file is None and not default_schedule:
+        raise HSpaceError(f"no scheduler_config.json found in {folder} (nor in its scheduler/ folder): the noise "
+                          "schedule must come with the model")
+    check_unet_folder(unet_dir)
+    config = {} if scheduler_file is None else read_json(scheduler_file, "the scheduler config")
+    try:
+        unet, info = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False,
+                                                 output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:
+        raise HSpaceError(f"the UNet2DModel in {unet_dir} could not be loaded: {one_line(error)}") from None
+    check_loading_info(info, unet_dir)
+    return unet.to(device).eval(), config
 
 
 def hspace_flags(model_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -68,6 +136,7 @@ class DiffusersDenoiser:
         self.unet, self.schedule, self.prediction_type = unet, schedule, prediction_type
         self.cond, self.uncond, self.cfg_scale = cond, uncond, cfg_scale
         self.controller: Bottleneck | None = None
+        self.override = BottleneckOverride()
         self._call: dict[str, Any] = {}
 
     @property
@@ -98,22 +167,19 @@ class DiffusersDenoiser:
     def _hook(self, module, inputs, output):
         h = output[0] if isinstance(output, tuple) else output
         call = self._call
-        if call.get("replace") is not None:
-            h = call["replace"]
-        elif self.controller is not None:
+        if self.override.replacement is None and self.controller is not None:
             if call.get("share"):
                 h = _duplicate_chunks(h, len(call["cond_or_uncond"]))
             h = self.controller(h, call["timestep"], call["cond_or_uncond"], call["flags"], call["sigma"])
-        if call.get("stop"):
-            raise _StopAtBottleneck(h)
+        h = self.override(h)
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
     def _timesteps(self, sigma: torch.Tensor) -> torch.Tensor:
         t = self.schedule.timestep(sigma.double())
         return torch.where((t - t.round()).abs() < 1e-4, t.round(), t)
 
-    def _unet_output(self, x: torch.Tensor, sigma: torch.Tensor, flags: dict[str, Any], stop: bool = False,
-                     replace: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def _unet_output(self, x: torch.Tensor, sigma: torch.Tensor, flags: dict[str, Any],
+                     cond: torch.Tensor | None = None) -> torch.Tensor:
         """The UNet's raw output for x (k-diffusion form) at sigma, rows batched for CFG.
 
         A split call ``[x; x]`` (the asymmetric step) runs the encoder once on x: the mid-block hook duplicates
@@ -124,7 +190,8 @@ class DiffusersDenoiser:
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device="cpu").flatten()
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
         half = x.shape[0] // 2
-        share = (flags.get("split", False) and self.shares_encoder and replace is None and not stop
+        share = (flags.get("split", False) and self.shares_encoder and self.override.replacement is None
+                 and not self.override.stop
                  and x.shape[0] % 2 == 0 and torch.equal(x[:half], x[half:]) and torch.equal(sigma[:half], sigma[half:]))
         if share:
             x, sigma = x[:half], sigma[:half]
@@ -142,7 +209,7 @@ class DiffusersDenoiser:
                 x_t, t = torch.cat([x_t, x_t]), torch.cat([t, t])
             kwargs["encoder_hidden_states"] = embeds.to(self.device, self.dtype)
         self._call = {"timestep": float(t[0]), "sigma": float(sigma[0]), "cond_or_uncond": chunks,
-                      "flags": flags, "stop": stop, "replace": replace, "share": share}
+                      "flags": flags, "share": share}
         handles = [self.unet.mid_block.register_forward_hook(self._hook)]
         if share:
             rows = x_t.shape[0]
@@ -195,20 +262,16 @@ class DiffusersDenoiser:
 
         Conditional models use the cond embeddings, unguided. Differentiable in x (torch.func too).
         """
-        try:
-            with self._unguided():
-                self._unet_output(x, sigma, {"shift": False, "capture": False}, stop=True)
-        except _StopAtBottleneck as stop:
-            return stop.h
-        raise HSpaceError("the UNet never reached its mid block")
+        with self._unguided():
+            return self.override.encode(lambda: self._unet_output(x, sigma, {"shift": False, "capture": False}))
 
     def decode_from(self, x: torch.Tensor, sigma: torch.Tensor | float, h: torch.Tensor) -> torch.Tensor:
         """eps with the mid-block output replaced by ``h`` (skips from x untouched); differentiable in h.
 
         Unguided (cond rows only), so J = d eps / d h has one output per input row.
         """
-        with self._unguided():
-            return self._to_eps(self._unet_output(x, sigma, {}, replace=h), x, sigma)
+        with self._unguided(), self.override.replacing(h):
+            return self._to_eps(self._unet_output(x, sigma, {}), x, sigma)
 
     def h_shape(self) -> tuple[int, int, int]:
         """The per-image shape of h, found with one encoder pass on a zero input."""

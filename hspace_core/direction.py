@@ -32,6 +32,17 @@ def model_fingerprint(module: torch.nn.Module, arch: str, h_shape: Sequence[int]
     return {"arch": arch, "h_shape": [int(s) for s in h_shape], "weights": digest.hexdigest()[:16]}
 
 
+def check_fingerprint(mine: dict[str, Any] | None, model: dict[str, Any] | None, what: str,
+                      allow_foreign: bool = False) -> None:
+    """Refuse something made for another model (architecture or weights differ) unless allowed or unknown."""
+    if mine is None or model is None or allow_foreign:
+        return
+    for key in ("arch", "weights"):
+        if mine.get(key) != model.get(key):
+            raise HSpaceError(f"{what} was made for another model ({key} {mine.get(key)!r}, this model "
+                              f"{model.get(key)!r}); allow foreign ones to apply it anyway")
+
+
 @dataclass
 class Direction:
     """A shift of the bottleneck: one tensor [C,H,W] (global) or [S,C,H,W] keyed by timestep.
@@ -87,13 +98,7 @@ class Direction:
         if list(self.h_shape) != list(fingerprint["h_shape"]):
             raise HSpaceError(f"this direction has h shape {list(self.h_shape)} but the model's bottleneck is "
                               f"{list(fingerprint['h_shape'])}: it was made for another model")
-        mine = self.meta.get("fingerprint")
-        if mine is None or allow_foreign:
-            return
-        for key in ("arch", "weights"):
-            if mine.get(key) != fingerprint.get(key):
-                raise HSpaceError(f"this direction was made for another model ({key} {mine.get(key)!r}, this model "
-                                  f"{fingerprint.get(key)!r}); allow foreign directions to apply it anyway")
+        check_fingerprint(self.meta.get("fingerprint"), fingerprint, "this direction", allow_foreign)
 
 
 @dataclass

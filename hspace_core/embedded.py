@@ -70,6 +70,16 @@ class DigitClassifier(nn.Module):
         return self.head(self.features(images))
 
     @torch.no_grad()
+    def digit_probability(self, images: torch.Tensor, digit: int) -> torch.Tensor:
+        """``[N]``: the softmax probability of ``digit`` for embedded-model images ``[N, 1, 16, 16]`` in [-1, 1]."""
+        if images.ndim != 4 or tuple(images.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
+            raise HSpaceError(f"embedded-model images [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}] expected, got shape "
+                              f"{list(images.shape)}")
+        if not 0 <= int(digit) <= 9:
+            raise HSpaceError(f"a digit 0..9 expected, got {digit}")
+        return self(images.float()).softmax(dim=1)[:, int(digit)]
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(labels int64 [N], confidence float [N])``: the argmax class and its softmax probability."""
         probabilities = self(images).softmax(dim=1)

@@ -415,6 +415,16 @@ def load_direction(path: str | os.PathLike) -> Direction:
     return directions[0]
 
 
+def load_record(path: str | os.PathLike, kind: str, remedy: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checked metadata and the tensors of an hspace file of ``kind`` (checksum verified; ``remedy`` says what
+    to do when it fails)."""
+    path = Path(path)
+    version, meta, checksum = _read_record(path, kind)
+    tensors = _read_tensors(path, _tensor_names(path))
+    _verify(path, version, kind, meta, tensors, checksum, remedy)
+    return check_meta(path, meta), tensors
+
+
 def _tensor_names(path: Path) -> set[str]:
     return set(_read_header(path)) - {"__metadata__"}
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
+
+from .direction import check_finite
+from .errors import HSpaceError
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -35,3 +39,16 @@ def image_grid(images: torch.Tensor, ncols: int, upscale: int = 1, row_labels: S
     for r, label in enumerate(row_labels or []):
         draw.text((2, top + pad + r * (h + pad) + h // 2 - 5), str(label), fill="black")
     return grid
+
+
+def mask_to_grid(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A mask ``[H, W]`` or ``[1, H, W]`` (ComfyUI's MASK, image pixels, values in [0, 1]) resized to the
+    model's ``height × width`` grid (area averaging when it shrinks), as ``[1, height, width]``: broadcastable
+    over the channels of ε for Haas's masked Jacobian."""
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim != 2:
+        raise HSpaceError(f"one mask [H, W] (or a batch of one [1, H, W]) expected, got shape {list(mask.shape)}")
+    check_finite(mask, "the mask")
+    resized = F.interpolate(mask.detach().float()[None, None], size=(height, width), mode="area")
+    return resized[0]

@@ -8,8 +8,8 @@ from typing import Callable, Sequence
 import torch
 
 from .bottleneck import Bottleneck, EditSpec
-from .checks import check_batch, check_loading_info, check_number, check_unet_folder, one_line, read_json
-from .denoisers import DiffusersDenoiser
+from .checks import check_batch, check_number
+from .denoisers import DiffusersDenoiser, load_diffusers_folder
 from .direction import Direction, Trajectory
 from .errors import HSpaceError
 from .samplers import invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
@@ -44,26 +44,9 @@ class HSpacePipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "HSpacePipeline":
-        """A diffusers pixel-DDPM folder: ``unet/`` (or the UNet at the top) and ``scheduler_config.json``
-        (in ``scheduler/`` or at the top; the DDPM default schedule when absent)."""
-        from diffusers import UNet2DModel
-
-        folder = Path(folder)
-        unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-        if not (unet_dir / "config.json").is_file():
-            raise HSpaceError(f"no diffusers UNet (config.json) in {folder} or {folder / 'unet'}")
-        check_unet_folder(unet_dir)
-        config = {}
-        for candidate in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"):
-            if candidate.is_file():
-                config = read_json(candidate, "the scheduler config")
-                break
-        try:
-            unet, info = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False, output_loading_info=True)
-        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:
-            raise HSpaceError(f"the UNet2DModel in {unet_dir} could not be loaded: {one_line(err)}") from None
-        check_loading_info(info, unet_dir)
-        unet = unet.to(device).eval()
+        """A diffusers pixel-DDPM folder (:func:`~hspace_core.denoisers.load_diffusers_folder`; the DDPM default
+        schedule when it has no scheduler config)."""
+        unet, config = load_diffusers_folder(folder, device, default_schedule=True)
         return cls(unet, VPSchedule.from_diffusers_config(config), config.get("prediction_type", "epsilon"))
 
     @classmethod

@@ -6,8 +6,8 @@ Park's x-space guidance needs ``eps(x, sigma)``.
 
 - Pixel DDPMs (the pack's loader) hold a diffusers UNet: hspace_core's ``DiffusersDenoiser`` runs on it.
 - Other ComfyUI UNets go through :class:`ComfyUNetDenoiser`: an autograd-capable copy of the MODEL, patched
-  with a controller that either stops at the middle block or replaces h, called through ``apply_model``
-  unguided with the positive prompt (SD1.x / SD2.x: cross-attention conditioning only).
+  with hspace_core's ``BottleneckOverride`` (the stop/replace that ``DiffusersDenoiser`` uses), called through
+  ``apply_model`` unguided with one prompt (SD1.x / SD2.x: cross-attention conditioning only).
 """
 from __future__ import annotations
 
@@ -15,28 +15,10 @@ from typing import Any
 
 import torch
 
-from ..hspace_core.denoisers import DiffusersDenoiser
+from ..hspace_core.denoisers import BottleneckOverride, DiffusersDenoiser
 from ..hspace_core.errors import HSpaceError
 
 from . import _comfy, comfy_adapter, pixel_model
-
-
-class _StopAtMiddle(Exception):
-    def __init__(self, h: torch.Tensor):
-        self.h = h
-
-
-class _StopOrReplace:
-    """A bottleneck controller: raise with h (encode), return a given h (decode_from), or pass h through."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self.replacement: torch.Tensor | None = None
-
-    def __call__(self, h: torch.Tensor, timestep: Any, cond_or_uncond: Any, flags: Any, sigma: Any = None):
-        if self.stop:
-            raise _StopAtMiddle(h)
-        return h if self.replacement is None else self.replacement
 
 
 class ComfyUNetDenoiser:
@@ -50,8 +32,8 @@ class ComfyUNetDenoiser:
         if not positive:
             raise HSpaceError("a positive CONDITIONING is needed for the Jacobian of a text-conditioned model")
         self.context = positive[0][0]
-        self.controller = _StopOrReplace()
-        self.patcher = comfy_adapter.patch_model(comfy_adapter.autograd_copy(model), self.controller)
+        self.override = BottleneckOverride()
+        self.patcher = comfy_adapter.patch_model(comfy_adapter.autograd_copy(model), self.override)
         _comfy.require("comfy.model_management").load_models_gpu([self.patcher])
 
     def _call(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -67,26 +49,19 @@ class ComfyUNetDenoiser:
         return self._call(x, sigma)
 
     def encode(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        self.controller.stop = True
-        try:
-            self._call(x, sigma)
-        except _StopAtMiddle as stop:
-            return stop.h
-        finally:
-            self.controller.stop = False
-        raise HSpaceError("the UNet never reached its middle block")
+        return self.override.encode(lambda: self._call(x, sigma))
 
     def decode_from(self, x: torch.Tensor, sigma: float, h: torch.Tensor) -> torch.Tensor:
-        self.controller.replacement = h
-        try:
+        with self.override.replacing(h):
             return self._call(x, sigma)
-        finally:
-            self.controller.replacement = None
 
 
 def autograd_denoiser(model: Any, positive: list | None = None) -> Any:
     """The denoiser the Jacobian code needs, for a pixel DDPM or a ComfyUI UNet MODEL."""
     inner = comfy_adapter.check_unet(model)
     if isinstance(inner, pixel_model.DiffusersUNetWrapper):
+        management = _comfy.optional("comfy.model_management")
+        if management is not None:  # onto the device ComfyUI samples on (the UNet waits on the offload device)
+            management.load_models_gpu([model])
         return DiffusersDenoiser(inner.unet, comfy_adapter.vp_schedule(model), comfy_adapter.prediction_type(model))
     return ComfyUNetDenoiser(model, positive)

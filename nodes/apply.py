@@ -10,8 +10,9 @@ from ..hspace_core.checks import check_choice, check_number
 from ..hspace_core.errors import HSpaceError
 from ..hspace_core.samplers import MODES, sample_asyrp, sample_ddim
 
-from . import _comfy, _inputs, _sampling, comfy_adapter, pixel_model
+from . import _comfy, _inputs, _sampling, comfy_adapter
 from ._grid import labelled_grid
+from .pixel_latents import latent_to_image
 from ._types import DirectionSet, single
 
 CATEGORY = "hspace/sampling"
@@ -193,7 +194,7 @@ def _decode(samples: torch.Tensor, vae: Any) -> torch.Tensor:
         return images.reshape(-1, *images.shape[-3:])
     if samples.shape[1] not in (1, 3):
         raise HSpaceError(f"latents with {samples.shape[1]} channels need a VAE to become images: connect one")
-    return pixel_model.latent_to_image(samples)
+    return latent_to_image(samples)
 
 
 NODE_CLASSES = (HSpaceApplyDirection, HSpaceAsyrpSampler, HSpaceStrengthSweep)

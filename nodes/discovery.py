@@ -134,11 +134,10 @@ class HSpaceDigitClassifierDirection:
         check_number(k, "k", 1, integer=True)
         trajectory = in_memory(trajectory)
         images = samples["samples"]
-        if images.shape[0] != trajectory.num_samples or tuple(images.shape[1:]) != (1, 16, 16):
-            raise HSpaceError(f"{trajectory.num_samples} embedded-model samples [N, 1, 16, 16] expected (the samples "
-                              f"of the same Capture h), got shape {list(images.shape)}")
-        with torch.no_grad():
-            scores = load_evaluator()(images.float()).softmax(dim=1)[:, int(digit)]
+        if images.shape[0] != trajectory.num_samples:
+            raise HSpaceError(f"{trajectory.num_samples} embedded-model samples expected (the samples of the same "
+                              f"Capture h), got {images.shape[0]}")
+        scores = load_evaluator().digit_probability(images, int(digit))
         meta = {"method": f"supervised:classifier(digit {digit})", "num_samples": 2 * k,
                 "fingerprint": trajectory.meta.get("fingerprint")}
         delta = supervised_direction(trajectory.h, scores, k)

@@ -1,4 +1,4 @@
-"""Loaders: pixel DDPMs as MODELs (nodes of ``pixel_model``) and the embedded model's held-out real digits."""
+"""Loaders: pixel DDPMs as MODELs (nodes of ``pixel_nodes``) and the embedded model's held-out real digits."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,7 +9,8 @@ from ..hspace_core.checks import check_choice, check_number
 from ..hspace_core.embedded import load_heldout_digits
 from ..hspace_core.errors import HSpaceError
 
-from . import pixel_model
+from . import pixel_nodes
+from .pixel_latents import latent_to_image
 
 CATEGORY = "hspace/loaders"
 DIGITS = ("any", *(str(d) for d in range(10)))
@@ -43,9 +44,9 @@ class HSpaceEmbeddedDigits:
         chosen = images[offset:offset + count]
         if chosen.shape[0] == 0:
             raise HSpaceError(f"no digits left at offset {offset}: only {images.shape[0]} of class {digit!r}")
-        return (pixel_model.latent_to_image(chosen),)
+        return (latent_to_image(chosen),)
 
 
-NODE_CLASSES = (pixel_model.HSpacePixelModelLoader, pixel_model.HSpaceImageToPixelLatent,
-                pixel_model.HSpacePixelLatentToImage, pixel_model.HSpaceUnconditional, HSpaceEmbeddedDigits)
-DISPLAY_NAMES = {**pixel_model.NODE_DISPLAY_NAME_MAPPINGS, "HSpaceEmbeddedDigits": "Embedded Digits (hspace)"}
+NODE_CLASSES = (pixel_nodes.HSpacePixelModelLoader, pixel_nodes.HSpaceImageToPixelLatent,
+                pixel_nodes.HSpacePixelLatentToImage, pixel_nodes.HSpaceUnconditional, HSpaceEmbeddedDigits)
+DISPLAY_NAMES = {**pixel_nodes.NODE_DISPLAY_NAME_MAPPINGS, "HSpaceEmbeddedDigits": "Embedded Digits (hspace)"}

@@ -9,9 +9,9 @@ import torch
 from ..hspace_core.checks import check_choice, check_number
 from ..hspace_core.direction import Direction
 from ..hspace_core.discovery.jacobian import trajectory_jacobian_directions
-from ..hspace_core.discovery.pullback import encoder_function, pullback_basis, x_space_guidance
+from ..hspace_core.discovery.pullback_edit import ddim_recording_x, park_t_boost, pullback_edit
 from ..hspace_core.errors import HSpaceError
-from ..hspace_core.samplers import sample_asyrp, sample_ddim
+from ..hspace_core.imaging import mask_to_grid
 
 from . import _comfy, _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser
@@ -22,40 +22,63 @@ JACOBIAN_METHODS = ("subspace", "power")
 SIGNS = ("+", "-")
 
 
-def _ddim_recording_x(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                      callback: Any = None, disable: bool | None = None, **options: Any) -> tuple:
-    """sample_ddim that also returns x at every step, ``[S, B, C, H, W]``."""
-    xs: list[torch.Tensor] = []
+def _prompts(model: Any, source: list | None, edit: list | None, clip: Any) -> tuple[list | None, list | None]:
+    """(source, edit) conditionings with Park's defaults: an unconnected one is the null prompt "" (encoded with
+    ``clip``); pixel DDPMs take none."""
+    if _sampling.is_pixel_model(model) or (source is not None and edit is not None):
+        return source, edit
+    if clip is None:
+        raise HSpaceError("this model is text-conditioned: connect source and edit CONDITIONINGs, or a CLIP to "
+                          "encode Park's default for the unconnected ones, the empty prompt")
+    null = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    return (null if source is None else source), (null if edit is None else edit)
 
-    def record(info: dict[str, Any]) -> None:
-        xs.append(info["x"].detach().clone())
-        if callback is not None:
-            callback(info)
 
-    return sample_ddim(model, x, sigmas, extra_args, record, disable, **options), torch.stack(xs)
+def _runner(model: Any, latent_image: dict[str, Any], seed: int, source: list | None,
+            unique_id: str | None) -> Any:
+    """The recipe's ``run``: an hspace sampler through ComfyUI with the source conditioning (cfg 1, so the
+    negative is never evaluated), from a given x or from the seed's noise; tensors come back autograd-ready."""
+    def run(fn: Any, start: torch.Tensor | None, sigmas: torch.Tensor, options: dict[str, Any]) -> tuple[Any, Any]:
+        latent = {**latent_image, "samples": latent_image["samples"][:1]} if start is None else \
+            {"samples": torch.zeros_like(start)}
+        noise = _sampling.random_noise(latent, seed, model) if start is None else None
+        with torch.inference_mode():
+            samples, value = _sampling.run_sampler(model, fn, sigmas, latent, source, source, 1.0, noise, seed,
+                                                   start=start, node_id=unique_id, options=options)
+        if isinstance(value, tuple):
+            value = tuple(comfy_adapter.grad_ready(v) for v in value)
+        return samples, value
+
+    return run
 
 
-def _unedited_run(model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int,
-                  noise: NoiseRecord | None, positive: list | None,
-                  unique_id: str | None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """DDIM of one sample (from seed noise, or from an inversion's record): (LATENT, x per step, sigmas)."""
+def _unedited_xs(model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int,
+                 noise: NoiseRecord | None, source: list | None,
+                 unique_id: str | None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """DDIM of one sample from seed noise, or from an inversion's record: (LATENT, x per step, sigmas)."""
+    run = _runner(model, latent_image, seed, source, unique_id)
     if noise is None:
-        start, options = None, {}
-        latent = {**latent_image, "samples": latent_image["samples"][:1]}
-        start_noise = _sampling.random_noise(latent, seed, model)
-    else:
-        start, options, sigmas = noise.x_T[:1], {"eta": noise.eta, "noises": noise.noises}, noise.sigmas
-        latent, start_noise = {"samples": torch.zeros_like(start)}, None
-    # cfg 1: the negative is never evaluated, the positive stands in for it
-    samples, (_, xs) = _sampling.run_sampler(model, _ddim_recording_x, sigmas, latent, positive, positive, 1.0,
-                                             start_noise, seed, start=start, node_id=unique_id, options=options)
-    return samples, xs[:, 0], sigmas
+        samples, (_, xs) = run(ddim_recording_x, None, sigmas, {})
+        return samples, xs[:, 0], sigmas
+    samples, (_, xs) = run(ddim_recording_x, noise.x_T[:1], noise.sigmas, {"eta": noise.eta, "noises": noise.noises})
+    return samples, xs[:, 0], noise.sigmas
+
+
+def _source_and_edit(which: str) -> dict[str, Any]:
+    return {"source": ("CONDITIONING", {"tooltip": "the prompt the image is generated or was inverted with, used to "
+                                                   "regenerate and finish it (Park: the empty prompt, the default "
+                                                   "with a CLIP connected); none for pixel models"}),
+            "edit": ("CONDITIONING", {"tooltip": f"the edit prompt, used only for {which} (Park: the empty prompt "
+                                                 "unless given; the default with a CLIP connected)"}),
+            "clip": ("CLIP", {"tooltip": "encodes Park's default, the empty prompt, for an unconnected source or "
+                                         "edit (text-conditioned models)"})}
 
 
 class HSpaceJacobianDirections:
-    """Image-specific directions (Haas et al. 2024): the top right singular vectors of J = d eps / d h at every step
-    of one sample's DDIM run; the vectors found at step_index are used at every step, scaled by each step's
-    singular value. Samples the latent with the seed, or regenerates an inverted image from its noise record."""
+    """Image-specific directions (Haas et al. 2024): the top right singular vectors of J = d(mask * eps) / d h at
+    every step of one sample's DDIM run; the vectors found at step_index are used at every step, scaled by each
+    step's singular value. Samples the latent with the seed, or regenerates an inverted image from its noise record
+    (with the source prompt); J is taken with the edit prompt. A mask localises the edit to its region."""
 
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
@@ -82,26 +105,31 @@ class HSpaceJacobianDirections:
                                      "tooltip": "iteration limit of the solver at each step"}),
             },
             "optional": {"noise": _inputs.noise_record("an inversion's record: find directions for that real image"),
-                         "positive": _inputs.conditioning("positive")},
+                         **_source_and_edit("the Jacobian"),
+                         "mask": ("MASK", {"tooltip": "Haas's masked Jacobian: only eps inside the mask counts "
+                                                      "(resized to the latent grid), for localised edits"})},
             "hidden": _inputs.HIDDEN,
         }
 
     def discover(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, num_vectors: int,
                  step_index: int, method: str, max_iter: int, noise: NoiseRecord | None = None,
-                 positive: list | None = None, unique_id: str | None = None) -> dict[str, Any]:
+                 source: list | None = None, edit: list | None = None, clip: Any = None,
+                 mask: torch.Tensor | None = None, unique_id: str | None = None) -> dict[str, Any]:
         check_choice(method, "method", JACOBIAN_METHODS)
         check_number(num_vectors, "num_vectors", 1, integer=True)
         check_number(max_iter, "max_iter", 1, integer=True)
         steps = len(_sampling.check_sigmas(sigmas if noise is None else noise.sigmas)) - 1
         check_number(step_index, f"step_index (the schedule has {steps} steps)", 0, steps - 1, integer=True)
-        samples, xs, sigmas = _unedited_run(model, sigmas, latent_image, seed, noise, positive, unique_id)
-        denoiser = autograd_denoiser(model, positive)
+        source, edit = _prompts(model, source, edit, clip)
+        samples, xs, sigmas = _unedited_xs(model, sigmas, latent_image, seed, noise, source, unique_id)
+        output_mask = None if mask is None else mask_to_grid(mask, xs.shape[-2], xs.shape[-1])
+        denoiser = autograd_denoiser(model, edit)
         progress = comfy_adapter.progress_callback(xs.shape[0], unique_id)
         with comfy_adapter.autograd_enabled():
-            result = trajectory_jacobian_directions(denoiser, comfy_adapter.grad_ready(xs), sigmas[:-1],
-                                                    num_vectors, method=method, callback=progress, max_iter=max_iter)
+            result = trajectory_jacobian_directions(denoiser, xs, sigmas[:-1], num_vectors, method=method,
+                                                    output_mask=output_mask, callback=progress, max_iter=max_iter)
         timesteps = comfy_adapter.sigma_to_timestep(model, sigmas[:-1]).tolist()
-        meta = {"method": "jacobian", "step_index": step_index, "solver": method,
+        meta = {"method": "jacobian", "step_index": step_index, "solver": method, "masked": mask is not None,
                 "fingerprint": _sampling.fingerprint(model, tuple(result.right.shape[2:]))}
         directions = [Direction(result.broadcast(step_index, k), timesteps, {**meta, "component": k})
                       for k in range(result.right.shape[1])]
@@ -110,9 +138,10 @@ class HSpaceJacobianDirections:
 
 
 class HSpacePullbackEdit:
-    """Park et al. 2023: run one sample (or an inverted image) to t_edit, find the local basis of x-space from the
-    Jacobian of the encoder x -> h there, move along basis vector `component` with x-space guidance, and finish
-    with DDIM (stochastic below t_boost). Also outputs the h-space tangent vectors of the basis as directions."""
+    """Park et al. 2023: run one sample (or an inverted image) to t_edit with the source prompt, find the local basis
+    of x-space from the Jacobian of the encoder x_t -> h there and move along basis vector `component` with x-space
+    guidance (both with the edit prompt), and finish with DDIM and the source prompt (stochastic below t_boost). Also
+    outputs the h-space tangent vectors of the basis as directions, and the singular values in Park's x_t units."""
 
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
@@ -134,22 +163,26 @@ class HSpacePullbackEdit:
                 "component": ("INT", {"default": 0, "min": 0, "max": 255,
                                       "tooltip": "which basis vector to move along (0 = largest singular value)"}),
                 "sign": (list(SIGNS), {"tooltip": "direction along the basis vector"}),
-                "guidance_strength": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 100.0, "step": 0.01,
-                                                "tooltip": "lambda of x-space guidance (Park: 0.1 at T, more later)"}),
+                "guidance_strength": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 100.0, "step": 0.01, "tooltip": (
+                    "lambda of x-space guidance, in Park's x_t units (Park: 0.1 for CelebA-HQ; his tables give "
+                    "0.5 at T, 1 at 0.8T, 4 at 0.6T for pixel models, 1 at 0.7T for Stable Diffusion)")}),
                 "guidance_steps": ("INT", {"default": 16, "min": 0, "max": 256,
-                                           "tooltip": "K, the x-space guidance iterations (Park: 16)"}),
-                "t_boost": _inputs.timestep(0, "stochastic (eta 1) steps below t_boost after the edit; 0 = off"),
+                                           "tooltip": "K, the x-space guidance iterations (Park: 16; 64 for SD)"}),
+                "t_boost": ("INT", {"default": -1, "min": -1, "max": 999, "tooltip": (
+                    "stochastic (eta 1) steps below this timestep after the edit; -1 = Park's default: 0.2T (200) "
+                    "for pixel DDPMs, off for latent (SD) models, whose recipe he runs without boosting; 0 = off")}),
                 "max_iter": ("INT", {"default": 50, "min": 1, "max": 1000,
                                      "tooltip": "iteration limit of the basis computation"}),
             },
             "optional": {"noise": _inputs.noise_record("an inversion's record: edit that real image"),
-                         "positive": _inputs.conditioning("positive (the edit prompt)")},
+                         **_source_and_edit("the basis and the guidance")},
             "hidden": _inputs.HIDDEN,
         }
 
     def edit(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, t_edit: int,
              num_vectors: int, component: int, sign: str, guidance_strength: float, guidance_steps: int,
-             t_boost: int, max_iter: int, noise: NoiseRecord | None = None, positive: list | None = None,
+             t_boost: int, max_iter: int, noise: NoiseRecord | None = None, source: list | None = None,
+             edit: list | None = None, clip: Any = None,
              unique_id: str | None = None) -> dict[str, Any]:
         check_choice(sign, "sign", SIGNS)
         check_number(num_vectors, "num_vectors", 1, integer=True)
@@ -160,55 +193,30 @@ class HSpacePullbackEdit:
         _sampling.check_timestep(model, t_edit, "t_edit")
         if component >= num_vectors:
             raise HSpaceError(f"component {component} needs a basis of more than {num_vectors} vectors")
-        _, xs, sigmas = _unedited_run(model, sigmas, latent_image, seed, noise, positive, unique_id)
-        step, timestep = _step_at(model, sigmas, t_edit)
-        denoiser = autograd_denoiser(model, positive)
+        source, edit = _prompts(model, source, edit, clip)
+        if t_boost < 0:
+            t_boost = park_t_boost(comfy_adapter.vp_schedule(model).num_train_timesteps,
+                                   not _sampling.is_pixel_model(model))
+        sigma_boost = float(comfy_adapter.timestep_to_sigma(model, t_boost)) if t_boost > 0 else 0.0
+        start, eta, noises = (None, 0.0, None) if noise is None else (noise.x_T[:1], noise.eta, noise.noises)
+        sigmas = sigmas if noise is None else noise.sigmas
+        timesteps = comfy_adapter.sigma_to_timestep(model, sigmas[:-1]).tolist()
+        denoiser = autograd_denoiser(model, edit)
         with comfy_adapter.autograd_enabled():
-            x = comfy_adapter.grad_ready(xs[step])
-            basis = pullback_basis(encoder_function(denoiser, float(sigmas[step])), x, num_vectors, max_iter=max_iter,
+            result = pullback_edit(_runner(model, latent_image, seed, source, unique_id), denoiser, sigmas, timesteps,
+                                   t_edit, sigma_boost, start=start, num_vectors=num_vectors, component=component,
+                                   sign=1.0 if sign == "+" else -1.0, guidance_strength=guidance_strength,
+                                   guidance_steps=guidance_steps, max_iter=max_iter, seed=seed, eta=eta, noises=noises,
                                    callback=comfy_adapter.progress_callback(max_iter, unique_id))
-            v = basis.x_basis[component] * (1.0 if sign == "+" else -1.0)
-            edited = _guide(denoiser, x, v, float(sigmas[step]), guidance_strength, guidance_steps)
-        samples = _finish(model, edited.detach().unsqueeze(0), sigmas[step:], t_boost, seed, noise, step, positive,
-                          unique_id)
-        meta = {"method": "pullback", "timestep": timestep,
+        basis = result.basis
+        meta = {"method": "pullback", "timestep": result.timestep,
                 "fingerprint": _sampling.fingerprint(model, tuple(basis.h_basis.shape[1:]))}
         directions = [Direction(u, None, {**meta, "component": i}) for i, u in enumerate(basis.h_basis)]
         values = ", ".join(f"{float(s):.4g}" for s in basis.singular_values)
-        report = f"t = {timestep:.0f}: singular values {values}"
+        report = f"t = {result.timestep:.0f}: singular values (x_t units) {values}"
         warning = _comfy.solver_report("the pullback basis", basis, max_iter)
         report = report if warning is None else f"{report}\n{warning}"
-        return {"ui": {"text": [report]}, "result": (samples, directions, report)}
-
-
-def _step_at(model: Any, sigmas: torch.Tensor, t_edit: float) -> tuple[int, float]:
-    """The first step of the schedule at or below timestep t_edit (the last step if none), and its timestep."""
-    timesteps = comfy_adapter.sigma_to_timestep(model, sigmas[:-1]).tolist()
-    step = next((i for i, t in enumerate(timesteps) if t <= t_edit), len(timesteps) - 1)
-    return step, float(timesteps[step])
-
-
-def _guide(denoiser: Any, x: torch.Tensor, v: torch.Tensor, sigma: float, strength: float,
-           steps: int) -> torch.Tensor:
-    """Park's x-space guidance in his units, x_t = sqrt(alpha_bar) x (hspace's x is x_t / sqrt(alpha_bar)), so that
-    his step size and strengths carry over; v is a unit vector either way."""
-    scale = (1.0 + sigma ** 2) ** -0.5
-    guided = x_space_guidance(lambda z: denoiser.eps(z / scale, sigma), x * scale, v, strength=strength,
-                              num_iters=steps)
-    return guided[-1] / scale
-
-
-def _finish(model: Any, start: torch.Tensor, sigmas: torch.Tensor, t_boost: float, seed: int,
-            noise: NoiseRecord | None, step: int, positive: list | None, unique_id: str | None) -> dict[str, Any]:
-    """Sample from an edited x down to 0: DDIM, stochastic below t_boost; an edit-friendly record's noise terms
-    continue from ``step``."""
-    last = len(comfy_adapter.model_sampling(model).sigmas) - 1
-    options = {**_sampling.asyrp_options(model, "symmetric", last, t_boost), "eta_boost": 1.0, "seed": seed}
-    if noise is not None and noise.noises is not None:
-        options.update(eta=noise.eta, eta_boost=noise.eta, noises=noise.noises[step:])
-    samples, _ = _sampling.run_sampler(model, sample_asyrp, sigmas, {"samples": torch.zeros_like(start)}, positive,
-                                       positive, 1.0, start=start, node_id=unique_id, options=options)
-    return samples
+        return {"ui": {"text": [report]}, "result": (result.output, directions, report)}
 
 
 NODE_CLASSES = (HSpaceJacobianDirections, HSpacePullbackEdit)

@@ -59,21 +59,6 @@ def to_model_range(digits_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(digits_uint8).float() / 127.5 - 1.0
 
 
-def save_image_grid(images: torch.Tensor, path: Path, columns: int = 8, scale: int = 4, padding: int = 2) -> None:
-    """Images in [-1, 1] ``[N,1,H,W]`` -> a PNG grid, each pixel upscaled ``scale`` times (nearest)."""
-    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
-    count, height, width = images.shape
-    rows = (count + columns - 1) // columns
-    cell_h, cell_w = height * scale + padding, width * scale + padding
-    canvas = np.full((rows * cell_h + padding, columns * cell_w + padding), 128, dtype=np.uint8)
-    for index, image in enumerate(images):
-        row, column = divmod(index, columns)
-        big = np.kron(image, np.ones((scale, scale), dtype=np.uint8))
-        top, left = padding + row * cell_h, padding + column * cell_w
-        canvas[top:top + height * scale, left:left + width * scale] = big
-    Image.fromarray(canvas, mode="L").save(path)
-
-
 def save_heldout_digits(heldout_uint8: np.ndarray, heldout_labels: np.ndarray, path: Path) -> None:
     """Ship the held-out digits as ``images`` uint8 [500,1,16,16] + ``labels`` int64 [500]."""
     from safetensors.torch import save_file

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from _digits import IMAGE_SIZE, load_digit_split, save_image_grid, to_model_range
+from _digits import IMAGE_SIZE, load_digit_split, to_model_range
 from hspace_core.embedded import (CONFIDENCE_THRESHOLD, default_model_dir, load_default_unet, load_evaluator,
                                   load_heldout_digits)
+from hspace_core.imaging import image_grid
 
 
 def build_unet() -> UNet2DModel:
@@ -86,7 +87,7 @@ def evaluate(seed: int) -> None:
     real_fraction, _ = confident_fraction(heldout_images)
     print(f"real held-out digits: confident {real_fraction:.3f}", flush=True)
     grid = sample_digits(unet, 64, steps=50, seed=seed)
-    save_image_grid(grid, default_model_dir() / "samples.png")
+    image_grid(grid, ncols=8, upscale=4).save(default_model_dir() / "samples.png")
     for name, count, steps, sample_seed, ddpm in [
         ("DDIM 20 steps, 64 samples, seed 0 (the test)", 64, 20, 0, False),
         ("DDIM 50 steps, 512 samples", 512, 50, seed + 1, False),

@@ -28,7 +28,7 @@ from hspace_core.errors import HSpaceError
 from hspace_core.pipeline import HSpacePipeline
 from hspace_core.samplers import sample_ddim
 from hspace_core.schedule import VPSchedule
-from nodes import pixel_model
+from nodes import pixel_latents, pixel_model
 from nodes._types import NoiseRecord
 from nodes.registry import NODE_CLASS_MAPPINGS
 from tiny import tiny_cond_unet, tiny_unet
@@ -313,9 +313,9 @@ NODES: list[Case] = [
     ("node folder: config without weights", lambda: node_load("no_weights"), "no weights"),
     ("node folder: truncated weights", lambda: node_load("truncated"), "truncated"),
     ("node folder: scheduler config not JSON", lambda: node_load("bad_scheduler"), "not valid JSON"),
-    ("node image: pixels in [0, 255]", lambda: pixel_model.image_to_latent(
+    ("node image: pixels in [0, 255]", lambda: pixel_latents.image_to_latent(
         torch.rand(1, 8, 8, 3) * 255, 1), r"\[0, 1\]"),
-    ("node image: empty batch", lambda: pixel_model.image_to_latent(
+    ("node image: empty batch", lambda: pixel_latents.image_to_latent(
         torch.rand(0, 8, 8, 3), 1), "empty batch"),
     ("node model: an SD latent into the pixel model", lambda: pixel_model
      .DiffusersUNetWrapper(tiny_unet(channels=1)).forward(torch.zeros(1, 4, 8, 8), torch.tensor([10.0])),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hspace_core.errors import HSpaceError
-from nodes import _comfy, comfy_adapter, pixel_model
+from nodes import _comfy, comfy_adapter, pixel_latents, pixel_model, pixel_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 requires_no_comfy = pytest.mark.skipif(_comfy.available(), reason="ComfyUI is importable here")
@@ -271,16 +271,16 @@ def test_comfy_linear_names_match_the_ddpm_schedule():
 
 def test_latent_image_round_trip():
     latents = torch.rand(2, 1, 4, 4) * 2 - 1
-    images = pixel_model.latent_to_image(latents)
+    images = pixel_latents.latent_to_image(latents)
     assert images.shape == (2, 4, 4, 3) and images.min() >= 0 and images.max() <= 1
-    torch.testing.assert_close(pixel_model.image_to_latent(images, 1), latents)
+    torch.testing.assert_close(pixel_latents.image_to_latent(images, 1), latents)
     rgb = torch.rand(1, 4, 4, 3) * 2 - 1
-    torch.testing.assert_close(pixel_model.image_to_latent(pixel_model.latent_to_image(rgb.movedim(-1, 1)), 3),
+    torch.testing.assert_close(pixel_latents.image_to_latent(pixel_latents.latent_to_image(rgb.movedim(-1, 1)), 3),
                                rgb.movedim(-1, 1).clamp(-1, 1))
     with pytest.raises(HSpaceError, match="pixel latents"):
-        pixel_model.latent_to_image(torch.zeros(1, 4, 2, 2))
+        pixel_latents.latent_to_image(torch.zeros(1, 4, 2, 2))
     with pytest.raises(HSpaceError, match="channels"):
-        pixel_model.image_to_latent(torch.zeros(1, 2, 2, 3), 4)
+        pixel_latents.image_to_latent(torch.zeros(1, 2, 2, 3), 4)
 
 
 @pytest.mark.parametrize("layout", ["pipeline", "model"])
@@ -312,13 +312,13 @@ def test_pixel_unet_checks():
 
 
 def test_pixel_nodes_declare_and_run_without_comfyui():
-    for cls in pixel_model.NODE_CLASS_MAPPINGS.values():
+    for cls in pixel_nodes.NODE_CLASS_MAPPINGS.values():
         inputs = cls.INPUT_TYPES()
         assert "required" in inputs and isinstance(cls.RETURN_TYPES, tuple) and hasattr(cls, cls.FUNCTION)
-    assert pixel_model.EMBEDDED in pixel_model.HSpacePixelModelLoader.INPUT_TYPES()["required"]["model_name"][0]
-    (image,) = pixel_model.HSpacePixelLatentToImage().convert({"samples": torch.zeros(1, 1, 4, 4)})["result"]
+    assert pixel_model.EMBEDDED in pixel_nodes.HSpacePixelModelLoader.INPUT_TYPES()["required"]["model_name"][0]
+    (image,) = pixel_nodes.HSpacePixelLatentToImage().convert({"samples": torch.zeros(1, 1, 4, 4)})["result"]
     assert torch.allclose(image, torch.full((1, 4, 4, 3), 0.5))
-    (cond,) = pixel_model.HSpaceUnconditional().make()
+    (cond,) = pixel_nodes.HSpaceUnconditional().make()
     assert isinstance(cond, list) and cond[0][1] == {}
 
 

@@ -1,9 +1,11 @@
 """Asyrp's f_t, CLIP loss, training loop and interval selection (ALGORITHMS.md §1.4-1.7; tests 11-13)."""
+import math
 import zlib
 
 import pytest
 import torch
 
+from hspace_core.denoisers import DiffusersDenoiser
 from hspace_core.direction import Direction
 from hspace_core.discovery.asyrp import (IMAGENET_TEMPLATES, DeltaBlock, DirectionalCLIPLoss, clip_encoders,
                                          editing_curves, global_delta_h, pixel_rms_distance, select_t_boost,
@@ -70,16 +72,31 @@ def test_block_for_unet_and_time_embedding():
     torch.testing.assert_close(temb, expected)
 
 
-def test_directional_clip_loss():
+def test_directional_clip_loss_is_the_directional_cosine_of_the_features():
     encode_image, encode_text = _tiny_clip()
-    loss = DirectionalCLIPLoss(encode_image, encode_text, "face", "smiling face")
-    assert abs(float(loss.text_direction.norm()) - 1) < 1e-6
-    assert -1 <= loss.text_cosine <= 1
-    source = torch.rand(2, 3, 8, 8) * 2 - 1
+    templates = ("a photo of a {}.", "a drawing of the {}.", "art of a {}.")
+    loss = DirectionalCLIPLoss(encode_image, encode_text, "face", "smiling face", templates=templates)
+    torch.manual_seed(3)
+    source = torch.rand(3, 3, 8, 8) * 2 - 1
     edited = source + 0.3 * torch.randn_like(source)
-    value = loss(edited, source)
-    cos = 1 - 2 * torch.exp(-value)  # exact only per image; bounds hold for the mean
-    assert value > 0 and -1 <= float(cos) <= 1
+
+    # StyleGAN-NADA's direction, computed here from the raw encoders, one image at a time
+    def unit(v):
+        return v / v.norm(dim=-1, keepdim=True)
+
+    with torch.no_grad():
+        differences = (unit(encode_text([t.format("smiling face") for t in templates]))
+                       - unit(encode_text([t.format("face") for t in templates])))
+        text_direction = unit(differences.mean(0))
+        cosines = torch.stack([unit(unit(encode_image(e[None])[0]) - unit(encode_image(s[None])[0])) @ text_direction
+                               for e, s in zip(edited, source)])
+        raw = encode_text(["face", "smiling face"])
+    expected = -torch.log((1 + cosines) / 2).mean()
+    torch.testing.assert_close(loss(edited, source), expected, rtol=1e-5, atol=1e-6)
+    for i in range(3):  # per image, the loss inverts to its cosine: cos = 2 exp(-L) - 1
+        torch.testing.assert_close(2 * torch.exp(-loss(edited[i:i + 1], source[i:i + 1])) - 1, cosines[i],
+                                   rtol=1e-5, atol=1e-6)
+    assert loss.text_cosine == pytest.approx(float(unit(raw[0]) @ unit(raw[1])), abs=1e-6)
     gray = loss(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))  # one channel is repeated to RGB
     assert torch.isfinite(gray)
 
@@ -216,3 +233,71 @@ def test_editing_curves_on_tiny_unet():
                             callback=calls.append)
     assert calls == [{"batch": 0, "batches": 1}] and custom.x0_distance.shape == (5,)
     assert isinstance(custom.t_boost(thr=0.0), float)
+
+
+# -- device and dtype follow the model (item 4) ---------------------------------------------------------------
+def test_block_follows_the_models_device_and_dtype():
+    from tests.tiny import tiny_unet
+
+    assert DeltaBlock.for_unet(tiny_unet().double()).conv_in.weight.dtype == torch.float64
+    assert DeltaBlock.for_unet(tiny_unet().to("meta")).conv_in.weight.device.type == "meta"
+    den, block, sigmas, images, x_start, clip = _training_setup()
+    den64 = DiffusersDenoiser(den.unet.double(), den.schedule)
+    history = train_delta_block(den64, block, x_start, sigmas, float(sigmas[1]), clip, images=images)
+    assert all(p.dtype == torch.float64 for p in block.parameters()) and math.isfinite(history[-1]["loss"])
+    direction = global_delta_h(den64, block, x_start, sigmas, float(sigmas[1]))
+    assert direction.delta.device.type == "cpu" and torch.isfinite(direction.delta).all()
+
+
+# -- f_t per image at inference (item 5) ------------------------------------------------------------------------
+def test_function_edit_shifts_each_sample_by_its_own_f_of_h_inside_the_window():
+    from hspace_core.bottleneck import Bottleneck, FunctionEdit
+
+    controller = Bottleneck(window=(500, 999), functions=[FunctionEdit(lambda h, t: h ** 2 + t, 0.5)])
+    h = torch.randn(4, 2, 3, 3)
+    torch.testing.assert_close(controller(h, 600.0), h + 0.5 * (h ** 2 + 600.0))
+    assert torch.equal(controller(h, 400.0), h)
+    split = controller(torch.cat([h[:2], h[:2]]), 600.0, flags={"split": True})  # [unshifted; shifted]
+    torch.testing.assert_close(split, torch.cat([h[:2], h[:2] + 0.5 * (h[:2] ** 2 + 600.0)]))
+
+
+def test_f_t_file_round_trips_follows_the_model_and_refuses_others(tmp_path):
+    from hspace_core.discovery.asyrp import load_delta_block, save_delta_block
+    from tests.tiny import tiny_unet
+
+    den, block, _, _, _, _ = _training_setup()
+    meta = {"fingerprint": den.fingerprint(), "source_text": "face", "target_text": "smiling face",
+            "edit_window": [500.0, 999], "n_train_steps": 4}
+    path = save_delta_block(block, tmp_path / "smile.safetensors", meta)
+    loaded, read = load_delta_block(path, den.unet, den.fingerprint())
+    assert read["target_text"] == "smiling face" and read["edit_window"] == [500.0, 999]
+    h, temb = torch.randn(2, 16, 4, 4), torch.randn(2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(h, temb), block(h, temb))
+    assert load_delta_block(path, tiny_unet().double())[0].conv_in.weight.dtype == torch.float64
+    assert load_delta_block(path, tiny_unet().to("meta"))[0].conv_in.weight.device.type == "meta"
+    other = tiny_denoiser(seed=3).fingerprint()
+    with pytest.raises(HSpaceError, match="another model"):
+        load_delta_block(path, den.unet, other)
+    with pytest.raises(HSpaceError, match="not an hspace asyrp_f_t file"):
+        from hspace_core.fileio import save_direction
+
+        load_delta_block(save_direction(Direction(torch.zeros(16, 4, 4)), tmp_path / "d.safetensors"), den.unet)
+
+
+def test_sampling_with_f_t_is_per_sample_and_differs_from_the_global_mean():
+    from hspace_core.discovery.asyrp import sample_with_f_t
+    from hspace_core.samplers import sample_asyrp, sample_ddim
+
+    den, block, sigmas, _, x_start, _ = _training_setup()
+    sigma_edit = float(sigmas[1])
+    both = sample_with_f_t(den, block, x_start, sigmas, sigma_edit)
+    alone = torch.cat([sample_with_f_t(den, block, x_start[i:i + 1], sigmas, sigma_edit) for i in range(2)])
+    torch.testing.assert_close(both, alone, atol=2e-4, rtol=1e-4)  # each sample is edited by its own f_t(h)
+    plain = sample_ddim(den, x_start, sigmas, disable=True)
+    assert (both - plain).abs().max() > 1e-3
+    with torch.no_grad():
+        block.conv_out.weight.zero_()
+        block.conv_out.bias.zero_()
+    torch.testing.assert_close(sample_with_f_t(den, block, x_start, sigmas, sigma_edit),
+                               sample_asyrp(den, x_start, sigmas, sigma_edit=sigma_edit, disable=True))

@@ -132,3 +132,66 @@ def test_basis_and_haas_directions_on_a_tiny_text_conditional_unet():
     f, h0 = eps_of_h(den, x, 3.0)
     result = subspace_iteration(JacobianOperator(f, h0), 2, tol=1e-4, max_iter=200)
     assert result.right.shape == (2, *h0.shape) and result.converged
+
+
+# -- Park's edit recipe (hspace_core.discovery.pullback_edit) ---------------------------------------------------
+def _cond_denoisers():
+    unet = tiny_cond_unet()
+    unet.requires_grad_(False)
+    schedule = VPSchedule.linear()
+    torch.manual_seed(5)
+    null, prompt = torch.randn(1, 3, 8), torch.randn(1, 3, 8)
+    return (DiffusersDenoiser(unet, schedule, cond=null), DiffusersDenoiser(unet, schedule, cond=prompt), schedule)
+
+
+def test_recipe_samples_with_the_source_prompt_and_finds_the_basis_with_the_edit_prompt():
+    from hspace_core.discovery.pullback_edit import denoiser_runner, park_encoder, pullback_edit
+    from hspace_core.samplers import sample_ddim
+
+    source, edit, schedule = _cond_denoisers()
+    sigmas = schedule.sigmas_for([999, 749, 499, 249, 0]).float()
+    timesteps = schedule.timestep(sigmas[:-1].double()).tolist()
+    x_T = torch.randn(1, 4, 8, 8) * float(sigmas[0])
+    result = pullback_edit(denoiser_runner(source), edit, sigmas, timesteps, t_edit=500, sigma_boost=0.0,
+                           start=x_T, num_vectors=2, guidance_strength=0.0, guidance_steps=2, max_iter=5)
+    # Park: the regeneration runs with the source (null) prompt; lambda = 0 leaves the image unedited
+    torch.testing.assert_close(result.unedited, sample_ddim(source, x_T, sigmas, disable=True))
+    torch.testing.assert_close(result.output, result.unedited, atol=1e-5, rtol=1e-5)
+    assert result.step == 2 and result.timestep == pytest.approx(499, abs=0.5)
+    # the basis is the edit prompt's, in Park's x_t units
+    x = sample_ddim(source, x_T, sigmas[:3], disable=True)[0]
+    sigma = float(sigmas[2])
+    with_edit = pullback_basis(park_encoder(edit, sigma), x, 2, max_iter=5)
+    with_source = pullback_basis(park_encoder(source, sigma), x, 2, max_iter=5)
+    torch.testing.assert_close(result.basis.singular_values, with_edit.singular_values)
+    assert not torch.allclose(result.basis.singular_values, with_source.singular_values, rtol=1e-3)
+
+
+def test_park_units_singular_values_and_guidance_step():
+    from hspace_core.discovery.pullback_edit import guide, park_encoder
+
+    den = tiny_denoiser()
+    den.unet.requires_grad_(False)
+    sigma = 6.0  # near t = 800: sqrt(alpha_bar) = 1 / sqrt(37)
+    x = torch.randn(3, 8, 8) * sigma
+    ours = pullback_basis(encoder_function(den, sigma), x, 2, min_iter=2, max_iter=200, tol=1e-6)
+    parks = pullback_basis(park_encoder(den, sigma), x / math.sqrt(1 + sigma ** 2), 2, min_iter=2, max_iter=200,
+                           tol=1e-6)
+    torch.testing.assert_close(parks.singular_values, ours.singular_values * math.sqrt(1 + sigma ** 2), rtol=1e-3,
+                               atol=0)
+    # one iteration of guidance moves Park's x_t = sqrt(alpha_bar) x by lambda [eps(x_t + v) - eps(x_t)]
+    v = torch.randn(3, 8, 8)
+    v = v / v.norm()
+    scale = 1 / math.sqrt(1 + sigma ** 2)
+    with torch.no_grad():
+        eps_of_xt = lambda z: den.eps(z[None] / scale, sigma)[0]  # noqa: E731
+        expected_xt = x * scale + 0.5 * (eps_of_xt(x * scale + v) - eps_of_xt(x * scale))
+        moved = guide(den, x, v, sigma, strength=0.5, steps=1)
+    torch.testing.assert_close(moved * scale, expected_xt, atol=1e-5, rtol=1e-5)
+
+
+def test_park_defaults_boost_and_edit_step():
+    from hspace_core.discovery.pullback_edit import park_t_boost, step_at
+
+    assert park_t_boost(1000, latent_model=False) == 200 and park_t_boost(1000, latent_model=True) == 0
+    assert step_at([999, 749, 499, 249], 500) == 2 and step_at([999, 749], 10) == 1

@@ -16,7 +16,7 @@ from nodes._types import DIRECTION, NOISE, TRAJECTORY
 from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE_TYPES = {"MODEL", "LATENT", "IMAGE", "CONDITIONING", "SIGMAS", "SAMPLER", "VAE", "STRING", "INT", "FLOAT",
+CORE_TYPES = {"MODEL", "LATENT", "IMAGE", "CONDITIONING", "SIGMAS", "SAMPLER", "VAE", "CLIP", "MASK", "STRING", "INT", "FLOAT",
               "BOOLEAN"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 NODES = sorted(NODE_CLASS_MAPPINGS.items())
@@ -190,8 +190,9 @@ def test_embedded_digits_are_images_of_the_chosen_class():
 def test_labelled_grid_lays_out_strengths_as_columns():
     columns = [torch.full((2, 16, 16, 3), v) for v in (0.0, 0.5, 1.0)]
     grid = _grid.labelled_grid(columns, ["-1", "0", "+1"])
-    assert grid.shape == (1, _grid.LABEL_HEIGHT + 2 * 64, 3 * 64, 3)
-    assert float(grid[0, -1, -1, 0]) == pytest.approx(1.0) and float(grid[0, -1, 0, 0]) == pytest.approx(0.0)
+    assert grid.shape == (1, 16 + 2 * (64 + 2) + 2, 3 * (64 + 2) + 2, 3)  # label row, 64-px cells, 2-px padding
+    assert float(grid[0, -3, -3, 0]) == pytest.approx(1.0) and float(grid[0, -3, 2, 0]) == pytest.approx(0.0)
+    assert float(grid[0, -3, 66 + 2 + 30, 0]) == pytest.approx(128 / 255)
 
 
 def test_nodes_that_need_comfyui_say_so():

@@ -74,11 +74,16 @@ def x_space_guidance(eps_fn: BatchFunction, x: torch.Tensor, v: torch.Tensor, st
     """Park's x-space guidance: x^{k+1} = x^k + λ [ε(x^k + s·v) − ε(x^k)], for k < K.
 
     Instead of the naive traversal x + γv, the image follows the change that the shifted input causes in
-    the noise prediction. Both ε evaluations of an iteration share one batched call. Units are those of
-    ``eps_fn`` (Park works on x_t; with a k-diffusion denoiser pass ``lambda x: denoiser.eps(x, sigma)``).
+    the noise prediction. Both ε evaluations of an iteration share one batched call.
+
+    Units: Park's, x = x_t (= sqrt(ᾱ)·x_kdiffusion) and ``eps_fn`` a function of x_t; his λ and s are only
+    meaningful there. A k-diffusion x is sqrt(1 + σ²) times larger, so passing it with
+    ``lambda x: denoiser.eps(x, sigma)`` shrinks the move by orders of magnitude near t = T (measured on the
+    embedded model: 4e-5 times Park's at t = 999). From a k-diffusion x, call
+    :func:`~hspace_core.discovery.pullback_edit.guide`, which converts both ways.
 
     Args:
-        eps_fn: batch-native x -> ε at the edit timestep; x: ``[C, H, W]`` or ``[1, C, H, W]``.
+        eps_fn: batch-native x_t -> ε at the edit timestep; x: x_t, ``[C, H, W]`` or ``[1, C, H, W]``.
         v: a direction of x's shape (Park: a unit x-basis vector, times ±1).
         step_size: s (1); strength: λ (0.1 for CelebA-HQ at edit_t = T); num_iters: K (16).
         callback: ``{"iteration", "x"}`` after every iteration; raise to stop.

@@ -64,7 +64,7 @@ def test_pack_loads(comfy):
     assert ours, "none of the pack's nodes is listed in /object_info"
     missing = {"HSpacePixelModelLoader", "HSpacePixelLatentToImage", "HSpaceImageToPixelLatent",
                "HSpaceUnconditional"} - ours
-    assert not missing, f"nodes/pixel_model.py's nodes are not registered by the pack: {sorted(missing)}"
+    assert not missing, f"nodes/pixel_nodes.py's nodes are not registered by the pack: {sorted(missing)}"
 
 
 def test_patch_captures_h_from_ksampler(comfy):

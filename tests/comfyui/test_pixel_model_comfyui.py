@@ -9,7 +9,7 @@ import torch
 
 _tags = itertools.count()
 EMBEDDED = "hspace-mnist-16 (embedded)"
-P = "HSpaceProbe_"  # the probe pack registers nodes/pixel_model.py's nodes under this prefix
+P = "HSpaceProbe_"  # the probe pack registers nodes/pixel_nodes.py's nodes under this prefix
 
 
 def pixel_prompt(*, patch: dict | None = None, batch: int = 2, steps: int = 4, cfg: float = 1.0,

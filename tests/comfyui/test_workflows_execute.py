@@ -153,12 +153,12 @@ def test_jacobian_and_pullback_on_a_checkpoint(comfy):
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
         "5": {"class_type": "HSpaceJacobianDirections", "inputs": {
             "model": ["1", 0], "sigmas": ["3", 0], "latent_image": ["4", 0], "seed": 0, "num_vectors": 1,
-            "step_index": 0, "method": "subspace", "max_iter": 2, "positive": ["2", 0]}},
+            "step_index": 0, "method": "subspace", "max_iter": 2, "edit": ["2", 0], "clip": ["1", 1]}},
         "6": {"class_type": "HSpaceDirectionInfo", "inputs": {"direction": ["5", 0]}},
         "7": {"class_type": "HSpacePullbackEdit", "inputs": {
             "model": ["1", 0], "sigmas": ["3", 0], "latent_image": ["4", 0], "seed": 0, "t_edit": 800,
             "num_vectors": 1, "component": 0, "sign": "+", "guidance_strength": 0.1, "guidance_steps": 1,
-            "t_boost": 0, "max_iter": 2, "positive": ["2", 0]}},
+            "t_boost": -1, "max_iter": 2, "edit": ["2", 0], "clip": ["1", 1]}},
         "8": {"class_type": "HSpaceDirectionInfo", "inputs": {"direction": ["7", 1]}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "hspace/pullback_sd"}},
     }

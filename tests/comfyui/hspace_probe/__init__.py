@@ -24,7 +24,7 @@ if "hspace_probe_pack" not in sys.modules:
     sys.modules["hspace_probe_pack"] = _pkg
 
 adapter = importlib.import_module("hspace_probe_pack.nodes.comfy_adapter")
-pixel_model = importlib.import_module("hspace_probe_pack.nodes.pixel_model")
+pixel_nodes = importlib.import_module("hspace_probe_pack.nodes.pixel_nodes")
 
 from hspace_probe_pack.hspace_core.bottleneck import Bottleneck, EditSpec  # noqa: E402
 from hspace_probe_pack.hspace_core.direction import Direction  # noqa: E402
@@ -213,5 +213,5 @@ NODE_CLASS_MAPPINGS = {
     "HSpaceProbeDDIMSampler": HSpaceProbeDDIMSampler,
     "HSpaceProbeAsyrpSampler": HSpaceProbeAsyrpSampler,
     "HSpaceProbeInspect": HSpaceProbeInspect,
-    **{f"HSpaceProbe_{name}": cls for name, cls in pixel_model.NODE_CLASS_MAPPINGS.items()},
+    **{f"HSpaceProbe_{name}": cls for name, cls in pixel_nodes.NODE_CLASS_MAPPINGS.items()},
 }

@@ -1,0 +1,54 @@
+"""Asyrp Train's f_t file and Apply Asyrp f_t, without ComfyUI: the training runs on a tiny UNet with a tiny CLIP,
+the MODEL is a stand-in holding the pack's diffusers wrapper."""
+from types import SimpleNamespace
+
+import torch
+
+from hspace_core.bottleneck import Bottleneck
+from hspace_core.discovery.asyrp import unet_time_embedding
+from hspace_core.schedule import asyrp_timesteps
+from nodes import _folders, asyrp_train
+from nodes._types import NoiseRecord
+from nodes.pixel_model import DiffusersUNetWrapper
+from tests.test_discovery_asyrp import _tiny_clip
+from tests.tiny import tiny_denoiser
+
+torch.set_num_threads(1)
+
+
+def _fake_model(unet):
+    return SimpleNamespace(model=SimpleNamespace(diffusion_model=DiffusersUNetWrapper(unet)))
+
+
+def test_trained_f_t_is_saved_with_its_settings_and_applied_per_sample(tmp_path, monkeypatch):
+    monkeypatch.setenv(_folders.ENV_VAR, str(tmp_path))
+    den = tiny_denoiser()
+    model = _fake_model(den.unet)
+    monkeypatch.setattr(asyrp_train, "autograd_denoiser", lambda model: den)
+    monkeypatch.setattr(asyrp_train, "load_clip", lambda name: _tiny_clip())
+    monkeypatch.setattr(asyrp_train.comfy_adapter, "timestep_to_sigma", lambda m, t: den.schedule.sigma(float(t)))
+    monkeypatch.setattr(asyrp_train.comfy_adapter, "progress_callback", lambda total, node_id=None: None)
+    monkeypatch.setattr(asyrp_train.comfy_adapter, "vp_schedule", lambda m: den.schedule)
+    monkeypatch.setattr(asyrp_train.comfy_adapter, "model_sampling",
+                        lambda m: SimpleNamespace(sigmas=torch.zeros(den.schedule.num_train_timesteps)))
+    patched = {}
+    monkeypatch.setattr(asyrp_train.comfy_adapter, "patch_model",
+                        lambda m, controller: patched.setdefault("controller", controller) and m)
+    sigmas = den.schedule.sigmas_for(asyrp_timesteps(4)).float()
+    noise = NoiseRecord(torch.randn(2, 3, 8, 8) * float(sigmas[0]), sigmas, None, 0.0, "ddim")
+    node = asyrp_train.HSpaceAsyrpTrain()
+    directions, log = node.train(model, noise, "face", "smiling face", "tiny", 500, 1, 0.5, 3.0, False,
+                                 save_f_t_as="smile")
+    assert "f_t saved as smile.safetensors" in log
+    assert directions[0].meta["target_text"] == "smiling face" and directions[0].meta["t_edit"] == 500
+    assert "smile.safetensors" in _folders.list_names()
+
+    model_out, info = asyrp_train.HSpaceApplyAsyrpFunction().apply(model, "smile.safetensors", 2.0, -1, False)
+    controller = patched["controller"]
+    assert isinstance(controller, Bottleneck) and controller.window == (500.0, 999.0) and "t >= 500" in info
+    h = torch.randn(2, 16, 4, 4)
+    function = controller.functions[0].function
+    with torch.no_grad():
+        expected = h + 2.0 * function.block(h, unet_time_embedding(den.unet, torch.tensor([700.0, 700.0])))
+    torch.testing.assert_close(controller(h, 700.0), expected)  # each sample's own f_t(h)
+    assert torch.equal(controller(h, 300.0), h)  # below the trained t_edit: no edit
