@@ -40,11 +40,15 @@ def load_families(families: tuple[str, ...] = FAMILIES) -> Registry:
         try:
             module = importlib.import_module(f".{family}", __package__)
         except ImportError as error:
-            missing = error.name or str(error)
             registry.off[family] = declared_nodes(family)
-            log.warning("hspace: nodes %s are off: importing nodes/%s.py needs %r, which is missing (%s); install "
-                        "the pack's requirements.txt into ComfyUI's Python", ", ".join(registry.off[family]), family,
-                        missing, error)
+            if isinstance(error, ModuleNotFoundError):
+                log.warning("hspace: nodes %s are off: importing nodes/%s.py needs %r, which is missing (%s); install "
+                            "the pack's requirements.txt into ComfyUI's Python", ", ".join(registry.off[family]),
+                            family, error.name or str(error), error)
+            else:  # a name missing from an installed module: a stale or mixed install, not a missing package
+                log.warning("hspace: nodes %s are off: importing nodes/%s.py failed (%s); reinstall the pack so that "
+                            "its files and its dependencies' versions match", ", ".join(registry.off[family]), family,
+                            error)
             continue
         registry.classes.update({cls.__name__: cls for cls in module.NODE_CLASSES})
         registry.display_names.update(module.DISPLAY_NAMES)
