@@ -222,6 +222,32 @@ def pca_child(route: str, samples: int) -> None:
                       "passes": result.iterations, "stds": result.stds[:, :5].tolist()}))
 
 
+def wide_child(samples: int, chunk: int) -> None:
+    """The issue's width: N x 40 steps x 512·8·8, k = 25, streamed in chunks made on the fly; two passes of
+    the randomized route (memory is the same on every pass). Prints the peak RSS of the whole process."""
+    steps, shape = 40, (512, 8, 8)
+
+    def chunks():
+        for start in range(0, samples, chunk):
+            gen = torch.Generator().manual_seed(start)
+            yield torch.randn(min(chunk, samples - start), steps, *shape, generator=gen)
+
+    start = time.perf_counter()
+    result = pca_directions(chunks, num_components=25, method="randomized", max_iter=2)
+    print(json.dumps({"samples": samples, "chunk": chunk, "peak_rss_mib": peak_rss_mib(),
+                      "seconds": time.perf_counter() - start, "passes": result.iterations}))
+
+
+def bench_pca_wide(runs: list[tuple[int, int]]) -> None:
+    for samples, chunk in runs:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run([sys.executable, __file__, "--wide-child", str(samples), str(chunk)],
+                             capture_output=True, text=True, check=True, env=env)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"[pca-wide] N {r['samples']:5d} x 40 x 512·8·8, chunks of {r['chunk']:3d}, k 25 + 10: peak RSS "
+              f"{r['peak_rss_mib']:7.0f} MiB ({r['passes']} passes, {r['seconds']:.0f} s)")
+
+
 def bench_pca(samples: int) -> None:
     d = PCA_SHAPE[0] * PCA_SHAPE[1] * PCA_SHAPE[2]
     data_mib = samples * PCA_STEPS * d * 4 / 2 ** 20
@@ -252,10 +278,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=2000, help="samples of the synthetic PCA capture")
-    parser.add_argument("--only", choices=("jacobian", "pullback", "pca"))
+    parser.add_argument("--only", choices=("jacobian", "pullback", "pca", "pca-wide"))
+    parser.add_argument("--wide-child", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pca-child", choices=("in-memory", "randomized", "covariance"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.wide_child:
+        wide_child(*args.wide_child)
+        return
+    if args.only == "pca-wide":  # flat in N and in the chunk size: N 10,000 runs the same blocks longer
+        bench_pca_wide([(50, 25), (100, 100), (200, 50)])
+        return
     if args.pca_child:
         pca_child(args.pca_child, args.samples)
         return
