@@ -208,7 +208,7 @@ def pca_child(route: str, samples: int) -> None:
     def run(chunks):
         if route == "in-memory":
             return pca_directions(torch.cat(list(chunks())), num_components=5)
-        return pca_directions(chunks, num_components=5, method=route, tol=1e-6, max_iter=50)
+        return pca_directions(chunks, num_components=5, method=route)  # default tol and pass limit
 
     for method in ("gram", "covariance", "randomized"):  # warm-up: the linear-algebra libraries loaded
         pca_directions(torch.randn(4, 2, 1, 2, 2), num_components=1, method=method)
@@ -219,7 +219,7 @@ def pca_child(route: str, samples: int) -> None:
     seconds = time.perf_counter() - start
     peak = peak_rss_mib() - baseline
     print(json.dumps({"route": route, "method": result.method, "peak_mib": peak, "seconds": seconds,
-                      "passes": result.iterations, "stds": result.stds[:, :5].tolist()}))
+                      "passes": result.iterations, "converged": result.converged, "stds": result.stds[:, :5].tolist()}))
 
 
 def wide_child(samples: int, chunk: int) -> None:
@@ -266,7 +266,7 @@ def bench_pca(samples: int) -> None:
     for route, r in results.items():
         err = float(((torch.tensor(r["stds"], dtype=torch.float64) - reference).abs() / reference).max())
         print(f"[pca] {route:10s} ({r['method']:10s}) peak +{r['peak_mib']:7.1f} MiB  {r['seconds']:6.2f} s  "
-              f"passes {r['passes']:2d}  max rel std diff vs in-memory {err:.1e}")
+              f"passes {r['passes']:2d} converged {r['converged']!s:5s}  max rel std diff vs in-memory {err:.1e}")
     doubled = child("randomized", 2 * samples)
     print(f"[pca] randomized with {2 * samples} samples: peak +{doubled['peak_mib']:7.1f} MiB (flat in N)")
     for route in ("randomized", "covariance"):
