@@ -159,6 +159,7 @@ def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = T
         first = source.first_chunk()
         g = first.shape[1] if per_timestep else 1
         d = first[0].numel() // g
+        del first
         if method == "auto":
             method = "covariance" if g * d * d * 8 <= max_memory_bytes else "randomized"
         if method == "covariance":
@@ -231,7 +232,8 @@ class _ChunkSource:
         if self.tensor is not None:
             yield self.tensor
             return
-        self.first_chunk()
+        if self._shape is None:
+            self.first_chunk()
         if self._factory is not None:
             iterator = iter(self._factory())
         elif multi_pass:
@@ -241,11 +243,18 @@ class _ChunkSource:
             iterator, self._one_shot = self._one_shot, None
             if iterator is None:
                 raise HSpaceError("the one-shot chunk iterator was already consumed")
-            yield self._first
+            first, self._first = self._first, None
+            yield first
+            del first
+        if self._factory is not None:
+            self._first = None  # re-read from the factory: only its shape had to be kept
         seen = False
         for chunk in iterator:
             seen = True
-            yield _check_chunk(chunk, self._shape)
+            checked = _check_chunk(chunk, self._shape)
+            del chunk
+            yield checked
+            del checked
         if self._factory is not None and not seen:
             raise HSpaceError("no h to analyse: the chunk iterable is empty")
 
@@ -343,6 +352,7 @@ def _covariance_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: i
                 x -= chunk_mean[:, None]
             scatter.baddbmm_(x.transpose(1, 2), x)
             n += m
+        del chunk  # before the next chunk is read: one chunk alive at a time
         _report(callback, 0, i, n)
     k = _rank_bound(k, n, scatter.shape[-1], center)
     totals = scatter.diagonal(dim1=1, dim2=2).sum(-1)
@@ -366,6 +376,7 @@ def _randomized_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: i
             total += x.sum(1)
             sq += torch.linalg.vector_norm(x, dim=(1, 2)) ** 2
             n += x.shape[1]
+        del chunk
         _report(callback, 0, i, n)
     g, d = total.shape
     k = _rank_bound(k, n, d, center)
@@ -384,6 +395,7 @@ def _randomized_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: i
         for i, chunk in enumerate(source.chunks(multi_pass=True)):
             for xc in blocks(chunk, mean if center else None):
                 z.baddbmm_(xc.transpose(1, 2), xc @ q)
+            del chunk
             _report(callback, iteration, i, n)
         eigvals, rotation = torch.linalg.eigh(q.transpose(1, 2) @ z)
         eigvals, rotation = eigvals.flip(-1)[:, :k], rotation.flip(-1)[:, :, :k]
