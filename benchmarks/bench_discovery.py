@@ -1,18 +1,23 @@
-"""Costs of the discovery methods, as ratios measured in one run (medians of repeats).
+"""Costs of the discovery methods, as ratios measured in one run (medians of repeats, 1 thread).
 
-1. Jacobian directions (Haas): the top-3 right singular vectors of J = d eps / d h of a small random UNet by
-   batched subspace iteration vs the papers' sequential power iteration with deflation, both run to the
-   same accuracy against a dense SVD (sigma within 1e-4 relative, |cos| >= 0.999).
-2. Pullback basis (Park, n = 10, fixed iterations): f = the encoder only (stops after the mid block) vs
-   h read from a full UNet forward; with the default cached reverse-over-reverse JVP (the forward runs once
-   per block size) and with forward-mode JVPs (the forward runs on every product, as Park's jacfwd does;
-   only on an attention-free UNet, where PyTorch's forward mode runs through diffusers).
+The fixed tiny model: ``small_unet()``, a diffusers UNet2DModel seeded with torch.manual_seed(0),
+16x16x3 input, block_out_channels (16, 32, 64), one layer per block, attention in the lowest down and
+highest up block, 8 groups, head dim 8; h is 64x4x4; the linear VP schedule of 1000 steps.
+
+1. Jacobian directions (Haas): top-3 right singular vectors of J = d eps / d h at t = 800 (x seeded 1) by
+   hspace's batched subspace iteration (oversampling 4, Rayleigh-Ritz) at several tolerances vs the papers'
+   rule re-implemented here (power iteration with deflation, absolute 1e-5 on sigma^2, more than 10 small
+   changes, 50 iterations per vector), scored against a dense SVD: min per-vector |cos| and the Grassmann
+   distance of the spans; the speed-up at the loosest tolerance at least as accurate on both.
+2. Pullback basis (Park, n = 10): J = d h / d x of the encoder at t = 797 (x seeded 2), hspace's
+   oversampled subspace iteration vs Park's rule re-implemented (orth(JᵀJV), allclose 1e-4 on V, 10-50
+   iterations), scored the same way.
 3. PCA of a capture larger than one chunk: peak resident memory of the streamed routes (randomized subspace
    iteration, exact scatter) vs the in-memory route (all chunks concatenated, then ``method="auto"``), each
    in a fresh subprocess (VmHWM above the level after loading the libraries), with the agreement
    of the standard deviations.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_discovery.py [--repeats 3] [--samples 2000]
+    OMP_NUM_THREADS=1 python benchmarks/bench_discovery.py [--repeats 3] [--samples 2000] [--only jacobian]
 """
 from __future__ import annotations
 
@@ -28,13 +33,13 @@ import time
 import torch
 
 from hspace_core.denoisers import DiffusersDenoiser
-from hspace_core.discovery.jacobian import (JacobianOperator, eps_of_h, power_iteration_deflation,
-                                            subspace_iteration)
+from hspace_core.discovery.jacobian import JacobianOperator, eps_of_h, subspace_iteration
 from hspace_core.discovery.pca import pca_directions
-from hspace_core.discovery.pullback import encoder_function, pullback_basis
+from hspace_core.discovery.pullback import encoder_function, grassmann_distance, pullback_basis
 from hspace_core.schedule import VPSchedule
 
 PCA_STEPS, PCA_SHAPE, PCA_RANK, PCA_CHUNK = 10, (64, 4, 4), 8, 100
+JACOBIAN_T, PULLBACK_T = 800, 797  # the points of the issue's side-by-side runs
 
 
 def small_unet() -> DiffusersDenoiser:
@@ -59,87 +64,112 @@ def interleaved_medians(runs: dict, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def accuracy(result, s, vh, k=3) -> tuple[float, float]:
-    rel = float(((result.singular_values[:k].double() - s[:k]).abs() / s[:k]).max())
-    cos = float((result.right.reshape(k, -1).double() * vh[:k]).sum(-1).abs().min())
-    return rel, cos
+def accuracy(right: torch.Tensor, vh: torch.Tensor) -> tuple[float, float]:
+    """(min per-vector |cos|, Grassmann distance of the spans) of k right vectors against the dense SVD's."""
+    k = right.shape[0]
+    flat = right.reshape(k, -1).double()
+    cos = float((flat * vh[:k]).sum(-1).abs().min())
+    return cos, float(grassmann_distance(flat, vh[:k]))
 
 
-TARGET_SIGMA_REL, TARGET_COS = 1e-4, 0.999
-TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
+def haas_rule(op: JacobianOperator, k: int, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """The papers' rule (Haas et al., editing/jacobian.py, re-implemented): power iteration on J Jᵀ in output
+    space with deflation; per vector at most 50 iterations, stopping once |λ − λ_prev| < 1e-5 (absolute,
+    λ ≈ σ²) has happened more than 10 times. Returns the right vectors and the iterations run."""
+    gen = torch.Generator().manual_seed(seed)
+    out_dim = int(torch.tensor(op.out_shape).prod())
+    found, rights, total = [], [], 0
+    for _ in range(k):
+        v = torch.randn(out_dim, generator=gen, dtype=torch.float64)
+        v, previous, small = v / v.norm(), 999.0, 0
+        for _ in range(50):
+            u = op.vjp(v.reshape(1, *op.out_shape)).reshape(-1).double()
+            w = op.jvp(u.reshape(1, *op.in_shape)).reshape(-1).double()
+            if found:
+                basis = torch.linalg.qr(torch.stack(found, 1)).Q
+                w = w - basis @ (basis.T @ w)
+            eigenvalue = float(w.norm())
+            v, total = w / eigenvalue, total + 1
+            small += abs(eigenvalue - previous) < 1e-5
+            previous = eigenvalue
+            if small > 10:
+                break
+        u = op.vjp(v.reshape(1, *op.out_shape)).reshape(-1).double()
+        rights.append(u / u.norm())
+        found.append(v)
+    return torch.stack(rights), total
 
 
-def bench_jacobian(den: DiffusersDenoiser, repeats: int) -> None:
+def park_rule(op: JacobianOperator, n: int, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """The papers' rule (Park et al., re-implemented): V <- orth(JᵀJ V) on n vectors, at least 10 and at most 50
+    iterations, stopping when V is elementwise allclose to the previous V (atol = rtol = 1e-4)."""
+    gen = torch.Generator().manual_seed(seed)
+    in_dim = op.point.numel()
+    v = torch.linalg.qr(torch.randn(in_dim, n, generator=gen, dtype=torch.float64)).Q.T
+    for iteration in range(1, 51):
+        w = op.jvp(v.reshape(n, *op.in_shape))
+        z = op.vjp(w).reshape(n, -1).double()
+        new = torch.linalg.qr(z.T).Q.T
+        done = iteration >= 10 and torch.allclose(new, v, rtol=1e-4, atol=1e-4)
+        v = new
+        if done:
+            break
+    return v, iteration
+
+
+def curve(name: str, solve, baseline_seconds: float, baseline_accuracy: tuple[float, float], vh, repeats: int,
+          tolerances=(1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4)) -> None:
+    """hspace's accuracy-time curve over tolerances; the ratio at the loosest tolerance as accurate as the rule."""
+    matched = None
+    for tol in tolerances:
+        result = solve(tol)
+        cos, dist = accuracy(result.right if hasattr(result, "right") else result.x_basis, vh)
+        seconds = interleaved_medians({"run": lambda tol=tol: solve(tol)}, repeats)["run"]
+        print(f"[{name}] hspace tol {tol:.0e}: {seconds:7.3f} s  iterations {result.iterations:3d}  "
+              f"converged {result.converged!s:5s}  min |cos| {cos:.5f}  Grassmann {dist:.2e}  "
+              f"speed-up vs rule {baseline_seconds / seconds:5.2f}x")
+        if matched is None and cos >= baseline_accuracy[0] and dist <= baseline_accuracy[1]:
+            matched = (tol, seconds)
+    if matched:
+        print(f"[{name}] at equal or better accuracy (tol {matched[0]:.0e}): {baseline_seconds / matched[1]:.2f}x "
+              f"faster than the papers' rule")
+    else:
+        print(f"[{name}] no tolerance tried reached the papers' rule's accuracy")
+
+
+def bench_jacobian(den: DiffusersDenoiser, repeats: int, k: int = 3) -> None:
     x = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(1))
-    f, h0 = eps_of_h(den, x, 1.0)
+    sigma = float(den.schedule.sigma(JACOBIAN_T))
+    f, h0 = eps_of_h(den, x, sigma)
     dense = JacobianOperator(f, h0).dense().double()
     _, s, vh = torch.linalg.svd(dense, full_matrices=False)
-    print(f"[jacobian] J = d eps/d h: {dense.shape[0]} x {dense.shape[1]}, top singular values "
-          f"{[round(float(v), 4) for v in s[:4]]}; target: sigma within {TARGET_SIGMA_REL:g} relative, "
-          f"|cos| >= {TARGET_COS}")
-    solvers = {
-        "subspace (block 3+2, batched)": lambda tol: subspace_iteration(JacobianOperator(f, h0), 3, oversample=2,
-                                                                         tol=tol, max_iter=2000),
-        "power + deflation (sequential)": lambda tol: power_iteration_deflation(JacobianOperator(f, h0), 3,
-                                                                                tol=tol, max_iter=5000),
-    }
-    runs, products = {}, {}
-    for name, solve in solvers.items():
-        for tol in TOLERANCES:  # the loosest tolerance that reaches the target accuracy
-            result = solve(tol)
-            rel, cos = accuracy(result, s, vh)
-            if rel <= TARGET_SIGMA_REL and cos >= TARGET_COS:
-                break
-        width = 5 if name.startswith("subspace") else 1
-        products[name] = result.iterations * width + (0 if width > 1 else 3)
-        runs[name] = lambda solve=solve, tol=tol: solve(tol)
-        print(f"[jacobian] {name:32s} tol {tol:.0e}  iterations {result.iterations:4d}  JVPs+VJPs "
-              f"{2 * products[name]:5d}  max rel sigma err {rel:.1e}  min |cos| {cos:.5f}")
-    timings = interleaved_medians(runs, repeats)
-    for name, seconds in timings.items():
-        print(f"[jacobian] {name:32s} {seconds:7.3f} s")
-    sub, power = timings.values()
-    print(f"[jacobian] ratio sequential / batched at equal accuracy: {power / sub:.2f}x")
+    print(f"[jacobian] J = d eps/d h at t = {JACOBIAN_T} (x seed 1): {dense.shape[0]} x {dense.shape[1]}, "
+          f"sigma_1..5 {[round(float(v), 4) for v in s[:5]]}")
+    rights, iterations = haas_rule(JacobianOperator(f, h0), k)
+    rule = accuracy(rights, vh)
+    rule_seconds = interleaved_medians({"rule": lambda: haas_rule(JacobianOperator(f, h0), k)}, repeats)["rule"]
+    print(f"[jacobian] Haas rule (abs 1e-5 on sigma^2, >10 small changes, 50 max): {rule_seconds:7.3f} s  "
+          f"iterations {iterations}  min |cos| {rule[0]:.5f}  Grassmann {rule[1]:.2e}")
+    curve("jacobian", lambda tol: subspace_iteration(JacobianOperator(f, h0), k, oversample=4, tol=tol,
+                                                     max_iter=200), rule_seconds, rule, vh, repeats)
 
 
-def attention_free_unet() -> DiffusersDenoiser:
-    """The same UNet without attention, where torch.func.jvp (forward mode) runs through the encoder."""
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32, 64),
-                       layers_per_block=1, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
-                       norm_num_groups=8, add_attention=False).eval().requires_grad_(False)
-    return DiffusersDenoiser(unet, VPSchedule.linear())
-
-
-def bench_pullback(den: DiffusersDenoiser, label: str, modes: tuple[str, ...], repeats: int) -> None:
+def bench_pullback(den: DiffusersDenoiser, repeats: int, n: int = 10) -> None:
     x = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(2))
-    sigma = 2.0
-
-    def full_forward_h(batch: torch.Tensor) -> torch.Tensor:
-        stored = {}
-        handle = den.unet.mid_block.register_forward_hook(lambda module, args, out: stored.setdefault("h", out))
-        try:
-            den.eps(batch, sigma)
-        finally:
-            handle.remove()
-        return stored["h"]
-
-    variants = {"encoder only": encoder_function(den, sigma), "full forward": full_forward_h}
-    for mode in modes:
-        runs = {name: lambda f=f: pullback_basis(f, x, num_vectors=10, min_iter=10, max_iter=10, jvp_mode=mode)
-                for name, f in variants.items()}
-        timings = interleaved_medians(runs, repeats)
-        for name, seconds in timings.items():
-            print(f"[pullback] {label}, JVP {mode:7s}: n=10, 10 iterations, {name:13s} {seconds:7.3f} s")
-        print(f"[pullback] {label}, JVP {mode:7s}: ratio full / encoder-only basis "
-              f"{timings['full forward'] / timings['encoder only']:.2f}x")
-    with torch.no_grad():
-        passes = interleaved_medians({"encoder only": lambda: den.encode(x[None], sigma),
-                                      "full forward": lambda: den.eps(x[None], sigma)}, 5 * repeats)
-    print(f"[pullback] {label}: ratio full / encoder-only, one forward pass "
-          f"{passes['full forward'] / passes['encoder only']:.2f}x")
+    sigma = float(den.schedule.sigma(PULLBACK_T))
+    f = encoder_function(den, sigma)
+    dense = JacobianOperator(f, x).dense().double()
+    _, s, vh = torch.linalg.svd(dense, full_matrices=False)
+    print(f"[pullback] J = d h/d x at t = {PULLBACK_T} (x seed 2): {dense.shape[0]} x {dense.shape[1]}, "
+          f"sigma_{n + 1}/sigma_{n} = {float(s[n] / s[n - 1]):.3f}")
+    basis, iterations = park_rule(JacobianOperator(f, x), n)
+    rule = accuracy(basis, vh)
+    rule_seconds = interleaved_medians({"rule": lambda: park_rule(JacobianOperator(f, x), n)}, repeats)["rule"]
+    print(f"[pullback] Park rule (allclose 1e-4 on V, 10-50 iterations): {rule_seconds:7.3f} s  iterations "
+          f"{iterations}  min |cos| {rule[0]:.5f}  Grassmann {rule[1]:.2e}")
+    result = pullback_basis(f, x, n)
+    print(f"[pullback] hspace defaults: gap ratio estimate {result.gap_ratio:.3f}, in cluster {result.in_cluster}")
+    curve("pullback", lambda tol: pullback_basis(f, x, n, tol=tol, max_iter=200), rule_seconds, rule, vh, repeats)
 
 
 def synthetic_chunks(samples: int, seed: int = 0):
@@ -178,7 +208,7 @@ def pca_child(route: str, samples: int) -> None:
     def run(chunks):
         if route == "in-memory":
             return pca_directions(torch.cat(list(chunks())), num_components=5)
-        return pca_directions(chunks, num_components=5, method=route, tol=1e-6, max_iter=50)
+        return pca_directions(chunks, num_components=5, method=route)  # default tol and pass limit
 
     for method in ("gram", "covariance", "randomized"):  # warm-up: the linear-algebra libraries loaded
         pca_directions(torch.randn(4, 2, 1, 2, 2), num_components=1, method=method)
@@ -189,7 +219,33 @@ def pca_child(route: str, samples: int) -> None:
     seconds = time.perf_counter() - start
     peak = peak_rss_mib() - baseline
     print(json.dumps({"route": route, "method": result.method, "peak_mib": peak, "seconds": seconds,
-                      "passes": result.iterations, "stds": result.stds[:, :5].tolist()}))
+                      "passes": result.iterations, "converged": result.converged, "stds": result.stds[:, :5].tolist()}))
+
+
+def wide_child(samples: int, chunk: int) -> None:
+    """The issue's width: N x 40 steps x 512·8·8, k = 25, streamed in chunks made on the fly; two passes of
+    the randomized route (memory is the same on every pass). Prints the peak RSS of the whole process."""
+    steps, shape = 40, (512, 8, 8)
+
+    def chunks():
+        for start in range(0, samples, chunk):
+            gen = torch.Generator().manual_seed(start)
+            yield torch.randn(min(chunk, samples - start), steps, *shape, generator=gen)
+
+    start = time.perf_counter()
+    result = pca_directions(chunks, num_components=25, method="randomized", max_iter=2)
+    print(json.dumps({"samples": samples, "chunk": chunk, "peak_rss_mib": peak_rss_mib(),
+                      "seconds": time.perf_counter() - start, "passes": result.iterations}))
+
+
+def bench_pca_wide(runs: list[tuple[int, int]]) -> None:
+    for samples, chunk in runs:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run([sys.executable, __file__, "--wide-child", str(samples), str(chunk)],
+                             capture_output=True, text=True, check=True, env=env)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"[pca-wide] N {r['samples']:5d} x 40 x 512·8·8, chunks of {r['chunk']:3d}, k 25 + 10: peak RSS "
+              f"{r['peak_rss_mib']:7.0f} MiB ({r['passes']} passes, {r['seconds']:.0f} s)")
 
 
 def bench_pca(samples: int) -> None:
@@ -210,7 +266,7 @@ def bench_pca(samples: int) -> None:
     for route, r in results.items():
         err = float(((torch.tensor(r["stds"], dtype=torch.float64) - reference).abs() / reference).max())
         print(f"[pca] {route:10s} ({r['method']:10s}) peak +{r['peak_mib']:7.1f} MiB  {r['seconds']:6.2f} s  "
-              f"passes {r['passes']:2d}  max rel std diff vs in-memory {err:.1e}")
+              f"passes {r['passes']:2d} converged {r['converged']!s:5s}  max rel std diff vs in-memory {err:.1e}")
     doubled = child("randomized", 2 * samples)
     print(f"[pca] randomized with {2 * samples} samples: peak +{doubled['peak_mib']:7.1f} MiB (flat in N)")
     for route in ("randomized", "covariance"):
@@ -222,19 +278,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=2000, help="samples of the synthetic PCA capture")
+    parser.add_argument("--only", choices=("jacobian", "pullback", "pca", "pca-wide"))
+    parser.add_argument("--wide-child", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pca-child", choices=("in-memory", "randomized", "covariance"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.wide_child:
+        wide_child(*args.wide_child)
+        return
+    if args.only == "pca-wide":  # flat in N and in the chunk size: N 10,000 runs the same blocks longer
+        bench_pca_wide([(50, 25), (100, 100), (200, 50)])
+        return
     if args.pca_child:
         pca_child(args.pca_child, args.samples)
         return
     den = small_unet()
     print(f"torch {torch.__version__}, 1 thread; UNet2DModel 16x16x3, block_out_channels (16, 32, 64), "
           f"h {tuple(den.h_shape())}")
-    bench_jacobian(den, args.repeats)
-    bench_pullback(den, "with attention", ("reverse",), args.repeats)
-    bench_pullback(attention_free_unet(), "attention-free", ("reverse", "forward"), args.repeats)
-    bench_pca(args.samples)
+    if args.only in (None, "jacobian"):
+        bench_jacobian(den, args.repeats)
+    if args.only in (None, "pullback"):
+        bench_pullback(den, args.repeats)
+    if args.only in (None, "pca"):
+        bench_pca(args.samples)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,16 @@ class Bottleneck:
         t_end, t_start = self.window
         return t_end - 1e-4 <= timestep <= t_start + 1e-4
 
+    def shifts_at(self, timestep: float) -> bool:
+        """Whether a call at this model timestep changes h: a replacement is set, or some edit adds a non-zero
+        term in the window (samplers run one plain pass where it does not; see ``samplers.sample_asyrp``)."""
+        if self.replacement is not None:
+            return True
+        if not self.in_window(timestep) or self.step_scale == 0:
+            return False
+        return any(edit.strength != 0 and (edit.samples is None or len(edit.samples) > 0)
+                   and bool(edit.direction.at(timestep).any()) for edit in self.edits)
+
     def delta(self, timestep: float, h_shape: Sequence[int], num_samples: int = 1) -> torch.Tensor | None:
         """The shift of each sample at a timestep, ``[num_samples, C, H, W]``, or None when nothing is added.
 

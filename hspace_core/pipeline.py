@@ -170,4 +170,5 @@ class HSpacePipeline:
         with self.denoiser.attached(controller):
             return sample_asyrp(self.denoiser, x_T.to(self.denoiser.device), sigmas, mode=mode,
                                 sigma_edit=sigma_edit, sigma_boost=sigma_boost, eta=eta, noises=noises, seed=seed,
-                                disable=not progress)
+                                disable=not progress,
+                                shifts=lambda s: controller.shifts_at(float(self.schedule.timestep(s))))

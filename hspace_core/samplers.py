@@ -129,7 +129,7 @@ def sample_asyrp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_a
                  callback: Callable | None = None, disable: bool | None = None, mode: str = "asymmetric",
                  sigma_edit: float = 0.0, sigma_boost: float = 0.0, eta: float = 0.0, eta_boost: float = 1.0,
                  noises: Sequence[torch.Tensor] | None = None, seed: int | None = None,
-                 batched: bool | None = None) -> torch.Tensor:
+                 batched: bool | None = None, shifts: Callable[[float], bool] | None = None) -> torch.Tensor:
     """The asymmetric reverse process of Kwon et al. 2023 (Asyrp, §3.2 and eq. 4), with quality boosting.
 
     On steps with ``sigma >= sigma_edit`` (the edit window [T, t_edit]) the predicted x0 comes from the
@@ -139,19 +139,35 @@ def sample_asyrp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_a
     (eta = 1, the stochastic DDPM step, in the paper). Elsewhere plain DDIM with ``eta``.
 
     ``batched``: get both predictions from one call on ``[x; x]`` (a diffusers UNet then runs its encoder
-    once), or from two calls. The default batches on accelerators and makes two calls on the CPU, where
-    one call on 2B rows measured slower than two on B (benchmarks/bench_engine.py).
+    once), or from two calls. The default batches everywhere: on 2 CPU cores the batched call measured
+    faster than or equal to two calls (benchmarks/bench_engine.py, ENGINE.md), and on accelerators the
+    larger batch is cheaper still.
+
+    ``shifts``: whether the bottleneck shifts anything at a sigma (e.g. ``lambda s:
+    controller.shifts_at(float(schedule.timestep(s)))``, :meth:`~hspace_core.bottleneck.Bottleneck.shifts_at`);
+    when not given, a callable published as ``shifts_at`` in the hspace flags of ``extra_args`` (see
+    :func:`with_hspace_flags`) is used. Edit-window steps where nothing shifts run one plain pass, so an edit
+    of strength 0 reproduces plain sampling bitwise on every path (the batched call on ``[x; x]`` computes the
+    decoder on twice the rows, which can change the last bits).
     """
     if mode not in MODES:
         raise HSpaceError(f"mode must be one of {MODES}, got {mode!r}")
     sigmas = _check(x, sigmas)
+    extra_args = extra_args or {}
+    if shifts is None:
+        shifts = ((extra_args.get("model_options") or {}).get("transformer_options") or {}).get(
+            "hspace", {}).get("shifts_at")
     if batched is None:
-        batched = x.device.type != "cpu"
+        batched = True
     if mode == "asymmetric" and not batched:
         mode = "asymmetric-sequential"
-    edits = [mode if float(s) >= sigma_edit * (1 - 1e-6) and float(s) >= sigma_boost * (1 - 1e-6) else "none"
-             for s in sigmas[:-1]]
-    return _run(model, x, sigmas, extra_args or {}, callback, disable, edits,
+
+    def edited(sigma: float) -> bool:
+        in_window = sigma >= sigma_edit * (1 - 1e-6) and sigma >= sigma_boost * (1 - 1e-6)
+        return in_window and (shifts is None or bool(shifts(sigma)))
+
+    edits = [mode if edited(float(s)) else "none" for s in sigmas[:-1]]
+    return _run(model, x, sigmas, extra_args, callback, disable, edits,
                 step_etas(sigmas, eta, sigma_boost, eta_boost), noises, seed)
 
 

@@ -173,3 +173,39 @@ def test_power_iteration_counts_iterations():
     result = power_iteration_deflation(JacobianOperator(batched(per_sample), z0), 2, max_iter=5,
                                        callback=calls.append)
     assert result.iterations == len(calls) <= 10
+
+
+def _unet_problem():
+    den = tiny_denoiser()
+    den.unet.requires_grad_(False)
+    x = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(3))
+    f, h0 = eps_of_h(den, x, 2.0)
+    _, s, vh = torch.linalg.svd(JacobianOperator(f, h0).dense().double())
+    return f, h0, s, vh
+
+
+def test_float32_default_tolerance_converges_from_every_start_and_is_accurate():
+    f, h0, s, vh = _unet_problem()
+    for seed in range(4):
+        result = subspace_iteration(JacobianOperator(f, h0), 3, oversample=4, seed=seed, max_iter=200)
+        assert result.converged and result.residual <= 1e-4, (seed, result.iterations, result.residual)
+        _assert_matches(result, s, vh, rtol=1e-3)
+        assert result.next_singular_value == pytest.approx(float(s[3]), rel=1e-2)
+
+
+def test_power_iteration_converged_means_accurate():
+    f, h0, s, vh = _unet_problem()
+    for tol in (1e-2, 1e-3, 1e-4):
+        result = power_iteration_deflation(JacobianOperator(f, h0), 3, tol=tol, max_iter=300)
+        cos = (result.right.reshape(3, -1).double() * vh[:3]).sum(-1).abs()
+        if result.converged:
+            assert result.residual <= tol
+            assert float(cos.min()) > 0.99, (tol, cos)
+
+
+def test_tolerance_under_the_dtype_floor_is_refused():
+    f, h0, _, _ = _unet_problem()
+    with pytest.raises(HSpaceError, match="tol must be at least"):
+        subspace_iteration(JacobianOperator(f, h0), 3, tol=1e-7)
+    per_sample, z0 = _analytic()
+    assert subspace_iteration(JacobianOperator(batched(per_sample), z0), 3, tol=1e-12, max_iter=500).converged

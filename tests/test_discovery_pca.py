@@ -169,3 +169,43 @@ def test_bad_inputs_raise_clear_errors():
         pca_directions([torch.zeros(2, 1, 1, 2, 2), torch.zeros(2, 1, 1, 2, 3)], method="covariance")
     with pytest.raises(HSpaceError, match="in memory"):
         pca_directions([torch.zeros(2, 1, 1, 2, 2)], method="gram")
+
+
+@pytest.mark.parametrize("method", ["covariance", "randomized"])
+def test_chunks_are_read_in_small_work_blocks_with_the_same_result(method, monkeypatch):
+    from hspace_core.discovery import pca
+
+    h = _data(n=30, s=2)
+    reference = pca_directions([h], num_components=3, method=method, tol=1e-7, max_iter=300)
+    monkeypatch.setattr(pca, "WORK_BYTES", 8 * 2 * 18 * 4)  # 4 samples per block, one chunk of 30
+    split = pca_directions([h], num_components=3, method=method, tol=1e-7, max_iter=300)
+    torch.testing.assert_close(split.components, reference.components, atol=1e-8, rtol=0)
+    torch.testing.assert_close(split.stds, reference.stds, rtol=1e-10, atol=0)
+
+
+def _signal_plus_noise_tail(n=400, d=60, rank=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(d, rank, generator=g, dtype=torch.float64)).Q.T
+    coefficients = torch.randn(n, rank, generator=g, dtype=torch.float64) * torch.linspace(10, 4, rank,
+                                                                                             dtype=torch.float64)
+    h = coefficients @ basis + torch.randn(n, d, generator=g, dtype=torch.float64)  # a flat noise tail
+    return h.reshape(n, 1, d, 1, 1)
+
+
+def test_randomized_converges_on_the_components_asked_for_despite_a_noise_tail():
+    h = _signal_plus_noise_tail()
+    res = pca_directions(list(h.split(100)), num_components=8, method="randomized", oversample=4, max_iter=30)
+    assert res.converged and res.iterations < 30 and res.residual <= 1e-4
+    exact = pca_directions(h, num_components=8, method="svd")
+    # the planted components (clear gaps) are accurate; the noise-tail ones need not be, but their variances are
+    cos = (res.components[0, :5] * exact.components[0, :5]).sum(-1).abs()
+    assert float(cos.min()) > 0.999
+    torch.testing.assert_close(res.stds[0, :8], exact.stds[0, :8], rtol=1e-3, atol=0)
+
+
+def test_randomized_reports_not_converged_at_the_pass_limit():
+    h = _signal_plus_noise_tail()
+    res = pca_directions(list(h.split(100)), num_components=8, method="randomized", oversample=0, max_iter=2,
+                         tol=1e-9)
+    assert not res.converged and res.iterations == 2 and res.residual > 1e-9
+    assert pca_directions(h, num_components=3, method="gram").converged

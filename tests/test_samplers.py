@@ -220,3 +220,35 @@ def test_sequential_asymmetric_step_makes_an_unshifted_then_a_shifted_call():
     shifts = [flags.get("shift") for s, flags, rows in model.calls]
     assert shifts == [False, True] * edited_steps + [False] * (10 - edited_steps)
     assert all(rows == 1 for s, flags, rows in model.calls)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("zero_edit", ["strength", "window", "flags"])
+def test_zero_edits_equal_plain_sampling_bitwise_on_every_path(batched, zero_edit):
+    model = tiny_denoiser()
+    sigmas = grid(10)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
+    plain = sample_ddim(model, x, sigmas, disable=True)
+    if zero_edit == "window":  # a direction whose window no step falls in
+        controller = Bottleneck([EditSpec(direction_for(model))], window=(2000.0, 3000.0))
+    else:
+        controller = Bottleneck([EditSpec(direction_for(model), 0.0)])
+    shifts = lambda s: controller.shifts_at(float(SCHEDULE.timestep(s)))  # noqa: E731
+    with model.attached(controller):
+        if zero_edit == "flags":  # the predicate published in the hspace flags, as an adapter can
+            from hspace_core.samplers import with_hspace_flags
+            edited = sample_asyrp(model, x, sigmas, with_hspace_flags(None, shifts_at=shifts), batched=batched,
+                                  disable=True)
+        else:
+            edited = sample_asyrp(model, x, sigmas, batched=batched, shifts=shifts, disable=True)
+    assert torch.equal(edited, plain)
+
+
+def test_shifts_at_reports_what_the_controller_would_add():
+    model = tiny_denoiser()
+    direction = direction_for(model)
+    assert Bottleneck([EditSpec(direction, 1.0)]).shifts_at(500.0)
+    assert not Bottleneck([EditSpec(direction, 0.0)]).shifts_at(500.0)
+    assert not Bottleneck([EditSpec(direction, 1.0)], window=(0.0, 100.0)).shifts_at(500.0)
+    assert not Bottleneck([EditSpec(direction, 1.0, samples=[])]).shifts_at(500.0)
+    assert not Bottleneck().shifts_at(500.0)

@@ -21,11 +21,15 @@ Two eigen-solvers for the top-k right singular vectors of J (those of JᵀJ):
 
 - :func:`subspace_iteration`: block power method with Rayleigh-Ritz (Golub & Van Loan §8.2.4). Per
   iteration one batched JVP and one batched VJP on a block of l = k + oversample vectors; converged when
-  the relative residual ‖JᵀJ v_i − σ_i² v_i‖ / σ_i² of the top k Ritz pairs is ≤ tol.
+  the residuals ‖JᵀJ v_i − σ_i² v_i‖ of the k wanted Ritz pairs (not the oversampling ones) are
+  ≤ tol · σ_1², a backward error relative to ‖JᵀJ‖. Unlike a residual relative to each σ_i², it has a
+  floor set by the dtype of the products near ε·σ_1² whatever the spectrum, so the same tol means the
+  same in float32 and float64 (a tol under 4 ε of the dtype is refused: it could never be met).
 - :func:`power_iteration_deflation`: the papers' sequential method (Haas ``editing/jacobian.py``): power
   iteration on J Jᵀ in output space for one vector at a time, deflating the output-space vectors already
-  found; stops when the relative change of the eigenvalue estimate is ≤ tol. k·iterations single-vector
-  JVPs and VJPs.
+  found; it stops when the residual ‖P J Jᵀ v − λ v‖ ≤ tol · λ_1 held ``patience`` iterations in a row
+  (Haas counts many small changes too; one small change of λ happens on a plateau long before v is
+  accurate). k·iterations single-vector JVPs and VJPs.
 """
 from __future__ import annotations
 
@@ -57,6 +61,9 @@ class JacobianSVD:
         left: ``[k, *out_shape]`` unit left singular vectors J v / σ (zero where σ = 0).
         iterations: iterations run (summed over vectors for the sequential method).
         converged: whether every vector met the tolerance before the iteration limit.
+        residual: the largest reached residual of the k vectors relative to σ_1² (compare with tol).
+        next_singular_value: the Ritz estimate of σ_{k+1} (NaN without oversampling): σ_{k+1}/σ_k near 1
+            means the k-th vector sits in a cluster and only a larger k has a well-determined span.
     """
 
     singular_values: torch.Tensor
@@ -64,6 +71,14 @@ class JacobianSVD:
     left: torch.Tensor
     iterations: int
     converged: bool
+    residual: float = 0.0
+    next_singular_value: float = float("nan")
+
+    @property
+    def gap_ratio(self) -> float:
+        """σ_{k+1} / σ_k (NaN when unknown); near 1: the requested rank sits inside a cluster."""
+        last = float(self.singular_values[-1])
+        return self.next_singular_value / last if last > 0 else float("nan")
 
 
 class JacobianOperator:
@@ -187,24 +202,35 @@ def batch_jvp(f: BatchFunction, points: torch.Tensor, tangents: torch.Tensor,
         return transposed(tangents)[0].detach()
 
 
+def _check_tol(tol: float, dtype: torch.dtype) -> None:
+    floor = 4 * torch.finfo(dtype).eps
+    if not tol >= floor:
+        raise HSpaceError(f"tol must be at least {floor:.1e} for {dtype} products (4 machine epsilons, the floor of "
+                          f"a residual relative to sigma_1^2), got {tol}")
+
+
 def subspace_iteration(op: JacobianOperator, num_vectors: int, oversample: int = 2, max_iter: int = 50,
-                       min_iter: int = 1, tol: float = 1e-5, seed: int = 0,
+                       min_iter: int = 1, tol: float = 1e-4, seed: int = 0,
                        callback: Callback | None = None) -> JacobianSVD:
     """Top-k singular triplets of J by block power (subspace) iteration with Rayleigh-Ritz.
 
     Each iteration: W = J Q (batched JVP); the Ritz pairs of WᵀW = QᵀJᵀJQ give σ² and the Ritz vectors
-    V = Q R; Z = Jᵀ(W R) = JᵀJ V (batched VJP) gives the residuals ‖Z_i − σ_i² V_i‖ / σ_i²; Q <- qr(Z).
-    Stops when iteration ≥ ``min_iter`` and the top-k residuals are ≤ ``tol``, or at ``max_iter``.
-    Convergence of v_i is geometric with ratio (σ_{l+1} / σ_i)², l = k + oversample.
+    V = Q R; Z = Jᵀ(W R) = JᵀJ V (batched VJP) gives the residuals ‖Z_i − σ_i² V_i‖ / σ_1²; Q <- qr(Z).
+    Stops when iteration ≥ ``min_iter`` and the k wanted residuals are ≤ ``tol``, or at ``max_iter``.
+    Convergence of v_i is geometric with ratio (σ_{l+1} / σ_i)², l = k + oversample. By Davis-Kahan the
+    angle of v_i to the true vector is at most about tol·σ_1² / (σ_i² − σ_{l+1}²).
 
     Args:
         op: the Jacobian operator.
         num_vectors: k.
-        oversample: extra block vectors that speed convergence of the k wanted ones.
+        oversample: extra block vectors that speed convergence of the k wanted ones (not tested for
+            convergence); with at least one, the result carries the estimate of σ_{k+1}.
+        tol: on ‖JᵀJv_i − σ_i²v_i‖ / σ_1²; 1e-4 gives |cos| > 0.9999 for well-separated vectors.
         callback: ``{"iteration", "singular_values", "residuals"}`` after every iteration; raise to stop.
     """
     in_dim = op.point.numel()
     k = _check_count(num_vectors, in_dim)
+    _check_tol(tol, op.dtype)
     width = min(k + max(oversample, 0), in_dim)
     generator = torch.Generator().manual_seed(seed)
     q = torch.linalg.qr(torch.randn(in_dim, width, generator=generator, dtype=torch.float64)).Q.T  # rows
@@ -215,8 +241,8 @@ def subspace_iteration(op: JacobianOperator, num_vectors: int, oversample: int =
         eigvals, rotation = eigvals.flip(0).clamp(min=0), rotation.flip(1)
         vectors, images = rotation.T @ q, rotation.T @ w
         z = op.vjp(images.reshape(width, *op.out_shape)).reshape(width, -1).double()
-        scale = eigvals[:k].clamp(min=max(float(eigvals[0]) * 1e-12, torch.finfo(torch.float64).tiny))
-        residuals = ((z[:k] - eigvals[:k, None] * vectors[:k]).norm(dim=1) / scale)
+        scale = max(float(eigvals[0]), torch.finfo(torch.float64).tiny)
+        residuals = (z[:k] - eigvals[:k, None] * vectors[:k]).norm(dim=1) / scale
         if float(eigvals[0]) == 0.0:
             residuals = torch.zeros_like(residuals)
         if callback is not None:
@@ -227,28 +253,35 @@ def subspace_iteration(op: JacobianOperator, num_vectors: int, oversample: int =
         q = torch.linalg.qr(z.T).Q.T
     sigma = eigvals[:k].sqrt()
     left = images[:k] / torch.where(sigma > 0, sigma, 1.0)[:, None]
+    next_sigma = float(eigvals[k].sqrt()) if width > k else float("nan")
     return JacobianSVD(sigma.to(op.dtype), vectors[:k].reshape(k, *op.in_shape).to(op.dtype),
-                       left.reshape(k, *op.out_shape).to(op.dtype), iteration, converged)
+                       left.reshape(k, *op.out_shape).to(op.dtype), iteration, converged,
+                       float(residuals.max()), next_sigma)
 
 
-def power_iteration_deflation(op: JacobianOperator, num_vectors: int = 3, max_iter: int = 50, tol: float = 1e-5,
-                              seed: int = 0, callback: Callback | None = None) -> JacobianSVD:
+def power_iteration_deflation(op: JacobianOperator, num_vectors: int = 3, max_iter: int = 50, tol: float = 1e-4,
+                              patience: int = 3, seed: int = 0, callback: Callback | None = None) -> JacobianSVD:
     """Haas et al.'s sequential power iteration on J Jᵀ with deflation, one vector at a time.
 
     For the i-th vector, a random output-space v is iterated v <- P(J Jᵀ v) / ‖·‖, P projecting out the
-    left singular vectors already found; the eigenvalue estimate is λ = ‖P J Jᵀ v‖, and iteration stops
-    when |λ − λ_prev| ≤ tol·λ. Then σ_i = ‖Jᵀ v‖ (the Rayleigh quotient) and the h-space direction is
-    u_i = Jᵀ v / σ_i. Kept as the papers' reference and as the benchmark baseline for
-    :func:`subspace_iteration`.
+    left singular vectors already found; the eigenvalue estimate is λ = vᵀ P J Jᵀ v, and the vector is
+    converged when the residual ‖P J Jᵀ v − λ v‖ ≤ tol · λ_1 (λ_1 the first vector's eigenvalue) held
+    ``patience`` iterations in a row. Then σ_i = ‖Jᵀ v‖ and the h-space direction is u_i = Jᵀ v / σ_i.
+    Kept as the papers' method; benchmarks/bench_discovery.py compares it with :func:`subspace_iteration`.
 
     Args:
-        callback: ``{"vector", "iteration", "eigenvalue"}`` after every iteration; raise to stop.
+        max_iter: per vector.
+        callback: ``{"vector", "iteration", "eigenvalue", "residual"}`` after every iteration; raise to stop.
     """
     k = _check_count(num_vectors, op.point.numel())
+    _check_tol(tol, op.dtype)
+    if patience < 1:
+        raise HSpaceError(f"patience must be a positive number of iterations, got {patience}")
     generator = torch.Generator().manual_seed(seed)
     out_dim = int(torch.tensor(op.out_shape).prod())
     found_left: list[torch.Tensor] = []
-    sigmas, rights, total, all_converged = [], [], 0, True
+    sigmas, rights, total, all_converged, worst = [], [], 0, True, 0.0
+    top = None
 
     def deflate(vec: torch.Tensor) -> torch.Tensor:
         """v − V(VᵀV)⁻¹Vᵀv for the left vectors V found so far (through an orthonormal basis of their span)."""
@@ -260,32 +293,37 @@ def power_iteration_deflation(op: JacobianOperator, num_vectors: int = 3, max_it
     for index in range(k):
         v = deflate(torch.randn(out_dim, generator=generator, dtype=torch.float64))
         v = v / v.norm()
-        previous, converged = None, False
+        streak, converged, residual = 0, False, float("inf")
         for iteration in range(1, max_iter + 1):
             u = op.vjp(v.reshape(1, *op.out_shape)).reshape(-1).double()
             w = deflate(op.jvp(u.reshape(1, *op.in_shape)).reshape(-1).double())
-            eigenvalue = float(w.norm())
+            eigenvalue = float(v @ w)
             total += 1
+            scale = top if top is not None else abs(eigenvalue)
+            residual = float((w - eigenvalue * v).norm()) / scale if scale > 0 else 0.0
             if callback is not None:
-                callback({"vector": index, "iteration": iteration, "eigenvalue": eigenvalue})
-            if eigenvalue == 0.0:
+                callback({"vector": index, "iteration": iteration, "eigenvalue": eigenvalue, "residual": residual})
+            norm = float(w.norm())
+            if norm == 0.0:
+                converged, residual = True, 0.0
+                break
+            streak = streak + 1 if residual <= tol else 0
+            v = w / norm
+            if streak >= patience:
                 converged = True
                 break
-            next_v = w / eigenvalue
-            if previous is not None and abs(eigenvalue - previous) <= tol * eigenvalue:
-                converged = True
-                v = next_v
-                break
-            previous, v = eigenvalue, next_v
         u = op.vjp(v.reshape(1, *op.out_shape)).reshape(-1).double()
         sigma = u.norm()
+        if top is None:
+            top = float(sigma) ** 2
         sigmas.append(sigma)
         rights.append(u / sigma if sigma > 0 else u)
         found_left.append(v)
         all_converged &= converged
+        worst = max(worst, residual)
     sigma = torch.stack(sigmas)
     return JacobianSVD(sigma.to(op.dtype), torch.stack(rights).reshape(k, *op.in_shape).to(op.dtype),
-                       torch.stack(found_left).reshape(k, *op.out_shape).to(op.dtype), total, all_converged)
+                       torch.stack(found_left).reshape(k, *op.out_shape).to(op.dtype), total, all_converged, worst)
 
 
 def jacobian_directions(op: JacobianOperator, num_vectors: int = 3, method: str = "subspace",

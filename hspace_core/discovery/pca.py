@@ -19,9 +19,14 @@ Algorithms (chosen by ``method``; all accumulate in float64):
 - ``"randomized"`` (streaming, several passes): block subspace iteration with Rayleigh-Ritz on the
   covariance (Halko, Martinsson & Tropp 2011, Alg. 4.4 without forming C): a first pass for the mean,
   then per pass Z = Σ_chunks X_cᵀ (X_c Q) for an orthonormal d x l block Q (l = k + oversample), the Ritz
-  pairs of Qᵀ Z, and Q <- qr(Z), until the relative residual ‖C v_i - λ_i v_i‖ / λ_i of the top k Ritz
-  pairs is below ``tol``. O(passes · n d l) time, O(G d l) memory plus one chunk: 10,000 samples x 40
-  steps x 512·8·8 with k = 25 needs about 40 · 32768 · 35 · 8 B · 2 = 0.7 GB, never the 10 GB of data.
+  pairs of Qᵀ Z, and Q <- qr(Z), until the residuals ‖C v_i - λ_i v_i‖ of the k components asked for
+  (not the oversampling pairs) are at most ``tol`` · λ_1 in every group (a backward error relative to
+  ‖C‖: exact in float64, it does not depend on the gaps of a noise tail, which a residual relative to each
+  λ_i waits on forever). O(passes · n d l) time; memory O(G d l) for Q and Z plus a fixed work block,
+  whatever the chunk size (chunks are read ``WORK_BYTES`` of float64 at a time into one reused buffer):
+  10,000 samples x 40 steps x 512·8·8 with k = 25 holds 2 · 40 · 32768 · 35 · 8 B = 0.73 GB of blocks;
+  measured process peak RSS 1.5 / 2.0 / 2.4 GiB with chunks of 25 / 50 / 100 samples (a chunk is 5.2 MiB
+  of float32 per sample), the same at any N (``python benchmarks/bench_discovery.py --only pca-wide``).
 
 ``"auto"`` picks ``"gram"`` for an in-memory tensor with n < d; otherwise (n >= d, or chunks) it picks
 ``"covariance"`` when the G·d²·8 bytes of scatter fit in ``max_memory_bytes``, else ``"randomized"``
@@ -63,6 +68,9 @@ class PCAResult:
         h_shape: ``(C, H, W)``; num_steps: S; num_samples: N.
         per_timestep: which variant; method: the algorithm that ran; iterations: passes of
         ``"randomized"`` (0 otherwise).
+        converged: whether ``"randomized"`` met ``tol`` before ``max_iter`` (the exact methods: True);
+        residual: the largest reached ‖C v_i − λ_i v_i‖ / λ_1 over the k components and groups (0 for
+        the exact methods), to compare with ``tol``.
     """
 
     components: torch.Tensor
@@ -76,6 +84,8 @@ class PCAResult:
     per_timestep: bool
     method: str
     iterations: int = 0
+    converged: bool = True
+    residual: float = 0.0
 
     @property
     def explained_variance(self) -> torch.Tensor:
@@ -112,7 +122,7 @@ class PCAResult:
 
 def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = True, center: bool = True,
                    method: str = "auto", max_memory_bytes: int = 2 ** 30, oversample: int = 10,
-                   max_iter: int = 30, tol: float = 1e-6, seed: int = 0,
+                   max_iter: int = 30, tol: float = 1e-4, seed: int = 0,
                    callback: Callback | None = None) -> PCAResult:
     """Principal directions of captured h (Haas et al. 2024, ``get_PCs_indv`` / ``get_PCs_all``).
 
@@ -124,8 +134,9 @@ def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = T
         method: ``"auto"``, ``"gram"``, ``"svd"`` (in-memory tensors), ``"covariance"``, ``"randomized"``
             (any input); see the module docstring for costs.
         max_memory_bytes: the budget for the d x d scatter matrices that ``"auto"`` respects.
-        oversample, max_iter, tol, seed: block size l = k + oversample, pass limit, relative Ritz residual
-            and the seed of the start block of ``"randomized"``.
+        oversample, max_iter, tol, seed: block size l = k + oversample, pass limit, the residual
+            ‖C v_i − λ_i v_i‖ ≤ tol·λ_1 of the k components asked for, and the seed of the start block of
+            ``"randomized"`` (see :attr:`PCAResult.converged` and :attr:`PCAResult.residual`).
         callback: called with ``{"pass", "chunk", "samples"}`` after every chunk read; raise to stop.
     """
     if method not in METHODS:
@@ -144,19 +155,20 @@ def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = T
         x = _grouped(source.tensor, per_timestep)
         k = _rank_bound(num_components, x.shape[0], x.shape[2], center)
         comps, variances, totals, mean = _in_memory(x, k, center, method)
-        n, iterations = x.shape[0], 0
+        n, iterations, converged, residual = x.shape[0], 0, True, 0.0
     else:
         first = source.first_chunk()
         g = first.shape[1] if per_timestep else 1
         d = first[0].numel() // g
+        del first
         if method == "auto":
             method = "covariance" if g * d * d * 8 <= max_memory_bytes else "randomized"
         if method == "covariance":
             comps, variances, totals, mean, n = _covariance_pca(source, per_timestep, center, num_components,
                                                                 callback)
-            iterations = 0
+            iterations, converged, residual = 0, True, 0.0
         else:
-            comps, variances, totals, mean, n, iterations = _randomized_pca(
+            comps, variances, totals, mean, n, iterations, converged, residual = _randomized_pca(
                 source, per_timestep, center, num_components, oversample, max_iter, tol, seed, callback)
     n_dof = max(n - 1, 1) if center else n
     comps = _fix_signs(comps, per_timestep)
@@ -164,7 +176,7 @@ def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = T
                      explained_variance_ratio=variances / totals.clamp(min=torch.finfo(torch.float64).tiny)[:, None],
                      total_variance=totals / n_dof, mean=mean.to(source.dtype), h_shape=source.h_shape,
                      num_steps=source.num_steps, num_samples=n, per_timestep=per_timestep, method=method,
-                     iterations=iterations)
+                     iterations=iterations, converged=converged, residual=residual)
 
 
 # -- input handling ---------------------------------------------------------------------------------
@@ -221,7 +233,8 @@ class _ChunkSource:
         if self.tensor is not None:
             yield self.tensor
             return
-        self.first_chunk()
+        if self._shape is None:
+            self.first_chunk()
         if self._factory is not None:
             iterator = iter(self._factory())
         elif multi_pass:
@@ -231,11 +244,18 @@ class _ChunkSource:
             iterator, self._one_shot = self._one_shot, None
             if iterator is None:
                 raise HSpaceError("the one-shot chunk iterator was already consumed")
-            yield self._first
+            first, self._first = self._first, None
+            yield first
+            del first
+        if self._factory is not None:
+            self._first = None  # re-read from the factory: only its shape had to be kept
         seen = False
         for chunk in iterator:
             seen = True
-            yield _check_chunk(chunk, self._shape)
+            checked = _check_chunk(chunk, self._shape)
+            del chunk
+            yield checked
+            del checked
         if self._factory is not None and not seen:
             raise HSpaceError("no h to analyse: the chunk iterable is empty")
 
@@ -261,6 +281,35 @@ def _grouped(h: torch.Tensor, per_timestep: bool) -> torch.Tensor:
     """[n, S, C, H, W] -> [n, G, D] in float64."""
     n, s = h.shape[:2]
     return h.reshape(n, s, -1).double() if per_timestep else h.reshape(n, 1, -1).double()
+
+
+WORK_BYTES = 2 ** 26
+"""float64 bytes of h the streaming routes convert at a time, whatever the size of the chunks passed in."""
+
+
+class _WorkBlocks:
+    """A chunk as float64 ``[G, m, D]`` blocks of at most :data:`WORK_BYTES`, in one reused buffer."""
+
+    def __init__(self, per_timestep: bool):
+        self.per_timestep = per_timestep
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, chunk: torch.Tensor, mean: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        n, s = chunk.shape[:2]
+        rows = chunk.reshape(n, s, -1) if self.per_timestep else chunk.reshape(n, 1, -1)
+        g, d = rows.shape[1:]
+        step = max(1, WORK_BYTES // (g * d * 8))
+        if self._buffer is None or self._buffer.shape[0] != g or self._buffer.shape[2] != d:
+            self._buffer = torch.empty(g, min(step, n), d, dtype=torch.float64)
+        elif self._buffer.shape[1] < min(step, n):
+            self._buffer = torch.empty(g, min(step, n), d, dtype=torch.float64)
+        for start in range(0, n, step):
+            part = rows[start:start + step]
+            block = self._buffer[:, :part.shape[0]]
+            block.copy_(part.transpose(0, 1))
+            if mean is not None:
+                block -= mean[:, None]
+            yield block
 
 
 def _rank_bound(k: int, n: int, d: int, center: bool) -> int:
@@ -289,20 +338,22 @@ def _in_memory(x: torch.Tensor, k: int, center: bool, method: str):
 # -- streaming: exact scatter ------------------------------------------------------------------------
 def _covariance_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: int, callback: Callback | None):
     n, mean, scatter = 0, None, None
+    blocks = _WorkBlocks(per_timestep)
     for i, chunk in enumerate(source.chunks(multi_pass=False)):
-        x = _grouped(chunk, per_timestep).transpose(0, 1)  # [G, m, D]
-        m = x.shape[1]
-        if scatter is None:
-            scatter = x.new_zeros(x.shape[0], x.shape[2], x.shape[2])
-            mean = x.new_zeros(x.shape[0], x.shape[2])
-        if center:
-            chunk_mean = x.mean(1)
-            delta = chunk_mean - mean
-            scatter.baddbmm_(delta[:, :, None], delta[:, None, :], alpha=n * m / (n + m))
-            mean += delta * (m / (n + m))
-            x = x - chunk_mean[:, None]
-        scatter.baddbmm_(x.transpose(1, 2), x)
-        n += m
+        for x in blocks(chunk):  # [G, m, D]
+            m = x.shape[1]
+            if scatter is None:
+                scatter = x.new_zeros(x.shape[0], x.shape[2], x.shape[2])
+                mean = x.new_zeros(x.shape[0], x.shape[2])
+            if center:
+                chunk_mean = x.mean(1)
+                delta = chunk_mean - mean
+                scatter.baddbmm_(delta[:, :, None], delta[:, None, :], alpha=n * m / (n + m))
+                mean += delta * (m / (n + m))
+                x -= chunk_mean[:, None]
+            scatter.baddbmm_(x.transpose(1, 2), x)
+            n += m
+        del chunk  # before the next chunk is read: one chunk alive at a time
         _report(callback, 0, i, n)
     k = _rank_bound(k, n, scatter.shape[-1], center)
     totals = scatter.diagonal(dim1=1, dim2=2).sum(-1)
@@ -318,11 +369,15 @@ def _covariance_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: i
 def _randomized_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: int, oversample: int,
                     max_iter: int, tol: float, seed: int, callback: Callback | None):
     n, total, sq = 0, None, None
+    blocks = _WorkBlocks(per_timestep)
     for i, chunk in enumerate(source.chunks(multi_pass=True)):
-        x = _grouped(chunk, per_timestep)
-        total = x.sum(0) if total is None else total + x.sum(0)
-        sq = x.pow(2).sum(dim=(0, 2)) if sq is None else sq + x.pow(2).sum(dim=(0, 2))
-        n += x.shape[0]
+        for x in blocks(chunk):  # [G, m, D]
+            if total is None:
+                total, sq = x.new_zeros(x.shape[0], x.shape[2]), x.new_zeros(x.shape[0])
+            total += x.sum(1)
+            sq += torch.linalg.vector_norm(x, dim=(1, 2)) ** 2
+            n += x.shape[1]
+        del chunk
         _report(callback, 0, i, n)
     g, d = total.shape
     k = _rank_bound(k, n, d, center)
@@ -330,23 +385,33 @@ def _randomized_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: i
     totals = sq - n * mean.pow(2).sum(-1)
     width = min(k + oversample, d, n)
     generator = torch.Generator().manual_seed(seed)
-    q = torch.linalg.qr(torch.randn(g, d, width, generator=generator, dtype=torch.float64)).Q
-    ritz_values = ritz_vectors = None
+    q = torch.empty(g, d, width, dtype=torch.float64)
+    for group in range(g):  # one group's QR workspace at a time
+        q[group] = torch.linalg.qr(torch.randn(d, width, generator=generator, dtype=torch.float64)).Q
+    z = torch.empty_like(q)
+    tiny = torch.finfo(torch.float64).tiny
+    converged, residual = False, float("inf")
     for iteration in range(1, max_iter + 1):
-        z = torch.zeros_like(q)
+        z.zero_()
         for i, chunk in enumerate(source.chunks(multi_pass=True)):
-            xc = (_grouped(chunk, per_timestep) - mean).transpose(0, 1)  # [G, m, D]
-            z += xc.transpose(1, 2) @ (xc @ q)
+            for xc in blocks(chunk, mean if center else None):
+                z.baddbmm_(xc.transpose(1, 2), xc @ q)
+            del chunk
             _report(callback, iteration, i, n)
         eigvals, rotation = torch.linalg.eigh(q.transpose(1, 2) @ z)
-        eigvals, rotation = eigvals.flip(-1), rotation.flip(-1)
-        ritz_values, ritz_vectors = eigvals[:, :k], (q @ rotation)[:, :, :k]
-        residual = (z @ rotation[:, :, :k] - ritz_vectors * ritz_values[:, None, :]).norm(dim=1)
-        scale = ritz_values.clamp(min=ritz_values[:, :1].clamp(min=torch.finfo(torch.float64).tiny) * 1e-12)
-        if float((residual / scale).max()) <= tol:
+        eigvals, rotation = eigvals.flip(-1)[:, :k], rotation.flip(-1)[:, :, :k]
+        # ‖Z r − λ Q r‖² = rᵀZᵀZr − 2λ rᵀQᵀZr + λ² (Q orthonormal): no d x l temporary
+        zz = z.transpose(1, 2) @ z
+        squared = ((rotation * (zz @ rotation)).sum(1) - eigvals ** 2).clamp(min=0)
+        residuals = squared.sqrt() / eigvals[:, :1].clamp(min=tiny)
+        residual = float(residuals.max())
+        if residual <= tol or iteration == max_iter:
+            converged = residual <= tol
             break
-        q = torch.linalg.qr(z).Q
-    return ritz_vectors.transpose(1, 2), ritz_values.clamp(min=0), totals, mean, n, iteration
+        for group in range(g):
+            q[group] = torch.linalg.qr(z[group]).Q
+    components = torch.stack([(q[group] @ rotation[group]).T for group in range(g)])
+    return components, eigvals.clamp(min=0), totals, mean, n, iteration, converged, residual
 
 
 def _report(callback: Callback | None, pass_index: int, chunk_index: int, samples: int) -> None:

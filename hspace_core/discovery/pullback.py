@@ -28,7 +28,9 @@ class PullbackBasis:
         h_basis: U, ``[n, *h_shape]`` unit vectors (the tangent basis in h-space, J v / σ).
         singular_values: σ, ``[n]`` descending.
         x_basis: V, ``[n, *x_shape]`` orthonormal (the latent basis in x-space).
-        iterations, converged: of the subspace iteration.
+        iterations, converged, residual: of the subspace iteration (residual relative to σ_1², vs tol).
+        gap_ratio: σ_{n+1} / σ_n from the oversampled Ritz values; in_cluster: it exceeds
+            :data:`CLUSTER_RATIO`, so span(V) is ill-determined at this n (ask for a rank at a gap).
     """
 
     h_basis: torch.Tensor
@@ -36,6 +38,16 @@ class PullbackBasis:
     x_basis: torch.Tensor
     iterations: int
     converged: bool
+    residual: float = 0.0
+    gap_ratio: float = float("nan")
+
+    @property
+    def in_cluster(self) -> bool:
+        return self.gap_ratio > CLUSTER_RATIO
+
+
+CLUSTER_RATIO = 0.95
+"""σ_{n+1}/σ_n above which the requested rank n is reported as inside a cluster of singular values."""
 
 
 def encoder_function(denoiser: Any, sigma: float) -> BatchFunction:
@@ -46,16 +58,19 @@ def encoder_function(denoiser: Any, sigma: float) -> BatchFunction:
     return lambda x: denoiser.encode(x, sigma)
 
 
-def pullback_basis(f: BatchFunction, x: torch.Tensor, num_vectors: int = 50, min_iter: int = 10,
-                   max_iter: int = 50, tol: float = 1e-4, chunk_size: int | None = None, seed: int = 0,
-                   jvp_mode: str = "reverse", callback: Callback | None = None) -> PullbackBasis:
+def pullback_basis(f: BatchFunction, x: torch.Tensor, num_vectors: int = 50, min_iter: int = 1,
+                   max_iter: int = 50, tol: float = 1e-3, oversample: int | None = None,
+                   chunk_size: int | None = None, seed: int = 0, jvp_mode: str = "reverse",
+                   callback: Callback | None = None) -> PullbackBasis:
     """The top-n local basis of J = ∂f/∂x at ``x`` (Park et al. 2023, "Algorithm 1", the power method).
 
-    Subspace iteration V <- orth(Jᵀ J V) with batched JVP/VJP (:func:`~.jacobian.subspace_iteration`,
-    no oversampling: the block is the n wanted vectors, as in Park's code), at least ``min_iter``
-    iterations, then until the relative residual of every pair is ≤ ``tol`` or ``max_iter``. Park's code
-    stops on an elementwise change of V below 1e-4 instead; the residual test is sign- and
-    rotation-invariant. Cost per iteration: n JVPs and n VJPs through the encoder, ``chunk_size`` at a time.
+    Subspace iteration V <- orth(Jᵀ J V) with batched JVP/VJP and Rayleigh-Ritz
+    (:func:`~.jacobian.subspace_iteration`) on a block of n + ``oversample`` vectors (default n // 2 + 2:
+    with gaps σ_{n+1}/σ_n near 1, as on diffusion encoders, the n wanted vectors converge at the rate
+    (σ_{l+1}/σ_n)² of the larger block instead of not at all). It stops when the residuals
+    ‖JᵀJv_i − σ_i²v_i‖ ≤ tol·σ_1² of the n wanted pairs (sign- and rotation-invariant: a test on the
+    subspace, unlike Park's elementwise allclose on V, which sign flips and rotations inside clusters keep
+    from firing), or at ``max_iter``; :attr:`PullbackBasis.in_cluster` reports a rank inside a cluster.
 
     Args:
         f: batch-native x -> h (e.g. :func:`encoder_function`); x: one point ``[C, H, W]`` (no batch).
@@ -63,9 +78,11 @@ def pullback_basis(f: BatchFunction, x: torch.Tensor, num_vectors: int = 50, min
         callback: ``{"iteration", "singular_values", "residuals"}`` per iteration; raise to stop.
     """
     op = JacobianOperator(f, x, chunk_size=chunk_size, jvp_mode=jvp_mode)
-    result = subspace_iteration(op, num_vectors, oversample=0, max_iter=max_iter, min_iter=min_iter, tol=tol,
+    extra = num_vectors // 2 + 2 if oversample is None else oversample
+    result = subspace_iteration(op, num_vectors, oversample=extra, max_iter=max_iter, min_iter=min_iter, tol=tol,
                                 seed=seed, callback=callback)
-    return PullbackBasis(result.left, result.singular_values, result.right, result.iterations, result.converged)
+    return PullbackBasis(result.left, result.singular_values, result.right, result.iterations, result.converged,
+                         result.residual, result.gap_ratio)
 
 
 def x_space_guidance(eps_fn: BatchFunction, x: torch.Tensor, v: torch.Tensor, step_size: float = 1.0,
