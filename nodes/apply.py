@@ -8,6 +8,7 @@ import torch
 from hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
 from hspace_core.errors import HSpaceError
 from hspace_core.samplers import MODES, sample_asyrp, sample_ddim
+from hspace_core.schedule import at_or_above, check_sigmas
 
 from . import _comfy, _inputs, _sampling, comfy_adapter, pixel_model
 from ._grid import labelled_grid
@@ -20,22 +21,39 @@ def _strength(default: float, tooltip: str) -> tuple[str, dict[str, Any]]:
     return ("FLOAT", {"default": default, "min": -1000.0, "max": 1000.0, "step": 0.05, "tooltip": tooltip})
 
 
-def apply_direction(model: Any, directions: DirectionSet, strength: float, start_percent: float,
+WINDOWS = ("direction", "percent")
+# Haas et al.'s Stable Diffusion code shifts the cond and uncond rows alike, so the edit does not grow with cfg
+ROWS = ("both", *[r for r in ROW_CHOICES if r != "both"])
+
+
+def apply_direction(model: Any, directions: DirectionSet, strength: float, window: str, start_percent: float,
                     end_percent: float, rows: str, allow_foreign: bool) -> Any:
-    """A patched clone of ``model`` that adds ``strength`` times the direction to h inside the window."""
+    """A patched clone of ``model`` that adds ``strength`` times the direction to h inside the window: the
+    direction's own edit window, or start_percent..end_percent."""
     direction = single(directions)
     direction.check_model(_sampling.fingerprint(model, direction.h_shape), allow_foreign)
-    window = comfy_adapter.percent_window(model, start_percent, end_percent)
-    controller = Bottleneck([EditSpec(direction, strength)], window=window, rows=rows)
+    if window not in WINDOWS:
+        raise HSpaceError(f"window must be one of {WINDOWS}, got {window!r}")
+    timesteps = comfy_adapter.percent_window(model, start_percent, end_percent) if window == "percent" else None
+    controller = Bottleneck([EditSpec(direction, strength)], window=timesteps, rows=rows)
     return comfy_adapter.patch_model(model, controller)
 
 
 def apply_inputs() -> dict[str, Any]:
     return {
-        "strength": _strength(1.0, "how far to move along the direction (PCA directions: in standard deviations)"),
-        "start_percent": _inputs.percent(0.0, "edit from this point of the sampling process (0 = first step)"),
-        "end_percent": _inputs.percent(1.0, "edit until this point (1 = last step)"),
-        "rows": (list(ROW_CHOICES), {"tooltip": "which CFG rows are edited: cond (positive), uncond, or both"}),
+        "strength": _strength(1.0, "how far to move along the direction (PCA directions: in standard deviations of "
+                                   "h, Haas et al.'s unit, calibrated for their symmetric step; the Asyrp Sampler's "
+                                   "asymmetric step is stronger per std, see the docs). Normalised to the step "
+                                   "count: under the asymmetric step the shift of each step is scaled by the "
+                                   "direction's reference steps / the run's steps (Asyrp's N_train / N_test)"),
+        "window": (list(WINDOWS), {"tooltip": "direction: the direction's own edit window (an Asyrp direction's "
+                                              "[t_edit, T]; every step for one without a window); percent: "
+                                              "start_percent..end_percent, overriding it"}),
+        "start_percent": _inputs.percent(0.0, "window = percent: edit from this point of the sampling process "
+                                              "(0 = first step)"),
+        "end_percent": _inputs.percent(1.0, "window = percent: edit until this point (1 = last step)"),
+        "rows": (list(ROWS), {"tooltip": "which CFG rows are edited: both (Haas et al.'s default: the edit does "
+                                         "not scale with cfg), cond (positive) or uncond"}),
         "allow_foreign": ("BOOLEAN", {"default": False, "tooltip": "apply a direction made for another model "
                                                                      "(same h shape) instead of refusing it"}),
     }
@@ -55,15 +73,17 @@ class HSpaceApplyDirection:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"model": _inputs.model(), "direction": _inputs.direction(), **apply_inputs()}}
 
-    def apply(self, model: Any, direction: DirectionSet, strength: float, start_percent: float, end_percent: float,
-              rows: str, allow_foreign: bool) -> tuple[Any]:
-        return (apply_direction(model, direction, strength, start_percent, end_percent, rows, allow_foreign),)
+    def apply(self, model: Any, direction: DirectionSet, strength: float, window: str, start_percent: float,
+              end_percent: float, rows: str, allow_foreign: bool) -> tuple[Any]:
+        return (apply_direction(model, direction, strength, window, start_percent, end_percent, rows, allow_foreign),)
 
 
 class HSpaceAsyrpSampler:
     """A SAMPLER for SamplerCustom / SamplerCustomAdvanced running Asyrp's reverse process (Kwon et al.): with a
     model from Apply Direction, edit for t >= t_edit (asymmetric: x0 from the shifted h, the noise direction from
-    the unshifted one; symmetric: both shifted), plain DDIM below, and stochastic steps without edit below t_boost."""
+    the unshifted one; symmetric: both shifted), plain DDIM below, and stochastic steps without edit below t_boost.
+    h is shifted where both t_edit and Apply Direction's window allow; under the asymmetric step the shift is
+    normalised to the step count (Asyrp's N_train / N_test), so 20 or 100 steps give the same edit."""
 
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
@@ -76,7 +96,8 @@ class HSpaceAsyrpSampler:
         return {"required": {
             "model": _inputs.model("the model whose timesteps t_edit and t_boost refer to"),
             "mode": (list(MODES), {"tooltip": "asymmetric: Asyrp's process; symmetric: the shift enters both terms"}),
-            "t_edit": _inputs.timestep(400, "edit at timesteps >= t_edit"),
+            "t_edit": _inputs.timestep(400, "edit at timesteps >= t_edit (and inside Apply Direction's window: an "
+                                            "Asyrp direction keeps its own [t_edit, T] unless window = percent)"),
             "t_boost": _inputs.timestep(0, "no edit and eta_boost below t_boost (quality boosting); 0 = off"),
             "eta": _inputs.eta(0.0, "eta of the steps above t_boost (0 = deterministic DDIM)"),
             "eta_boost": _inputs.eta(1.0, "eta of the boosted steps below t_boost (1 = DDPM)"),
@@ -92,7 +113,7 @@ class HSpaceAsyrpSampler:
 def _asyrp_in_window(model: Any, x: torch.Tensor, sigmas: torch.Tensor, *args: Any, sigma_edit: float,
                      **options: Any) -> torch.Tensor:
     """sample_asyrp, refusing a schedule whose steps all lie below the edit window (nothing would be edited)."""
-    if float(sigmas[:-1].max()) < sigma_edit * (1 - 1e-6):
+    if not at_or_above(sigmas[:-1].max(), sigma_edit):
         raise HSpaceError(f"no step of this schedule reaches t_edit: its largest sigma {float(sigmas[:-1].max()):.4g} "
                           f"is below the window's {sigma_edit:.4g}; lower t_edit or use more of the schedule")
     return sample_asyrp(model, x, sigmas, *args, sigma_edit=sigma_edit, **options)
@@ -135,18 +156,19 @@ class HSpaceStrengthSweep:
         }
 
     def sweep(self, model: Any, direction: DirectionSet, sigmas: torch.Tensor, latent_image: dict[str, Any],
-              seed: int, cfg: float, strength_min: float, strength_max: float, count: int, start_percent: float,
-              end_percent: float, rows: str, allow_foreign: bool, positive: list | None = None,
+              seed: int, cfg: float, strength_min: float, strength_max: float, count: int, window: str,
+              start_percent: float, end_percent: float, rows: str, allow_foreign: bool, positive: list | None = None,
               negative: list | None = None, vae: Any = None, sampler: Any = None,
               unique_id: str | None = None) -> dict[str, Any]:
         strengths = [strength_min + (strength_max - strength_min) * i / (count - 1) for i in range(count)]
         noise = _sampling.random_noise(latent_image, seed, model)
-        steps = len(_sampling.check_sigmas(sigmas)) - 1
+        steps = len(check_sigmas(sigmas)) - 1
         bar = comfy_adapter.progress_callback(count * steps, unique_id)
         sampler = sampler or comfy_adapter.as_comfy_sampler(sample_ddim)
         columns = []
         for i, strength in enumerate(strengths):
-            patched = apply_direction(model, direction, strength, start_percent, end_percent, rows, allow_foreign)
+            patched = apply_direction(model, direction, strength, window, start_percent, end_percent, rows,
+                                      allow_foreign)
             progress = None if bar is None else (lambda step, done=i * steps: bar({"i": done + step}))
             latent = _sampling.run_comfy_sampler(patched, sampler, sigmas, latent_image, positive, negative, cfg,
                                                  noise, seed, progress=progress)

@@ -12,6 +12,7 @@ from hspace_core.direction import Trajectory
 from hspace_core.errors import HSpaceError
 from hspace_core.fileio import TrajectoryWriter
 from hspace_core.samplers import sample_ddim
+from hspace_core.schedule import check_sigmas
 
 from . import _comfy, _inputs, _sampling, comfy_adapter
 from ._types import TRAJECTORY, TrajectoryValue
@@ -86,7 +87,7 @@ class HSpaceCaptureH:
         batch = latent_image["samples"].shape[0]
         if batch < 1:
             raise HSpaceError("the latent_image holds no sample: an empty latent with batch size >= 1 expected")
-        batches, steps = math.ceil(num_samples / batch), len(_sampling.check_sigmas(sigmas)) - 1
+        batches, steps = math.ceil(num_samples / batch), len(check_sigmas(sigmas)) - 1
         bar = comfy_adapter.progress_callback(batches * steps, unique_id)
         sink = _DiskStore(filename_prefix) if store == "disk" else _MemoryStore()
         latents = []
