@@ -71,7 +71,10 @@ class HSpaceCaptureH:
                                         "tooltip": "how many images to sample and capture (PCA needs at least 2)"}),
                 "seed": _inputs.seed("seed of the first batch; batch i uses seed + i"),
                 "cfg": _inputs.cfg(),
-                "eta": _inputs.eta(),
+                "eta": _inputs.eta(0.0, "DDIM eta: 0 = deterministic (hspace's default: the captured samples are "
+                                        "the plain runs that edits of the same seeds are compared with), 1 = DDPM "
+                                        "(Haas et al. sample with eta = 1 for PCA; their +-5 std range is "
+                                        "measured there)"),
                 "store": (list(STORES), {"tooltip": "memory, or disk for captures larger than memory (streamed "
                                                     "shards that PCA reads one at a time)"}),
                 "filename_prefix": ("STRING", {"default": "hspace_trajectories/capture",
