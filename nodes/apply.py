@@ -41,11 +41,11 @@ def apply_direction(model: Any, directions: DirectionSet, strength: float, windo
 
 def apply_inputs() -> dict[str, Any]:
     return {
-        "strength": _strength(1.0, "how far to move along the direction (PCA directions: in standard deviations of "
-                                   "h, Haas et al.'s unit, calibrated for their symmetric step; the Asyrp Sampler's "
-                                   "asymmetric step is stronger per std, see the docs). Normalised to the step "
-                                   "count: under the asymmetric step the shift of each step is scaled by the "
-                                   "direction's reference steps / the run's steps (Asyrp's N_train / N_test)"),
+        "strength": _strength(1.0, "how far to move along the direction. PCA directions: in standard deviations "
+                                   "of h; Haas et al.'s +-5 std is for their symmetric DDPM step, and per std the "
+                                   "asymmetric DDIM step moves the image about 1-2x as far, the symmetric DDIM step "
+                                   "about 0.6x (embedded model, see the docs). Under the asymmetric step the shift is "
+                                   "normalised to the step count (Asyrp's N_train / N_test)"),
         "window": (list(WINDOWS), {"tooltip": "direction: the direction's own edit window (an Asyrp direction's "
                                               "[t_edit, T]; every step for one without a window); percent: "
                                               "start_percent..end_percent, overriding it"}),
