@@ -50,7 +50,10 @@ def main() -> None:
     groups = class_transfer_groups(pipe, inversion, labels, targets)
     # out of sample: class means fitted on one half of the digits, the other half edited, and the other way round;
     # and class means of generated samples labelled by the classifier
-    halves = (torch.arange(len(labels)) % 2 == 0, torch.arange(len(labels)) % 2 == 1)
+    rank = torch.empty_like(labels)  # position of each digit among those of its class: halves of equal classes
+    for c in labels.unique():
+        rank[labels == c] = torch.arange(int((labels == c).sum()))
+    halves = (rank % 2 == 0, rank % 2 == 1)
     start = time.perf_counter()
     generated, generated_images = pipe.capture(range(args.samples), args.steps, batch_size=200)
     seconds_capture = time.perf_counter() - start

@@ -66,7 +66,8 @@ class Bottleneck:
 
     def active_edits(self, timestep: float) -> list[EditSpec]:
         """The edits whose window (the controller's, else their direction's) holds this timestep."""
-        return [edit for edit in self.edits if in_timestep_window(timestep, self.window or edit.direction.edit_window)]
+        return [edit for edit in self.edits
+                if in_timestep_window(timestep, self.window or edit.direction.edit_window)]
 
     def delta(self, timestep: float, h_shape: Sequence[int], num_samples: int = 1, steps: int | None = None,
               asymmetric: bool = False) -> torch.Tensor | None:
