@@ -17,6 +17,7 @@ from hspace_core.arithmetic import random_like
 from hspace_core.discovery.pca import pca_directions
 from hspace_core.embedded import load_evaluator, load_heldout_digits
 from hspace_core.experiments import balanced_subset, change_rate, class_transfer_groups, cyclic_targets, edit_groups, hit_rate
+from hspace_core.direction import Inversion
 from hspace_core.pipeline import HSpacePipeline
 
 
@@ -47,6 +48,32 @@ def main() -> None:
 
     targets = cyclic_targets(labels)
     groups = class_transfer_groups(pipe, inversion, labels, targets)
+    # out of sample: class means fitted on one half of the digits, the other half edited, and the other way round;
+    # and class means of generated samples labelled by the classifier
+    rank = torch.empty_like(labels)  # position of each digit among those of its class: halves of equal classes
+    for c in labels.unique():
+        rank[labels == c] = torch.arange(int((labels == c).sum()))
+    halves = (rank % 2 == 0, rank % 2 == 1)
+    start = time.perf_counter()
+    generated, generated_images = pipe.capture(range(args.samples), args.steps, batch_size=200)
+    seconds_capture = time.perf_counter() - start
+    generated_fit = (generated, evaluator.predict(generated_images)[0])
+    for name, fits in (("in sample", None), ("fitted on the other half", halves), ("fitted on generated samples", "gen")):
+        hits = []
+        for measured in halves:
+            part = Inversion(inversion.x_T[measured], inversion.sigmas, None, 0.0, inversion.trajectory.select(measured))
+            if fits is None:
+                fit = None
+            elif fits == "gen":
+                fit = generated_fit
+            else:
+                other = ~measured
+                fit = (inversion.trajectory.select(other), labels[other])
+            part_groups = class_transfer_groups(pipe, part, labels[measured], targets[measured], fit=fit)
+            edited = edit_groups(pipe, part.x_T, part.sigmas, part_groups, 1.0)
+            hits.append(hit_rate(evaluator, edited, targets[measured]))
+        print(f"class-to-class edit (asymmetric, all steps, strength 1), {name}: target-class hit rate "
+              f"{sum(hits) / 2:.3f} (halves {hits[0]:.3f}, {hits[1]:.3f})")
     for mode in ("asymmetric", "symmetric"):
         start = time.perf_counter()
         rates = {s: hit_rate(evaluator, edit_groups(pipe, inversion.x_T, inversion.sigmas, groups, s, mode=mode), targets)
@@ -59,9 +86,9 @@ def main() -> None:
               f"({time.perf_counter() - start:.1f} s)")
 
     start = time.perf_counter()
-    trajectory, images = pipe.capture(range(args.samples), args.steps, batch_size=200)
+    trajectory, images = generated, generated_images
     pca = pca_directions(trajectory, num_components=4)
-    print(f"capture of {args.samples} samples + PCA: {time.perf_counter() - start:.1f} s; "
+    print(f"capture of {args.samples} samples + PCA: {seconds_capture + time.perf_counter() - start:.1f} s; "
           f"explained variance ratio at t=T {[round(v, 3) for v in pca.explained_variance_ratio[0].tolist()]}")
     sigmas = pipe.sigmas(args.steps)
     x_T = pipe.noise(range(args.samples), sigmas)

@@ -5,7 +5,6 @@ h, the model timestep, ComfyUI's ``cond_or_uncond`` chunk labels and the per-cal
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -14,6 +13,7 @@ import torch
 from .checks import check_edit_samples, check_number
 from .direction import Direction, Trajectory, check_finite
 from .errors import HSpaceError
+from .schedule import in_timestep_window
 
 COND, UNCOND = 0, 1
 ROW_CHOICES = ("cond", "uncond", "both")
@@ -52,29 +52,25 @@ class Capture:
     h: torch.Tensor
 
 
-def edit_coefficients(strengths: Sequence[float], n_train_steps: int | None = None,
-                      n_test_steps: int | None = None) -> list[float]:
-    """Asyrp's coefficients: alpha_i * N_train / N_test (when both known), divided by sqrt(k) for k > 1 edits."""
-    scale = n_train_steps / n_test_steps if n_train_steps and n_test_steps else 1.0
-    k = len(strengths)
-    return [a * scale / (math.sqrt(k) if k > 1 else 1.0) for a in strengths]
-
-
 class Bottleneck:
     """Capture, shift or replace h.
 
     Args:
-        edits: directions and strengths; their sum (see :func:`edit_coefficients`) is added to h.
-        window: ``(t_end, t_start)``: shift only when ``t_end <= t <= t_start`` (model timesteps); None = always.
+        edits: directions and strengths; their sum is added to h (see :meth:`delta`).
+        window: ``(t_end, t_start)``: shift only when ``t_end <= t <= t_start`` (model timesteps), for every edit;
+            None = each direction's own edit window (:attr:`Direction.edit_window`; all steps when it has none).
         rows: which rows are shifted: "cond", "uncond" or "both" (an unconditional model has only cond rows).
         capture: record the unshifted h of every call in :attr:`records`.
-        n_train_steps, n_test_steps: step-count scaling of Asyrp (Delta h times N_train / N_test).
-        functions: per-sample shifts computed from each sample's h (:class:`FunctionEdit`), same window and rows.
+        functions: per-sample shifts computed from each sample's h (:class:`FunctionEdit`), in the
+            controller's window (every step when it has none), on the same rows.
+
+    A sampler tells the controller through its per-call flags how many steps its run takes (``steps``) and
+    whether the step is asymmetric (``asymmetric``, or ``split`` for the batched call): the shift is normalised
+    to the step count with :meth:`Direction.step_scale`.
     """
 
     def __init__(self, edits: Iterable[EditSpec] = (), window: tuple[float, float] | None = None,
-                 rows: str = "cond", capture: bool = False, n_train_steps: int | None = None,
-                 n_test_steps: int | None = None, functions: Iterable[FunctionEdit] = ()):
+                 rows: str = "cond", capture: bool = False, functions: Iterable[FunctionEdit] = ()):
         self.edits = list(edits)
         self.functions = list(functions)
         if rows not in ROW_CHOICES:
@@ -86,44 +82,48 @@ class Bottleneck:
         self.window = window
         self.rows = rows
         self.capture = capture
-        self.step_scale = n_train_steps / n_test_steps if n_train_steps and n_test_steps else 1.0
-        self.coefficients = edit_coefficients([e.strength for e in self.edits], n_train_steps, n_test_steps)
         self.records: list[Capture] = []
         self.replacement: torch.Tensor | None = None
 
-    def in_window(self, timestep: float) -> bool:
-        if self.window is None:
-            return True
-        t_end, t_start = self.window
-        return t_end - 1e-4 <= timestep <= t_start + 1e-4
+    def active_edits(self, timestep: float) -> list[EditSpec]:
+        """The edits whose window (the controller's, else their direction's) holds this timestep."""
+        return [edit for edit in self.edits
+                if in_timestep_window(timestep, self.window or edit.direction.edit_window)]
+
+    def active_functions(self, timestep: float) -> list[FunctionEdit]:
+        """The per-sample shifts that apply at this timestep (the controller's window; every step without one)."""
+        return self.functions if in_timestep_window(timestep, self.window) else []
 
     def shifts_at(self, timestep: float) -> bool:
-        """Whether a call at this model timestep changes h: a replacement is set, or some edit adds a non-zero
-        term in the window (samplers run one plain pass where it does not; see ``samplers.sample_asyrp``)."""
-        if self.replacement is not None:
+        """Whether a call at this model timestep changes h: a replacement is set, a per-sample shift applies, or
+        some edit adds a non-zero term (samplers run one plain pass where nothing does; see
+        ``samplers.sample_asyrp``)."""
+        if self.replacement is not None or self.active_functions(timestep):
             return True
-        if not self.in_window(timestep) or self.step_scale == 0:
-            return False
         return any(edit.strength != 0 and (edit.samples is None or len(edit.samples) > 0)
-                   and bool(edit.direction.at(timestep).any()) for edit in self.edits)
+                   and bool(edit.direction.at(timestep).any()) for edit in self.active_edits(timestep))
 
-    def delta(self, timestep: float, h_shape: Sequence[int], num_samples: int = 1) -> torch.Tensor | None:
+    def delta(self, timestep: float, h_shape: Sequence[int], num_samples: int = 1, steps: int | None = None,
+              asymmetric: bool = False) -> torch.Tensor | None:
         """The shift of each sample at a timestep, ``[num_samples, C, H, W]``, or None when nothing is added.
 
-        A sample covered by k edits gets the sum of their terms divided by sqrt(k) (Asyrp's multi-attribute rule).
+        Each edit adds ``strength * direction.step_scale(steps, asymmetric) * direction.at(t)``; a sample covered
+        by k edits gets the sum of their terms divided by sqrt(k) (Asyrp's multi-attribute rule).
         """
-        if not self.edits or not self.in_window(timestep):
+        edits = self.active_edits(timestep)
+        if not edits:
             return None
         total = torch.zeros(num_samples, *h_shape)
         count = torch.zeros(num_samples)
-        for edit in self.edits:
+        for edit in edits:
             if tuple(edit.direction.h_shape) != tuple(h_shape):
                 raise HSpaceError(f"direction of h shape {list(edit.direction.h_shape)} does not fit this model, "
                                   f"whose bottleneck h has shape {list(h_shape)}")
             rows = slice(None) if edit.samples is None else torch.as_tensor(edit.samples, dtype=torch.long)
             if edit.samples is not None and len(rows) and int(rows.max()) >= num_samples:
                 raise HSpaceError(f"an edit names sample {int(rows.max())} but the batch has {num_samples} samples")
-            total[rows] += edit.strength * self.step_scale * edit.direction.at(timestep)
+            scale = edit.direction.step_scale(steps, asymmetric)
+            total[rows] += edit.strength * scale * edit.direction.at(timestep)
             count[rows] += 1
         return total / count.clamp(min=1).sqrt().view(-1, 1, 1, 1)
 
@@ -146,8 +146,9 @@ class Bottleneck:
             return h
         chunk = h.shape[0] // len(chunks)
         samples = chunk // 2 if split else chunk
-        delta = self.delta(timestep, h.shape[1:], samples)
-        functions = self.functions if self.in_window(timestep) else []
+        asymmetric = split or bool(flags.get("asymmetric", False))
+        delta = self.delta(timestep, h.shape[1:], samples, flags.get("steps"), asymmetric)
+        functions = self.active_functions(timestep)
         if delta is None and not functions:
             return h
         shift = torch.zeros(h.shape, dtype=h.dtype, device=h.device)

@@ -79,6 +79,36 @@ class Direction:
     def h_shape(self) -> tuple[int, int, int]:
         return tuple(self.delta.shape[-3:])
 
+    @property
+    def edit_window(self) -> tuple[float, float] | None:
+        """The window ``(t_end, t_start)`` of model timesteps the direction was made for (Asyrp's [t_edit, T])."""
+        window = self.meta.get("edit_window")
+        return None if window is None else (float(window[0]), float(window[1]))
+
+    @property
+    def reference_steps(self) -> int | None:
+        """The number of sampling steps the direction's strength is calibrated for: Asyrp's ``n_train_steps``
+        (Delta h learned per step of that grid), else, for a per-timestep direction, one step per key (the
+        capture it came from); None for a global direction with no recorded step count."""
+        if self.meta.get("n_train_steps"):
+            return int(self.meta["n_train_steps"])
+        return len(self.timesteps) if self.per_timestep else None
+
+    def step_scale(self, num_steps: int | None, asymmetric: bool) -> float:
+        """The factor on this direction's shift at each step of a run of ``num_steps`` steps, so that an edit's
+        total effect does not depend on the step count.
+
+        The asymmetric step (Asyrp) adds the x0 shift of every edited step to x in full, so the effect grows with
+        the number of edited steps: Asyrp scales Delta h by N_train / N_test, here ``reference_steps / num_steps``.
+        A symmetric step (the shift in both terms, every plain sampler on a patched model) adds the x0 shift
+        times (1 - sigma_next / sigma), a sum over the schedule that converges as the steps get finer, so it takes
+        no factor (measured on the embedded model: 20, 40, 100 steps give effects 1.33, 1.14, 1.06; the
+        asymmetric step unscaled 4.2, 6.3, 14.9). Without a reference step count the strength is taken as is.
+        """
+        if not asymmetric or not num_steps or self.reference_steps is None:
+            return 1.0
+        return self.reference_steps / num_steps
+
     def at(self, timestep: float) -> torch.Tensor:
         """The [C,H,W] shift at a model timestep (nearest key for per-timestep directions)."""
         if not self.per_timestep:
@@ -99,6 +129,26 @@ class Direction:
             raise HSpaceError(f"this direction has h shape {list(self.h_shape)} but the model's bottleneck is "
                               f"{list(fingerprint['h_shape'])}: it was made for another model")
         check_fingerprint(self.meta.get("fingerprint"), fingerprint, "this direction", allow_foreign)
+
+
+@dataclass
+class Inversion:
+    """What an inversion leaves to regenerate its images: x_T (model space, sigma-scaled), the generation sigmas,
+    for eta > 0 the noise terms of every step, and h along the way.
+
+    ``sample_ddim(model, x_T, sigmas, eta=eta, noises=noises)`` reproduces the inverted images.
+    """
+
+    x_T: torch.Tensor
+    sigmas: torch.Tensor
+    noises: list[torch.Tensor] | None
+    eta: float
+    trajectory: "Trajectory | None" = None
+    method: str = "ddim"
+
+    def __repr__(self) -> str:  # short: ComfyUI prints node inputs in its error reports
+        return (f"Inversion(method={self.method!r}, x_T={list(self.x_T.shape)}, steps={len(self.sigmas) - 1}, "
+                f"eta={self.eta})")
 
 
 @dataclass

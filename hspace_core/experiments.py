@@ -57,10 +57,16 @@ def edit_groups(pipe: HSpacePipeline, x_T: torch.Tensor, sigmas: torch.Tensor, g
 
 
 def class_transfer_groups(pipe: HSpacePipeline, inversion: Inversion, labels: torch.Tensor,
-                          targets: torch.Tensor, num_classes: int = 10) -> dict[tuple[int, int], tuple]:
-    """Groups of inverted samples by (source, target) class, each with its class-to-class direction."""
-    means = class_means(inversion.trajectory, labels, num_classes)
-    keys = inversion.trajectory.timesteps.tolist()
+                          targets: torch.Tensor, num_classes: int = 10,
+                          fit: tuple[Trajectory, torch.Tensor] | None = None) -> dict[tuple[int, int], tuple]:
+    """Groups of inverted samples by (source, target) class, each with its class-to-class direction.
+
+    The class means come from ``fit = (trajectory, labels)``, other samples than the edited ones (out of sample),
+    or by default from the edited samples' own inversion (in sample).
+    """
+    trajectory, fit_labels = fit if fit is not None else (inversion.trajectory, labels)
+    means = class_means(trajectory, fit_labels, num_classes)
+    keys = trajectory.timesteps.tolist()
     groups = {}
     for s in range(num_classes):
         for t in range(num_classes):

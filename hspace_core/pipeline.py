@@ -1,7 +1,6 @@
 """A diffusers UNet ready for h-space work: generate, capture, invert, edit. The library's front door."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -10,23 +9,12 @@ import torch
 from .bottleneck import Bottleneck, EditSpec
 from .checks import check_batch, check_number
 from .denoisers import DiffusersDenoiser, load_diffusers_folder
-from .direction import Direction, Trajectory
+from .direction import Direction, Inversion, Trajectory
 from .errors import HSpaceError
 from .samplers import invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
 from .schedule import VPSchedule, asyrp_timesteps, inversion_sigmas, leading_timesteps, window_sigmas
 
 GRIDS = {"asyrp": asyrp_timesteps, "leading": leading_timesteps}
-
-
-@dataclass
-class Inversion:
-    """x_T of real images, the noise terms for exact (edit-friendly) regeneration, and h along the way."""
-
-    x_T: torch.Tensor
-    sigmas: torch.Tensor
-    noises: list[torch.Tensor] | None
-    eta: float
-    trajectory: Trajectory | None
 
 
 class HSpacePipeline:
@@ -139,16 +127,19 @@ class HSpacePipeline:
             if method == "ddim":  # recorded along increasing sigmas: store in generation order
                 trajectory = Trajectory(trajectory.h.flip(1), trajectory.timesteps.flip(0),
                                         trajectory.sigmas.flip(0), trajectory.meta)
-        return Inversion(x_T, sigmas, noises, eta, trajectory)
+        return Inversion(x_T, sigmas, noises, eta, trajectory, method)
 
     @torch.no_grad()
     def edit(self, x_T: torch.Tensor, sigmas: torch.Tensor, edits: Sequence[EditSpec | tuple[Direction, float]] = (),
-             t_edit: float = 0.0, t_boost: float = 0.0, mode: str = "asymmetric", eta: float = 0.0,
-             noises: Sequence[torch.Tensor] | None = None, seed: int | None = None,
-             n_train_steps: int | None = None, allow_foreign: bool = False, progress: bool = False) -> torch.Tensor:
-        """Sample from x_T with h shifted by the edits on the steps with t >= t_edit (Asyrp).
+             t_edit: float | None = None, t_boost: float = 0.0, mode: str = "asymmetric", eta: float = 0.0,
+             noises: Sequence[torch.Tensor] | None = None, seed: int | None = None, allow_foreign: bool = False,
+             progress: bool = False) -> torch.Tensor:
+        """Sample from x_T with h shifted by the edits (Asyrp's process; quality boosting below ``t_boost``).
 
         ``edits`` are (direction, strength) pairs or :class:`EditSpec` (which may name the samples it edits).
+        Each direction shifts h in its own edit window (``meta["edit_window"]``, Asyrp's [t_edit, T]; all steps
+        when it has none) unless ``t_edit`` is given: then every edit acts on the steps with t >= t_edit. The
+        shift is normalised to the step count (:meth:`~hspace_core.direction.Direction.step_scale`).
         ``noises`` (from an edit-friendly inversion or :func:`~hspace_core.samplers.ddpm_noises`) fixes the
         stochastic terms; without edits this reproduces the plain run.
         """
@@ -157,16 +148,14 @@ class HSpacePipeline:
         if noises is not None and (len(noises) != len(sigmas) - 1 or any(n.shape != x_T.shape for n in noises)):
             raise HSpaceError(f"one noise term of shape {list(x_T.shape)} per step expected ({len(sigmas) - 1} steps), "
                               f"got {len(noises)} of shapes {sorted({tuple(n.shape) for n in noises})}")
-        if n_train_steps is not None:
-            check_number(n_train_steps, "n_train_steps", 1, integer=True)
         edits = [e if isinstance(e, EditSpec) else EditSpec(*e) for e in edits]
         for edit in edits:
             edit.direction.check_model(self.fingerprint, allow_foreign)
-        sigma_edit, sigma_boost = window_sigmas(self.schedule, sigmas, t_edit, t_boost)
+        sigma_edit, sigma_boost = window_sigmas(self.schedule, sigmas, t_edit or 0.0, t_boost)
         if not edits:  # no batched shifted/unshifted calls: bitwise the plain run
             sigma_edit = float("inf")
-        controller = Bottleneck(edits, n_train_steps=n_train_steps,
-                                n_test_steps=len(sigmas) - 1 if n_train_steps else None)
+        window = None if t_edit is None else (float(t_edit), float(self.schedule.num_train_timesteps - 1))
+        controller = Bottleneck(edits, window=window)
         with self.denoiser.attached(controller):
             return sample_asyrp(self.denoiser, x_T.to(self.denoiser.device), sigmas, mode=mode,
                                 sigma_edit=sigma_edit, sigma_boost=sigma_boost, eta=eta, noises=noises, seed=seed,

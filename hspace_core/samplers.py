@@ -15,7 +15,7 @@ from tqdm.auto import trange
 from .checks import check_number
 from .direction import check_finite
 from .errors import HSpaceError
-from .schedule import check_sigmas
+from .schedule import at_or_above, check_sigmas
 
 MODES = ("asymmetric", "symmetric")
 FLIPPED_ZERO = 1e-4  # what ComfyUI's FlipSigmas puts in place of a leading 0
@@ -50,7 +50,7 @@ def ddim_sigmas(sigma: float, sigma_next: float, eta: float) -> tuple[float, flo
 
 def step_etas(sigmas: torch.Tensor, eta: float = 0.0, sigma_boost: float = 0.0, eta_boost: float = 1.0) -> list[float]:
     """eta per step: ``eta_boost`` on the steps that start below ``sigma_boost`` (Asyrp's quality boosting)."""
-    return [eta_boost if float(s) < sigma_boost * (1 - 1e-6) else eta for s in sigmas[:-1]]
+    return [eta if at_or_above(s, sigma_boost) else eta_boost for s in sigmas[:-1]]
 
 
 def ddpm_noises(shape: Sequence[int], sigmas: torch.Tensor, etas: float | Sequence[float], seed: int,
@@ -104,7 +104,7 @@ def _predict(model: Callable, x: torch.Tensor, sigma: torch.Tensor, extra_args: 
         return x0_shifted, (x - x0_unshifted) / sigma
     if shift == "asymmetric-sequential":
         x0_unshifted = model(x, sigma * s_in, **with_hspace_flags(extra_args, shift=False))
-        x0_shifted = model(x, sigma * s_in, **with_hspace_flags(extra_args, shift=True))
+        x0_shifted = model(x, sigma * s_in, **with_hspace_flags(extra_args, shift=True, capture=False))
         return x0_shifted, (x - x0_unshifted) / sigma
     x0 = model(x, sigma * s_in, **with_hspace_flags(extra_args, shift=shift == "symmetric"))
     return x0, (x - x0) / sigma
@@ -163,10 +163,11 @@ def sample_asyrp(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_a
         mode = "asymmetric-sequential"
 
     def edited(sigma: float) -> bool:
-        in_window = sigma >= sigma_edit * (1 - 1e-6) and sigma >= sigma_boost * (1 - 1e-6)
+        in_window = at_or_above(sigma, sigma_edit) and at_or_above(sigma, sigma_boost)
         return in_window and (shifts is None or bool(shifts(sigma)))
 
     edits = [mode if edited(float(s)) else "none" for s in sigmas[:-1]]
+    extra_args = with_hspace_flags(extra_args, steps=len(sigmas) - 1, asymmetric=mode != "symmetric")
     return _run(model, x, sigmas, extra_args, callback, disable, edits,
                 step_etas(sigmas, eta, sigma_boost, eta_boost), noises, seed)
 

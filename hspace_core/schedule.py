@@ -136,6 +136,20 @@ def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas
 
 
+def at_or_above(sigma: float, edge: float) -> bool:
+    """Whether a step at ``sigma`` lies in a window that reaches down to ``edge`` (the edit window [T, t_edit] as
+    sigma >= sigma_edit; a step below the boost edge is boosted), allowing for float round-off at the edge."""
+    return float(sigma) >= float(edge) * (1 - 1e-6)
+
+
+def in_timestep_window(timestep: float, window: tuple[float, float] | None) -> bool:
+    """Whether a model timestep lies in ``window = (t_end, t_start)``; None is every timestep."""
+    if window is None:
+        return True
+    t_end, t_start = window
+    return t_end - 1e-3 <= timestep <= t_start + 1e-3
+
+
 def window_sigmas(schedule: VPSchedule, sigmas: torch.Tensor, t_edit: float, t_boost: float = 0.0) -> tuple[float, float]:
     """(sigma_edit, sigma_boost) for an edit window [T, t_edit] and quality boosting below t_boost.
 
@@ -149,7 +163,7 @@ def window_sigmas(schedule: VPSchedule, sigmas: torch.Tensor, t_edit: float, t_b
         raise HSpaceError(f"t_boost ({t_boost}) must not exceed t_edit ({t_edit}): no step would be edited")
     sigmas = check_sigmas(sigmas)
     sigma_edit = float(schedule.sigma(t_edit))
-    if float(sigmas[:-1].max()) < sigma_edit * (1 - 1e-6):
+    if not at_or_above(sigmas[:-1].max(), sigma_edit):
         top = float(schedule.timestep(sigmas[:-1].max()))
         raise HSpaceError(f"the edit window [T, t_edit={t_edit}] lies outside this schedule, whose first step is "
                           f"at t={top:.0f}")

@@ -15,7 +15,7 @@ from ..hspace_core.bottleneck import Bottleneck
 from ..hspace_core.checks import check_number
 from ..hspace_core.direction import Trajectory, model_fingerprint
 from ..hspace_core.errors import HSpaceError
-from ..hspace_core.schedule import window_sigmas
+from ..hspace_core.schedule import check_sigmas, window_sigmas
 
 from . import _comfy, comfy_adapter, pixel_model
 
@@ -42,12 +42,6 @@ def fingerprint(model: Any, h_shape: tuple[int, ...]) -> dict[str, Any]:
     """hspace's model fingerprint of a ComfyUI MODEL (architecture, h shape, sampled weights hash)."""
     arch = type(comfy_adapter.base_model(model)).__name__
     return model_fingerprint(comfy_adapter.check_unet(model), arch, h_shape)
-
-
-def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
-    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise HSpaceError("SIGMAS (a 1-D schedule from BasicScheduler or similar) of at least 2 values expected")
-    return sigmas
 
 
 def _latent_samples(model: Any, latent: dict[str, Any]) -> torch.Tensor:

@@ -6,11 +6,11 @@
   direction is a list of one; discovery nodes return a set (PCA components, Jacobian vectors) on the same
   socket, so a set can go straight to Orthogonalize / Project Out / Save, and Pick Direction takes one out.
   Nodes that need exactly one direction refuse a longer set with a message naming Pick Direction.
-- ``HSPACE_NOISE``: a :class:`NoiseRecord`, what an inversion leaves to reproduce its image exactly.
+- ``HSPACE_NOISE``: a :class:`hspace_core.direction.Inversion`, what an inversion leaves to reproduce its image
+  exactly (the same record as the library's ``HSpacePipeline.invert``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, Union
 
 import torch
@@ -26,23 +26,6 @@ NOISE = "HSPACE_NOISE"
 DirectionSet = list[Direction]
 TrajectoryValue = Union[Trajectory, ShardedTrajectory]
 
-
-@dataclass
-class NoiseRecord:
-    """The start x_T (model space, sigma-scaled), the generation sigmas and, for eta > 0, the noise terms.
-
-    ``sample_ddim(model, x_T, sigmas, eta=eta, noises=noises)`` reproduces the inverted image.
-    """
-
-    x_T: torch.Tensor
-    sigmas: torch.Tensor
-    noises: list[torch.Tensor] | None
-    eta: float
-    method: str
-
-    def __repr__(self) -> str:  # short: ComfyUI prints node inputs in its error reports
-        return (f"NoiseRecord(method={self.method!r}, x_T={list(self.x_T.shape)}, steps={len(self.sigmas) - 1}, "
-                f"eta={self.eta})")
 
 
 def as_set(directions: Direction | Sequence[Direction]) -> DirectionSet:

@@ -9,6 +9,7 @@ from ..hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
 from ..hspace_core.checks import check_choice, check_number
 from ..hspace_core.errors import HSpaceError
 from ..hspace_core.samplers import MODES, sample_asyrp, sample_ddim
+from ..hspace_core.schedule import at_or_above, check_sigmas
 
 from . import _comfy, _inputs, _sampling, comfy_adapter
 from ._grid import labelled_grid
@@ -22,13 +23,21 @@ def _strength(default: float, tooltip: str) -> tuple[str, dict[str, Any]]:
     return ("FLOAT", {"default": default, "min": -1000.0, "max": 1000.0, "step": 0.05, "tooltip": tooltip})
 
 
-def apply_direction(model: Any, directions: DirectionSet, strength: float, start_percent: float,
+WINDOWS = ("direction", "percent")
+# Haas et al.'s Stable Diffusion code shifts the cond and uncond rows alike, so the edit does not grow with cfg
+ROWS = ("both", *[r for r in ROW_CHOICES if r != "both"])
+
+
+def apply_direction(model: Any, directions: DirectionSet, strength: float, window: str, start_percent: float,
                     end_percent: float, rows: str, allow_foreign: bool) -> Any:
-    """A patched clone of ``model`` that adds ``strength`` times the direction to h inside the window."""
+    """A patched clone of ``model`` that adds ``strength`` times the direction to h inside the window: the
+    direction's own edit window, or start_percent..end_percent."""
     direction = single(directions)
     direction.check_model(_sampling.fingerprint(model, _model_h_shape(model, direction)), allow_foreign)
-    window = comfy_adapter.percent_window(model, start_percent, end_percent)
-    controller = Bottleneck([EditSpec(direction, strength)], window=window, rows=rows)
+    if window not in WINDOWS:
+        raise HSpaceError(f"window must be one of {WINDOWS}, got {window!r}")
+    timesteps = comfy_adapter.percent_window(model, start_percent, end_percent) if window == "percent" else None
+    controller = Bottleneck([EditSpec(direction, strength)], window=timesteps, rows=rows)
     return comfy_adapter.patch_model(model, controller)
 
 
@@ -41,10 +50,19 @@ def _model_h_shape(model: Any, direction: Any) -> tuple[int, ...]:
 
 def apply_inputs() -> dict[str, Any]:
     return {
-        "strength": _strength(1.0, "how far to move along the direction (PCA directions: in standard deviations)"),
-        "start_percent": _inputs.percent(0.0, "edit from this point of the sampling process (0 = first step)"),
-        "end_percent": _inputs.percent(1.0, "edit until this point (1 = last step)"),
-        "rows": (list(ROW_CHOICES), {"tooltip": "which CFG rows are edited: cond (positive), uncond, or both"}),
+        "strength": _strength(1.0, "how far to move along the direction. PCA directions: in standard deviations "
+                                   "of h; Haas et al.'s +-5 std is for their symmetric DDPM step, and per std the "
+                                   "asymmetric DDIM step moves the image about 1-2x as far, the symmetric DDIM step "
+                                   "about 0.6x (embedded model, see the docs). Under the asymmetric step the shift is "
+                                   "normalised to the step count (Asyrp's N_train / N_test)"),
+        "window": (list(WINDOWS), {"tooltip": "direction: the direction's own edit window (an Asyrp direction's "
+                                              "[t_edit, T]; every step for one without a window); percent: "
+                                              "start_percent..end_percent, overriding it"}),
+        "start_percent": _inputs.percent(0.0, "window = percent: edit from this point of the sampling process "
+                                              "(0 = first step)"),
+        "end_percent": _inputs.percent(1.0, "window = percent: edit until this point (1 = last step)"),
+        "rows": (list(ROWS), {"tooltip": "which CFG rows are edited: both (Haas et al.'s default: the edit does "
+                                         "not scale with cfg), cond (positive) or uncond"}),
         "allow_foreign": ("BOOLEAN", {"default": False, "tooltip": "apply a direction made for another model "
                                                                      "(same h shape) instead of refusing it"}),
     }
@@ -68,15 +86,17 @@ class HSpaceApplyDirection:
     def VALIDATE_INPUTS(cls, start_percent: Any = None, end_percent: Any = None) -> str | bool:
         return _inputs.window_problem(start_percent, end_percent)
 
-    def apply(self, model: Any, direction: DirectionSet, strength: float, start_percent: float, end_percent: float,
-              rows: str, allow_foreign: bool) -> tuple[Any]:
-        return (apply_direction(model, direction, strength, start_percent, end_percent, rows, allow_foreign),)
+    def apply(self, model: Any, direction: DirectionSet, strength: float, window: str, start_percent: float,
+              end_percent: float, rows: str, allow_foreign: bool) -> tuple[Any]:
+        return (apply_direction(model, direction, strength, window, start_percent, end_percent, rows, allow_foreign),)
 
 
 class HSpaceAsyrpSampler:
     """A SAMPLER for SamplerCustom / SamplerCustomAdvanced running Asyrp's reverse process (Kwon et al.): with a
     model from Apply Direction, edit for t >= t_edit (asymmetric: x0 from the shifted h, the noise direction from
-    the unshifted one; symmetric: both shifted), plain DDIM below, and stochastic steps without edit below t_boost."""
+    the unshifted one; symmetric: both shifted), plain DDIM below, and stochastic steps without edit below t_boost.
+    h is shifted where both t_edit and Apply Direction's window allow; under the asymmetric step the shift is
+    normalised to the step count (Asyrp's N_train / N_test), so 20 or 100 steps give the same edit."""
 
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
@@ -89,7 +109,8 @@ class HSpaceAsyrpSampler:
         return {"required": {
             "model": _inputs.model("the model whose timesteps t_edit and t_boost refer to"),
             "mode": (list(MODES), {"tooltip": "asymmetric: Asyrp's process; symmetric: the shift enters both terms"}),
-            "t_edit": _inputs.timestep(400, "edit at timesteps >= t_edit"),
+            "t_edit": _inputs.timestep(400, "edit at timesteps >= t_edit (and inside Apply Direction's window: an "
+                                            "Asyrp direction keeps its own [t_edit, T] unless window = percent)"),
             "t_boost": _inputs.timestep(0, "no edit and eta_boost below t_boost (quality boosting); 0 = off"),
             "eta": _inputs.eta(0.0, "eta of the steps above t_boost (0 = deterministic DDIM)"),
             "eta_boost": _inputs.eta(1.0, "eta of the boosted steps below t_boost (1 = DDPM)"),
@@ -112,7 +133,7 @@ class HSpaceAsyrpSampler:
 def _asyrp_in_window(model: Any, x: torch.Tensor, sigmas: torch.Tensor, *args: Any, sigma_edit: float,
                      **options: Any) -> torch.Tensor:
     """sample_asyrp, refusing a schedule whose steps all lie below the edit window (nothing would be edited)."""
-    if float(sigmas[:-1].max()) < sigma_edit * (1 - 1e-6):
+    if not at_or_above(sigmas[:-1].max(), sigma_edit):
         raise HSpaceError(f"no step of this schedule reaches t_edit: its largest sigma {float(sigmas[:-1].max()):.4g} "
                           f"is below the window's {sigma_edit:.4g}; lower t_edit or use more of the schedule")
     return sample_asyrp(model, x, sigmas, *args, sigma_edit=sigma_edit, **options)
@@ -159,8 +180,8 @@ class HSpaceStrengthSweep:
         return _inputs.window_problem(start_percent, end_percent)
 
     def sweep(self, model: Any, direction: DirectionSet, sigmas: torch.Tensor, latent_image: dict[str, Any],
-              seed: int, cfg: float, strength_min: float, strength_max: float, count: int, start_percent: float,
-              end_percent: float, rows: str, allow_foreign: bool, positive: list | None = None,
+              seed: int, cfg: float, strength_min: float, strength_max: float, count: int, window: str,
+              start_percent: float, end_percent: float, rows: str, allow_foreign: bool, positive: list | None = None,
               negative: list | None = None, vae: Any = None, sampler: Any = None,
               unique_id: str | None = None) -> dict[str, Any]:
         check_number(count, "count", 2, integer=True)
@@ -168,12 +189,13 @@ class HSpaceStrengthSweep:
         check_number(strength_max, "strength_max")
         strengths = [strength_min + (strength_max - strength_min) * i / (count - 1) for i in range(count)]
         noise = _sampling.random_noise(latent_image, seed, model)
-        steps = len(_sampling.check_sigmas(sigmas)) - 1
+        steps = len(check_sigmas(sigmas)) - 1
         previews = _comfy.preview_callback(model, count * steps)
         sampler = sampler or comfy_adapter.as_comfy_sampler(sample_ddim)
         columns = []
         for i, strength in enumerate(strengths):
-            patched = apply_direction(model, direction, strength, start_percent, end_percent, rows, allow_foreign)
+            patched = apply_direction(model, direction, strength, window, start_percent, end_percent, rows,
+                                      allow_foreign)
             progress = _comfy.offset_callback(previews, i * steps, count * steps)
             latent = _sampling.run_comfy_sampler(patched, sampler, sigmas, latent_image, positive, negative, cfg,
                                                  noise, seed, progress=progress)

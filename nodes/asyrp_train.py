@@ -8,11 +8,12 @@ from ..hspace_core.checks import check_number
 from ..hspace_core.denoisers import DiffusersDenoiser
 from ..hspace_core.discovery.asyrp import (DeltaBlock, DirectionalCLIPLoss, f_t_controller, global_delta_h, load_clip,
                                          load_delta_block, save_delta_block, train_delta_block)
+from ..hspace_core.direction import Inversion
 from ..hspace_core.errors import HSpaceError
 
 from . import _folders, _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser
-from ._types import DIRECTION, DirectionSet, NoiseRecord
+from ._types import DIRECTION, DirectionSet
 
 CATEGORY = "hspace/discovery"
 
@@ -54,7 +55,7 @@ class HSpaceAsyrpTrain:
             "hidden": _inputs.HIDDEN,
         }
 
-    def train(self, model: Any, noise: NoiseRecord, source_text: str, target_text: str, clip_model: str,
+    def train(self, model: Any, noise: Inversion, source_text: str, target_text: str, clip_model: str,
               t_edit: int, epochs: int, lr: float, lambda_l1: float, per_timestep: bool, save_f_t_as: str = "",
               unique_id: str | None = None) -> tuple[DirectionSet, str]:
         check_number(epochs, "epochs", 1, integer=True)

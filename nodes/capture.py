@@ -12,6 +12,7 @@ from ..hspace_core.direction import Trajectory
 from ..hspace_core.errors import HSpaceError
 from ..hspace_core.fileio import TrajectoryWriter
 from ..hspace_core.samplers import sample_ddim
+from ..hspace_core.schedule import check_sigmas
 
 from . import _comfy, _inputs, _sampling
 from ._types import TRAJECTORY, TrajectoryValue
@@ -66,7 +67,10 @@ class HSpaceCaptureH:
                                         "tooltip": "how many images to sample and capture (PCA needs at least 2)"}),
                 "seed": _inputs.seed("seed of the first batch; batch i uses seed + i"),
                 "cfg": _inputs.cfg(),
-                "eta": _inputs.eta(),
+                "eta": _inputs.eta(0.0, "DDIM eta: 0 = deterministic (hspace's default: the captured samples are "
+                                        "the plain runs that edits of the same seeds are compared with), 1 = DDPM "
+                                        "(Haas et al. sample with eta = 1 for PCA; their +-5 std range is "
+                                        "measured there)"),
                 "store": (list(STORES), {"tooltip": "memory, or disk for captures larger than memory (streamed "
                                                     "shards that PCA reads one at a time)"}),
                 "filename_prefix": ("STRING", {"default": "hspace_trajectories/capture",
@@ -85,7 +89,7 @@ class HSpaceCaptureH:
         batch = latent_image["samples"].shape[0]
         if batch < 1:
             raise HSpaceError("the latent_image holds no sample: an empty latent with batch size >= 1 expected")
-        batches, steps = math.ceil(num_samples / batch), len(_sampling.check_sigmas(sigmas)) - 1
+        batches, steps = math.ceil(num_samples / batch), len(check_sigmas(sigmas)) - 1
         previews = _comfy.preview_callback(model, batches * steps)
         sink = _DiskStore(filename_prefix) if store == "disk" else _MemoryStore()
         latents = []

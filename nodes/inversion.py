@@ -6,12 +6,12 @@ from typing import Any
 import torch
 
 from ..hspace_core.checks import check_choice, check_number
-from ..hspace_core.direction import Trajectory
+from ..hspace_core.direction import Inversion, Trajectory
 from ..hspace_core.samplers import MODES, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
 from ..hspace_core.schedule import inversion_sigmas
 
 from . import _inputs, _sampling, comfy_adapter
-from ._types import NOISE, TRAJECTORY, NoiseRecord
+from ._types import NOISE, TRAJECTORY
 
 CATEGORY = "hspace/inversion"
 METHODS = ("ddim", "edit_friendly")
@@ -48,26 +48,28 @@ class HSpaceInvertImage:
 
     def invert(self, model: Any, sigmas: torch.Tensor, latent: dict[str, Any], method: str, cfg: float, eta: float,
                seed: int, positive: list | None = None, negative: list | None = None,
-               unique_id: str | None = None) -> tuple[NoiseRecord, Trajectory, dict[str, Any]]:
+               unique_id: str | None = None) -> tuple[Inversion, Trajectory, dict[str, Any]]:
         check_choice(method, "method", METHODS)
         check_number(eta, "eta", 0.0, 1.0)
         meta = {"source": "inversion", "method": method}
         if method == "ddim":
             x_T, value, trajectory = _sampling.capture(model, invert_ddim, inversion_sigmas(sigmas), latent,
                                                        positive, negative, cfg, None, seed, meta, unique_id)
-            record = NoiseRecord(value, sigmas, None, 0.0, method)
+            record = Inversion(value, sigmas, None, 0.0, trajectory, method)
         else:
             x_T, value, trajectory = _sampling.capture(model, invert_edit_friendly, sigmas, latent, positive,
                                                        negative, cfg, None, seed, meta, unique_id,
                                                        {"eta": eta, "seed": seed})
-            record = NoiseRecord(value[0], sigmas, value[1], eta, method)
+            record = Inversion(value[0], sigmas, value[1], eta, trajectory, method)
         return record, trajectory, x_T
 
 
 class HSpaceSampleFromNoise:
     """Sample back from an inversion's noise record. With the unpatched model it reconstructs the image; with a
     model from Apply Direction it edits it: ddim edits every step the patch allows (symmetric), asymmetric and
-    symmetric run the Asyrp process, editing only for t >= t_edit and boosting quality below t_boost."""
+    symmetric run the Asyrp process, editing only for t >= t_edit and boosting quality below t_boost with eta = 1
+    (Asyrp's quality boosting, also after a deterministic DDIM inversion; the same process as the library's
+    HSpacePipeline.edit)."""
 
     DESCRIPTION = __doc__
     CATEGORY = CATEGORY
@@ -85,9 +87,11 @@ class HSpaceSampleFromNoise:
                     "tooltip": "ddim: the patched model edits every allowed step; asymmetric (Asyrp) / symmetric: "
                                "edit only for t >= t_edit"}),
                 "t_edit": _inputs.timestep(400, "asymmetric/symmetric: edit at timesteps >= t_edit"),
-                "t_boost": _inputs.timestep(0, "asymmetric/symmetric: no edit and stochastic steps below t_boost; "
-                                               "0 = off"),
+                "t_boost": _inputs.timestep(0, "asymmetric/symmetric: below t_boost no edit and eta = 1 steps "
+                                               "(Asyrp's quality boosting, after DDIM inversion too); 0 = off"),
                 "cfg": _inputs.cfg(),
+                "seed": _inputs.seed("seed of the eta = 1 noise below t_boost where the record has no noise terms "
+                                     "(a DDIM inversion)"),
             },
             "optional": _inputs.optional_conditioning(),
             "hidden": _inputs.HIDDEN,
@@ -97,15 +101,15 @@ class HSpaceSampleFromNoise:
     def VALIDATE_INPUTS(cls, mode: Any = None, t_edit: Any = None, t_boost: Any = None) -> str | bool:
         return True if mode == "ddim" else _inputs.timestep_window_problem(t_edit, t_boost)
 
-    def sample(self, model: Any, noise: NoiseRecord, mode: str, t_edit: int, t_boost: int, cfg: float,
+    def sample(self, model: Any, noise: Inversion, mode: str, t_edit: int, t_boost: int, cfg: float, seed: int,
                positive: list | None = None, negative: list | None = None,
                unique_id: str | None = None) -> tuple[dict[str, Any]]:
         check_choice(mode, "mode", RESAMPLE_MODES)
-        options: dict[str, Any] = {"eta": noise.eta, "noises": noise.noises}
+        options: dict[str, Any] = {"eta": noise.eta, "noises": noise.noises, "seed": seed}
         fn = sample_ddim
         if mode != "ddim":
             fn = sample_asyrp
-            options.update(_sampling.asyrp_options(model, mode, t_edit, t_boost, noise.sigmas), eta_boost=noise.eta)
+            options.update(_sampling.asyrp_options(model, mode, t_edit, t_boost, noise.sigmas))
         latent = {"samples": torch.zeros_like(noise.x_T)}
         samples, _ = _sampling.run_sampler(model, fn, noise.sigmas, latent, positive, negative, cfg,
                                            start=noise.x_T, node_id=unique_id, options=options)

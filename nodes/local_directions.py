@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..hspace_core.checks import check_choice, check_number
-from ..hspace_core.direction import Direction
+from ..hspace_core.direction import Direction, Inversion
 from ..hspace_core.discovery.jacobian import trajectory_jacobian_directions
 from ..hspace_core.discovery.pullback_edit import ddim_recording_x, park_t_boost, pullback_edit
 from ..hspace_core.errors import HSpaceError
@@ -15,7 +15,7 @@ from ..hspace_core.imaging import mask_to_grid
 
 from . import _comfy, _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser
-from ._types import DIRECTION, NoiseRecord
+from ._types import DIRECTION
 
 CATEGORY = "hspace/discovery"
 JACOBIAN_METHODS = ("subspace", "power")
@@ -53,7 +53,7 @@ def _runner(model: Any, latent_image: dict[str, Any], seed: int, source: list | 
 
 
 def _unedited_xs(model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int,
-                 noise: NoiseRecord | None, source: list | None,
+                 noise: Inversion | None, source: list | None,
                  unique_id: str | None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """DDIM of one sample from seed noise, or from an inversion's record: (LATENT, x per step, sigmas)."""
     run = _runner(model, latent_image, seed, source, unique_id)
@@ -112,7 +112,7 @@ class HSpaceJacobianDirections:
         }
 
     def discover(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, num_vectors: int,
-                 step_index: int, method: str, max_iter: int, noise: NoiseRecord | None = None,
+                 step_index: int, method: str, max_iter: int, noise: Inversion | None = None,
                  source: list | None = None, edit: list | None = None, clip: Any = None,
                  mask: torch.Tensor | None = None, unique_id: str | None = None) -> dict[str, Any]:
         check_choice(method, "method", JACOBIAN_METHODS)
@@ -181,7 +181,7 @@ class HSpacePullbackEdit:
 
     def edit(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, t_edit: int,
              num_vectors: int, component: int, sign: str, guidance_strength: float, guidance_steps: int,
-             t_boost: int, max_iter: int, noise: NoiseRecord | None = None, source: list | None = None,
+             t_boost: int, max_iter: int, noise: Inversion | None = None, source: list | None = None,
              edit: list | None = None, clip: Any = None,
              unique_id: str | None = None) -> dict[str, Any]:
         check_choice(sign, "sign", SIGNS)

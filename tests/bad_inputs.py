@@ -29,7 +29,7 @@ from hspace_core.pipeline import HSpacePipeline
 from hspace_core.samplers import sample_ddim
 from hspace_core.schedule import VPSchedule
 from nodes import pixel_latents, pixel_model
-from nodes._types import NoiseRecord
+from hspace_core.direction import Inversion
 from nodes.registry import NODE_CLASS_MAPPINGS
 from tiny import tiny_cond_unet, tiny_unet
 
@@ -160,8 +160,8 @@ def trajectory(n: int = 4) -> Trajectory:
     return Trajectory(torch.randn(n, 2, 4, 2, 2), [800.0, 300.0], [2.0, 0.4])
 
 
-def noise_record() -> NoiseRecord:
-    return NoiseRecord(torch.zeros(1, 1, 8, 8), torch.tensor([2.0, 1.0, 0.0]), None, 0.0, "ddim")
+def noise_record() -> Inversion:
+    return Inversion(torch.zeros(1, 1, 8, 8), torch.tensor([2.0, 1.0, 0.0]), None, 0.0, method="ddim")
 
 
 # -- the command line ---------------------------------------------------------------------------------------

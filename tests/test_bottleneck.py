@@ -5,7 +5,7 @@ from hspace_core.bottleneck import Bottleneck, EditSpec
 from hspace_core.denoisers import DiffusersDenoiser
 from hspace_core.direction import Direction
 from hspace_core.errors import HSpaceError
-from hspace_core.samplers import sample_ddim, with_hspace_flags
+from hspace_core.samplers import sample_asyrp, sample_ddim, with_hspace_flags
 from hspace_core.schedule import VPSchedule, asyrp_timesteps
 from tiny import tiny_cond_unet, tiny_denoiser, tiny_unet
 
@@ -129,6 +129,29 @@ def test_window_gates_the_shift():
     assert controller(h, 600.0).sum() == 2 and controller(h, 400.0).sum() == 0
     with pytest.raises(HSpaceError, match="t_end <= t_start"):
         Bottleneck(window=(800, 200))
+
+
+def test_a_direction_keeps_its_own_edit_window_unless_the_controller_overrides_it():
+    d = Direction(torch.ones(2, 1, 1), None, {"edit_window": [500.0, 999.0]})
+    plain = Direction(torch.ones(2, 1, 1))
+    h = torch.zeros(1, 2, 1, 1)
+    own = Bottleneck([EditSpec(d), EditSpec(plain)])
+    assert own(h, 600.0).sum() == pytest.approx(2 * 2 / 2 ** 0.5) and own(h, 400.0).sum() == 2  # only `plain`
+    overridden = Bottleneck([EditSpec(d)], window=(100, 999))
+    assert overridden(h, 400.0).sum() == 2 and overridden(h, 50.0).sum() == 0
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_capture_under_the_asymmetric_step_holds_one_record_per_step(batched):
+    model = tiny_denoiser()
+    sigmas = SCHEDULE.sigmas_for(asyrp_timesteps(5))
+    x = torch.randn(2, 3, 8, 8) * float(sigmas[0])
+    d = Direction(torch.randn(model.h_shape()))
+    with model.attached(Bottleneck([EditSpec(d)], capture=True)) as controller:
+        sample_asyrp(model, x, sigmas, sigma_edit=0.0, batched=batched, disable=True)
+    traj = controller.trajectory()
+    assert traj.h.shape == (2, 5, *model.h_shape())
+    assert traj.timesteps.tolist() == [float(t) for t in asyrp_timesteps(5)]
 
 
 def test_capture_over_a_sampler_run_builds_a_trajectory():

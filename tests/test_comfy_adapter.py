@@ -261,12 +261,22 @@ def test_comfy_sampling_settings_from_diffusers_configs():
         pixel_model.comfy_sampling_settings({"prediction_type": "sample"})
 
 
-def test_comfy_linear_names_match_the_ddpm_schedule():
-    """ComfyUI's "sqrt_linear" is linear in beta (DDPM); its "linear" is linear in sqrt(beta) (Stable Diffusion)."""
+# ComfyUI's make_beta_schedule (comfy/ldm/modules/diffusionmodules/util.py), by the names it takes
+COMFY_BETAS = {"linear": lambda start, end, n: torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float64) ** 2,
+               "sqrt_linear": lambda start, end, n: torch.linspace(start, end, n, dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("diffusers_name,start,end", [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012)])
+def test_comfy_linear_names_match_the_ddpm_schedule(diffusers_name, start, end):
+    """The settings the pixel loader gives ComfyUI make ComfyUI build the schedule hspace_core uses for that config
+    (ComfyUI's "sqrt_linear" is linear in beta, DDPM; its "linear" is linear in sqrt(beta), Stable Diffusion)."""
     from hspace_core.schedule import VPSchedule
 
-    ddpm = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    assert torch.allclose(VPSchedule.linear().alphas_cumprod, torch.cumprod(1 - ddpm, 0))
+    config = {"beta_schedule": diffusers_name, "beta_start": start, "beta_end": end, "num_train_timesteps": 1000}
+    settings, _ = pixel_model.comfy_sampling_settings(config)
+    betas = COMFY_BETAS[settings["beta_schedule"]](settings["linear_start"], settings["linear_end"],
+                                                   settings["timesteps"])
+    torch.testing.assert_close(VPSchedule.from_diffusers_config(config).alphas_cumprod, torch.cumprod(1 - betas, 0))
 
 
 def test_latent_image_round_trip():

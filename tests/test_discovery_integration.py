@@ -74,14 +74,34 @@ def test_jacobian_directions_along_a_sampling_run_edit_the_sample():
     assert (edited - plain).abs().max() > 1e-3
 
 
-def test_asyrp_global_direction_applies_in_the_edit_window():
+def test_asyrp_global_direction_applies_in_the_edit_window(monkeypatch):
+    """h is shifted on exactly the grid steps with t >= t_edit (the direction's own window, by default), on none
+    after them, and the edit changes the image; a t_edit given to the edit overrides the direction's."""
+    from hspace_core import pipeline as pipeline_module
+
+    calls = []
+
+    class RecordingBottleneck(pipeline_module.Bottleneck):
+        def __call__(self, h, timestep, *args, **kwargs):
+            out = super().__call__(h, timestep, *args, **kwargs)
+            calls.append((round(float(timestep)), not torch.equal(out, h)))
+            return out
+
+    monkeypatch.setattr(pipeline_module, "Bottleneck", RecordingBottleneck)
     pipe = _pipeline()
     block = DeltaBlock.for_unet(pipe.denoiser.unet)
-    sigmas = pipe.sigmas(4)
+    sigmas = pipe.sigmas(8)
     x_T = pipe.noise([0, 1], sigmas)
-    sigma_edit = float(sigmas[1])
+    sigma_edit = float(sigmas[3])
     direction = global_delta_h(pipe.denoiser, block, x_T, sigmas, sigma_edit)
-    t_edit = float(pipe.schedule.timestep(torch.tensor(sigma_edit)))
+    t_edit = round(float(pipe.schedule.timestep(torch.tensor(sigma_edit))))
+    grid = [round(float(t)) for t in pipe.schedule.timestep(sigmas[:-1])]
     plain = pipe.edit(x_T[:1], sigmas)
-    edited = pipe.edit(x_T[:1], sigmas, [(direction, 1.0)], t_edit=t_edit, n_train_steps=4)
+    calls.clear()
+    edited = pipe.edit(x_T[:1], sigmas, [(direction, 1.0)])
+    assert sorted({t for t, moved in calls if moved}, reverse=True) == [t for t in grid if t >= t_edit] == grid[:4]
+    assert not any(moved for t, moved in calls if t < t_edit)
     assert direction.delta.shape == (16, 4, 4) and (edited - plain).abs().max() > 1e-4
+    calls.clear()
+    pipe.edit(x_T[:1], sigmas, [(direction, 1.0)], t_edit=float(grid[5]))
+    assert sorted({t for t, moved in calls if moved}, reverse=True) == grid[:6]

@@ -248,7 +248,8 @@ def run_patch(model: FakePatcher, h: torch.Tensor, timestep: float, cond_or_unco
 def test_apply_direction_patches_a_clone_within_the_window():
     model = FakePatcher()
     direction = [Direction(torch.ones(4, 2, 2))]
-    (patched,) = node("HSpaceApplyDirection").apply(model, direction, 2.0, 0.0, 0.5, "cond", False)
+    (patched,) = node("HSpaceApplyDirection").apply(model, direction, 2.0, "percent", 0.0, 0.5, "cond",
+                                                       False)
     assert not model.patches and len(patched.patches["middle_block_after_patch"]) == 1
     h = torch.zeros(2, 4, 2, 2)
     torch.testing.assert_close(run_patch(patched, h, 900.0), torch.full_like(h, 2.0))
@@ -257,13 +258,50 @@ def test_apply_direction_patches_a_clone_within_the_window():
     assert float(edited[0].abs().max()) == 0.0 and float(edited[1].min()) == 2.0
 
 
+def test_apply_direction_keeps_the_directions_edit_window_unless_percent_overrides_it():
+    model = FakePatcher()
+    asyrp = [Direction(torch.ones(4, 2, 2), None, {"edit_window": [500.0, 999.0]})]
+    h = torch.zeros(1, 4, 2, 2)
+    (own,) = node("HSpaceApplyDirection").apply(model, asyrp, 1.0, "direction", 0.0, 1.0, "both", False)
+    assert float(run_patch(own, h, 900.0).min()) == 1.0 and float(run_patch(own, h, 100.0).abs().max()) == 0.0
+    (override,) = node("HSpaceApplyDirection").apply(model, asyrp, 1.0, "percent", 0.0, 1.0, "both", False)
+    assert float(run_patch(override, h, 100.0).min()) == 1.0
+
+
+def test_sample_from_noise_boosts_a_ddim_record_with_eta_one_like_the_library(monkeypatch):
+    from hspace_core.direction import Inversion
+    from hspace_core.samplers import sample_asyrp
+    from hspace_core.schedule import VPSchedule, asyrp_timesteps
+    from nodes import _sampling, comfy_adapter
+    from tiny import GaussianOracle
+
+    model, oracle, schedule = FakePatcher(), GaussianOracle(0.3, 0.5), VPSchedule.linear()
+    monkeypatch.setattr(comfy_adapter, "vp_schedule", lambda model_: schedule)
+    sigmas = schedule.sigmas_for(asyrp_timesteps(8))
+    record = Inversion(torch.randn(1, 4, 2, 2) * float(sigmas[0]), sigmas, None, 0.0, method="ddim")
+
+    def run_in_model_space(model_, fn, sigmas_, latent, positive, negative, cfg, start=None, node_id=None,
+                           options=None):
+        return {"samples": fn(oracle, start, sigmas_, disable=True, **options)}, None
+
+    monkeypatch.setattr(_sampling, "run_sampler", run_in_model_space)
+    (boosted,) = node("HSpaceSampleFromNoise").sample(model, record, "asymmetric", 400, 300, 1.0, 7)
+    sigma_edit, sigma_boost = float(schedule.sigma(400)), float(schedule.sigma(300))
+    library = sample_asyrp(oracle, record.x_T, sigmas, sigma_edit=sigma_edit, sigma_boost=sigma_boost, seed=7,
+                           disable=True)  # what HSpacePipeline.edit runs: eta_boost = 1
+    deterministic = sample_asyrp(oracle, record.x_T, sigmas, sigma_edit=sigma_edit, sigma_boost=sigma_boost,
+                                 eta_boost=0.0, disable=True)
+    torch.testing.assert_close(boosted["samples"], library)
+    assert (boosted["samples"] - deterministic).abs().max() > 1e-3
+
+
 def test_apply_direction_refuses_foreign_directions_unless_allowed():
     model = FakePatcher()
     fingerprint = {"arch": "Other", "weights": "0", "h_shape": [4, 2, 2]}
     foreign = [Direction(torch.ones(4, 2, 2), None, {"fingerprint": fingerprint})]
     with pytest.raises(HSpaceError, match="another model"):
-        node("HSpaceApplyDirection").apply(model, foreign, 1.0, 0.0, 1.0, "cond", False)
-    (patched,) = node("HSpaceApplyDirection").apply(model, foreign, 1.0, 0.0, 1.0, "both", True)
+        node("HSpaceApplyDirection").apply(model, foreign, 1.0, "direction", 0.0, 1.0, "cond", False)
+    (patched,) = node("HSpaceApplyDirection").apply(model, foreign, 1.0, "direction", 0.0, 1.0, "both", True)
     wrong_shape = torch.zeros(1, 8, 2, 2)
     with pytest.raises(HSpaceError, match="does not fit"):
         run_patch(patched, wrong_shape, 500.0)

@@ -8,7 +8,7 @@ from hspace_core.bottleneck import Bottleneck
 from hspace_core.discovery.asyrp import unet_time_embedding
 from hspace_core.schedule import asyrp_timesteps
 from nodes import _folders, asyrp_train
-from nodes._types import NoiseRecord
+from hspace_core.direction import Inversion
 from nodes.pixel_model import DiffusersUNetWrapper
 from tests.test_discovery_asyrp import _tiny_clip
 from tests.tiny import tiny_denoiser
@@ -35,7 +35,7 @@ def test_trained_f_t_is_saved_with_its_settings_and_applied_per_sample(tmp_path,
     monkeypatch.setattr(asyrp_train.comfy_adapter, "patch_model",
                         lambda m, controller: patched.setdefault("controller", controller) and m)
     sigmas = den.schedule.sigmas_for(asyrp_timesteps(4)).float()
-    noise = NoiseRecord(torch.randn(2, 3, 8, 8) * float(sigmas[0]), sigmas, None, 0.0, "ddim")
+    noise = Inversion(torch.randn(2, 3, 8, 8) * float(sigmas[0]), sigmas, None, 0.0, method="ddim")
     node = asyrp_train.HSpaceAsyrpTrain()
     directions, log = node.train(model, noise, "face", "smiling face", "tiny", 500, 1, 0.5, 3.0, False,
                                  save_f_t_as="smile")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hspace_core.bottleneck import Bottleneck, EditSpec, edit_coefficients
+from hspace_core.bottleneck import Bottleneck, EditSpec
 from hspace_core.direction import Direction
 from hspace_core.errors import HSpaceError
 from hspace_core.samplers import (ddpm_noises, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim,
@@ -180,14 +180,17 @@ def test_window_outside_the_schedule_is_refused():
 
 
 def test_step_count_scaling_and_multi_attribute_coefficients():
-    assert edit_coefficients([2.0], n_train_steps=40, n_test_steps=1000) == [pytest.approx(2.0 * 40 / 1000)]
-    coefs = edit_coefficients([1.0, -0.5, 2.0], n_train_steps=40, n_test_steps=40)
-    assert coefs == [pytest.approx(a / math.sqrt(3)) for a in (1.0, -0.5, 2.0)]
     model = tiny_denoiser()
     d = direction_for(model)
-    controller = Bottleneck([EditSpec(d, 2.0)], n_train_steps=40, n_test_steps=1000)
+    trained = d.with_delta(d.delta, n_train_steps=40)
     h = torch.zeros(1, *model.h_shape())
-    assert torch.allclose(controller(h, 500.0), 2.0 * 0.04 * d.delta)
+    asymmetric = {"steps": 1000, "asymmetric": True}
+    assert torch.allclose(Bottleneck([EditSpec(trained, 2.0)])(h, 500.0, flags=asymmetric), 2.0 * 0.04 * d.delta)
+    symmetric = Bottleneck([EditSpec(trained, 2.0)])(h, 500.0, flags={"steps": 1000})
+    assert torch.allclose(symmetric, 2.0 * d.delta)  # the symmetric step takes no step-count factor
+    controller = Bottleneck([EditSpec(trained, a) for a in (1.0, -0.5, 2.0)])
+    expected = sum(a * d.delta for a in (1.0, -0.5, 2.0)) / math.sqrt(3)
+    assert torch.allclose(controller(h, 500.0, flags={"steps": 40, "asymmetric": True}), expected, atol=1e-6)
 
 
 def test_nan_input_is_refused():

@@ -1,9 +1,12 @@
 """Semantic tests on the embedded MNIST model: directions found by hspace must change what the model draws.
 
 A classifier trained apart from the diffusion model judges the images. Bounds are the figures measured with
-scripts/figures.py (README, "Measured on the embedded model") with headroom; every test is seeded.
+benchmarks/figures_default_model.py (README, "Measured on the embedded model") with headroom; every test is
+seeded. Class-mean directions are fitted on other samples than the ones they edit (out of sample): on the other
+half of the held-out digits, or on generated samples labelled by the classifier.
 """
 import pytest
+import torch
 
 from hspace_core.arithmetic import random_like
 from hspace_core.discovery.pca import pca_directions
@@ -13,6 +16,8 @@ from hspace_core.experiments import (change_rate, class_transfer_groups, cyclic_
 from hspace_core.pipeline import HSpacePipeline
 
 STEPS = 20
+OUT_OF_SAMPLE_FLOOR = 0.4  # set from the measured figure with headroom, see the README
+GENERATED_FLOOR = 0.3
 pytestmark = pytest.mark.slow
 
 
@@ -29,8 +34,15 @@ def evaluator():
 @pytest.fixture(scope="module")
 def real(pipe):
     digits, labels = load_heldout_digits()
-    digits, labels = digits[::2], labels[::2]  # 250 digits, 25 per class
+    digits, labels = digits[::2], labels[::2]  # 250 digits, 25 per class: the ones edited
     return digits, labels, pipe.invert(digits, STEPS)
+
+
+@pytest.fixture(scope="module")
+def other_half(pipe):
+    """The other 250 held-out digits, inverted: what the class means are fitted on."""
+    digits, labels = load_heldout_digits()
+    return pipe.invert(digits[1::2], STEPS).trajectory, labels[1::2]
 
 
 @pytest.fixture(scope="module")
@@ -51,24 +63,52 @@ def test_edit_friendly_inversion_regenerates_the_input_exactly(pipe, real):
     assert float((regenerated - digits).norm() / digits.norm()) < 1e-5
 
 
-def transfer(pipe, real, evaluator, strength, baseline_seed=None):
+def transfer(pipe, real, evaluator, strength, fit, baseline_seed=None):
     digits, labels, inversion = real
     targets = cyclic_targets(labels)
-    groups = class_transfer_groups(pipe, inversion, labels, targets)
+    groups = class_transfer_groups(pipe, inversion, labels, targets, fit=fit)
     edited = edit_groups(pipe, inversion.x_T, inversion.sigmas, groups, strength, baseline_seed=baseline_seed)
     return hit_rate(evaluator, edited, targets)
 
 
-def test_class_mean_edits_reach_the_target_class_far_more_than_random(pipe, real, evaluator):
-    edited = transfer(pipe, real, evaluator, 1.0)
-    random = transfer(pipe, real, evaluator, 1.0, baseline_seed=0)
+def test_class_mean_edits_fitted_on_other_digits_reach_the_target_class_far_more_than_random(
+        pipe, real, other_half, evaluator):
+    edited = transfer(pipe, real, evaluator, 1.0, other_half)
+    random = transfer(pipe, real, evaluator, 1.0, other_half, baseline_seed=0)
     floor = 1 / len(real[1])
-    assert edited >= 0.4 and edited >= 8 * max(random, floor)  # measured 0.69 vs 0.02 on 500 digits
+    assert edited >= OUT_OF_SAMPLE_FLOOR and edited >= 8 * max(random, floor)
 
 
-def test_class_edit_effect_grows_with_strength(pipe, real, evaluator):
-    rates = [transfer(pipe, real, evaluator, s) for s in (0.25, 0.5, 1.0)]
+def test_class_mean_edits_fitted_on_generated_samples_transfer_to_real_digits(pipe, real, generated, evaluator):
+    trajectory, images = generated
+    edited = transfer(pipe, real, evaluator, 1.0, (trajectory, evaluator.predict(images)[0]))
+    assert edited >= GENERATED_FLOOR
+
+
+def test_class_edit_effect_grows_with_strength(pipe, real, other_half, evaluator):
+    rates = [transfer(pipe, real, evaluator, s, other_half) for s in (0.25, 0.5, 1.0)]
     assert rates[0] < rates[1] < rates[2]
+
+
+def test_an_edit_has_the_same_effect_at_20_40_and_100_steps(pipe, generated):
+    """The asymmetric step's shift is normalised to the step count (Direction.step_scale), so PC0 of the 20-step
+    capture, applied for t >= 400, moves the images as far at 20, 40 and 100 steps.
+
+    Tolerance: the normalised effect converges as the grid gets finer (measured mean |x_edit - x_plain| 4.09,
+    3.37, 2.87, 2.75 at 20, 40, 100, 200 steps on 8 seeds: 100 vs 200 differ by 4%); what is left at 20 steps is
+    the coarse grid's own error (12 edited steps), 1.43x the 100-step effect, so the bound is 1.6x. Unnormalised
+    the effect grew with the steps: 4.2, 6.3, 14.9 (3.6x)."""
+    trajectory, _ = generated
+    direction = pca_directions(trajectory, num_components=1).to_direction(0, trajectory.timesteps)
+    effects = {}
+    for steps in (20, 40, 100):
+        sigmas = pipe.sigmas(steps)
+        x_T = pipe.noise(range(1000, 1008), sigmas)
+        effects[steps] = (pipe.edit(x_T, sigmas, [(direction, 1.0)], t_edit=400) - pipe.edit(x_T, sigmas)).flatten(1)
+    norms = [float(e.norm(dim=1).mean()) for e in effects.values()]
+    assert max(norms) / min(norms) < 1.6
+    for steps in (20, 40):
+        assert float(torch.nn.functional.cosine_similarity(effects[steps], effects[100]).mean()) > 0.9
 
 
 def test_top_pcs_change_the_class_far_more_than_random(pipe, generated, evaluator):
@@ -85,3 +125,24 @@ def test_top_pcs_change_the_class_far_more_than_random(pipe, generated, evaluato
     edited = sum(rate(d) for d in pcs) / 2
     random = sum(rate(random_like(d, seed)) for d in pcs for seed in range(3)) / 6
     assert edited >= 0.15 and edited >= 5 * max(random, 1 / 200)  # measured 0.27 vs 0.038
+
+
+def test_the_asymmetric_step_is_stronger_per_std_than_the_symmetric_ones_as_documented(pipe, generated):
+    """Strength units per mode (README, web/docs/HSpaceApplyDirection.md): PC0 of a 20-step capture, +1 std on every
+    step, 20 steps. Measured mean |x_edit - x_plain| on 16 seeds: asymmetric DDIM 4.26, symmetric DDIM 1.60,
+    symmetric DDPM (Haas et al.'s step, fixed noise) 2.57: 2.7x and 1.7x."""
+    from hspace_core.samplers import ddpm_noises
+
+    trajectory, _ = generated
+    direction = pca_directions(trajectory, num_components=1).to_direction(0, trajectory.timesteps)
+    sigmas = pipe.sigmas(STEPS)
+    x_T = pipe.noise(range(1000, 1008), sigmas)
+    noises = ddpm_noises(x_T.shape, sigmas, 1.0, seed=3)
+
+    def effect(mode, **kwargs):
+        edited = pipe.edit(x_T, sigmas, [(direction, 1.0)], t_edit=0, mode=mode, **kwargs)
+        return float((edited - pipe.edit(x_T, sigmas, **kwargs)).flatten(1).norm(dim=1).mean())
+
+    asymmetric, symmetric = effect("asymmetric"), effect("symmetric")
+    ddpm = effect("symmetric", eta=1.0, noises=noises)
+    assert 2.0 < asymmetric / symmetric < 4.0 and 1.2 < asymmetric / ddpm < 2.5
