@@ -152,7 +152,29 @@ def patch_model(model: Any, controller: Controller, site: str = "auto") -> Any:
         patched.set_model_middle_block_after_patch(MiddleBlockPatch(controller, sampling))
     else:
         patched.set_model_output_block_patch(OutputBlockPatch(controller, sampling))
+    _publish_shifts_at(patched, controller, sampling)
     return patched
+
+
+def _publish_shifts_at(patched: Any, controller: Controller, sampling: Any) -> None:
+    """Tell hspace's samplers, through the clone's transformer_options, at which sigmas anything shifts (this
+    controller or one patched in before it), so that the asymmetric step runs one plain pass where nothing does
+    (``samplers.sample_asyrp``): zero edits then sample bitwise like the plain sampler."""
+    options = getattr(patched, "model_options", None)
+    if options is None:
+        return
+    transformer_options = options.setdefault("transformer_options", {})
+    flags = dict(transformer_options.get(FLAGS_KEY) or {})
+    earlier = flags.get("shifts_at")
+    own = getattr(controller, "shifts_at", None)
+
+    def shifts_at(sigma: float) -> bool:
+        if own is None or (earlier is not None and earlier(sigma)):
+            return True
+        return bool(own(float(sampling.timestep(torch.as_tensor(sigma, dtype=torch.float32)).flatten()[0])))
+
+    flags["shifts_at"] = shifts_at
+    transformer_options[FLAGS_KEY] = flags
 
 
 # -- samplers -----------------------------------------------------------------------------------------------

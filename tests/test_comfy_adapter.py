@@ -4,6 +4,7 @@ The same code runs against a real ComfyUI in tests/comfyui/ (when COMFYUI_PATH i
 """
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hspace_core.bottleneck import Bottleneck, EditSpec
+from hspace_core.direction import Direction
 from hspace_core.errors import HSpaceError
 from nodes import _comfy, comfy_adapter, pixel_latents, pixel_model, pixel_nodes
 
@@ -54,6 +57,7 @@ class FakePatcher:
     def __init__(self, inner: torch.nn.Module, middle_patch: bool = True):
         self.model = FakeBaseModel(inner)
         self.patches: dict[str, list] = {}
+        self.model_options: dict = {"transformer_options": {}}
         if middle_patch:
             self.set_model_middle_block_after_patch = lambda fn: self.set_model_patch(fn, "middle_block_after_patch")
 
@@ -61,6 +65,7 @@ class FakePatcher:
         other = FakePatcher.__new__(FakePatcher)
         other.__dict__.update(self.__dict__)
         other.patches = {k: list(v) for k, v in self.patches.items()}
+        other.model_options = copy.deepcopy(self.model_options)
         if hasattr(self, "set_model_middle_block_after_patch"):
             other.set_model_middle_block_after_patch = lambda fn: other.set_model_patch(fn, "middle_block_after_patch")
         return other
@@ -136,6 +141,20 @@ def test_patch_model_registers_on_a_clone_and_calls_the_controller():
     out = patch(args)
     assert torch.equal(out["h"], h + 2.0) and out["timesteps"] is args["timesteps"]
     assert controller.calls == [(500.0, [1, 0], {"shift": False}, 5.0)]
+
+
+def test_the_patched_model_tells_the_sampler_where_anything_shifts():
+    direction = Direction(torch.ones(1, 2, 2), None, {"edit_window": [500, 999]})
+    model = FakePatcher(FakeUNet())
+    first = comfy_adapter.patch_model(model, Bottleneck([EditSpec(direction, 1.0)]))
+    shifts_at = first.model_options["transformer_options"]["hspace"]["shifts_at"]
+    assert shifts_at(6.0) and not shifts_at(4.0)  # t = 600 is in the direction's window, t = 400 is not
+    assert "hspace" not in model.model_options["transformer_options"]  # the input MODEL is unchanged
+    zero = comfy_adapter.patch_model(model, Bottleneck([EditSpec(direction, 0.0)]))
+    assert not zero.model_options["transformer_options"]["hspace"]["shifts_at"](6.0)
+    chained = comfy_adapter.patch_model(zero, Bottleneck([EditSpec(direction, 1.0)], window=(0, 300)))
+    chained_shifts = chained.model_options["transformer_options"]["hspace"]["shifts_at"]
+    assert chained_shifts(2.0) and not chained_shifts(6.0)  # the later patch's window; the earlier one adds zero
 
 
 def test_timestep_falls_back_to_sigmas_and_rows_to_cond():
@@ -361,7 +380,7 @@ def test_a_direction_whose_channels_cannot_fit_is_refused_without_suggesting_all
     from nodes.apply import apply_direction
 
     with pytest.raises(HSpaceError) as err:
-        apply_direction(FakePatcher(ConvUNet(8)), foreign_direction(4), 1.0, 0.0, 1.0, "cond", True)
+        apply_direction(FakePatcher(ConvUNet(8)), foreign_direction(4), 1.0, "percent", 0.0, 1.0, "cond", True)
     assert "[4, 2, 2]" in str(err.value) and "[8, 2, 2]" in str(err.value) and "allow foreign" not in str(err.value)
 
 
@@ -369,8 +388,8 @@ def test_a_same_shape_foreign_direction_suggests_allow_foreign_and_applies_with_
     from nodes.apply import apply_direction
 
     with pytest.raises(HSpaceError, match="allow foreign"):
-        apply_direction(FakePatcher(ConvUNet(4)), foreign_direction(4), 1.0, 0.0, 1.0, "cond", False)
-    patched = apply_direction(FakePatcher(ConvUNet(4)), foreign_direction(4), 1.0, 0.0, 1.0, "cond", True)
+        apply_direction(FakePatcher(ConvUNet(4)), foreign_direction(4), 1.0, "percent", 0.0, 1.0, "cond", False)
+    patched = apply_direction(FakePatcher(ConvUNet(4)), foreign_direction(4), 1.0, "percent", 0.0, 1.0, "cond", True)
     assert patched.patches["middle_block_after_patch"]
 
 
