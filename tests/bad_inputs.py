@@ -266,7 +266,6 @@ LIBRARY: list[Case] = [
      "noise term.*per step"),
     ("edit: noises of the wrong shape", lambda: pipe().edit(x_T(), sigmas(2), eta=1.0,
                                                           noises=[torch.zeros(1, 1, 8, 8)] * 2), "noise term"),
-    ("edit: n_train_steps 0", lambda: pipe().edit(x_T(), sigmas(), n_train_steps=0), "n_train_steps"),
     ("capture: steps 0", lambda: pipe().capture([0], steps=0), "steps"),
     ("capture: steps 1", lambda: pipe().capture([0], steps=1), "2 to 1000 steps"),
     ("capture: fractional steps", lambda: pipe().capture([0], steps=2.5), "steps.*integer"),
@@ -338,7 +337,7 @@ NODES: list[Case] = [
         FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, "edit_friendly", 1.0,
         -1.0, 0), "eta"),
     ("node sample from noise: unknown mode", lambda: node("HSpaceSampleFromNoise").sample(
-        FakePatcher(), noise_record(), "fast", 400, 0, 1.0), "mode.*asymmetric"),
+        FakePatcher(), noise_record(), "fast", 400, 0, 1.0, 0), "mode.*asymmetric"),
     ("node asyrp sampler: unknown mode", lambda: node("HSpaceAsyrpSampler").make(
         FakePatcher(), "fast", 400, 0, 0.0, 1.0, 0), "mode.*asymmetric"),
     ("node asyrp sampler: eta 1.5", lambda: node("HSpaceAsyrpSampler").make(
@@ -349,14 +348,14 @@ NODES: list[Case] = [
     ("node pick: index past the set", lambda: node("HSpacePickDirection").pick(node_direction(), 3), "out of range"),
     ("node sweep: one column", lambda: node("HSpaceStrengthSweep").sweep(
         FakePatcher(), node_direction(), torch.tensor([2.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, 0, 1.0,
-        -1.0, 1.0, 1, 0.0, 1.0, "cond", False), "count.*>= 2"),
+        -1.0, 1.0, 1, "percent", 0.0, 1.0, "cond", False), "count.*>= 2"),
     ("node sweep: NaN strength", lambda: node("HSpaceStrengthSweep").sweep(
         FakePatcher(), node_direction(), torch.tensor([2.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, 0, 1.0,
-        float("nan"), 1.0, 3, 0.0, 1.0, "cond", False), "strength_min.*finite"),
+        float("nan"), 1.0, 3, "percent", 0.0, 1.0, "cond", False), "strength_min.*finite"),
     ("node apply: NaN strength", lambda: node("HSpaceApplyDirection").apply(
-        FakePatcher(), node_direction(), float("nan"), 0.0, 1.0, "cond", False), "strength.*finite"),
+        FakePatcher(), node_direction(), float("nan"), "percent", 0.0, 1.0, "cond", False), "strength.*finite"),
     ("node apply: unknown rows", lambda: node("HSpaceApplyDirection").apply(
-        FakePatcher(), node_direction(), 1.0, 0.0, 1.0, "all", False), "rows must be"),
+        FakePatcher(), node_direction(), 1.0, "percent", 0.0, 1.0, "all", False), "rows must be"),
     ("node jacobian: unknown method", lambda: node("HSpaceJacobianDirections").discover(
         FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, 0, 3, 0, "lanczos", 50),
      "method.*subspace"),

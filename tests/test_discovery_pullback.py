@@ -164,7 +164,7 @@ def test_recipe_samples_with_the_source_prompt_and_finds_the_basis_with_the_edit
     with_edit = pullback_basis(park_encoder(edit, sigma), x, 2, max_iter=5)
     with_source = pullback_basis(park_encoder(source, sigma), x, 2, max_iter=5)
     torch.testing.assert_close(result.basis.singular_values, with_edit.singular_values)
-    assert not torch.allclose(result.basis.singular_values, with_source.singular_values, rtol=1e-3)
+    assert not torch.allclose(result.basis.singular_values, with_source.singular_values, rtol=1e-4)  # a tiny model: the two prompts differ by ~1e-3
 
 
 def test_park_units_singular_values_and_guidance_step():

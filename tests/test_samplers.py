@@ -253,5 +253,4 @@ def test_shifts_at_reports_what_the_controller_would_add():
     assert Bottleneck([EditSpec(direction, 1.0)]).shifts_at(500.0)
     assert not Bottleneck([EditSpec(direction, 0.0)]).shifts_at(500.0)
     assert not Bottleneck([EditSpec(direction, 1.0)], window=(0.0, 100.0)).shifts_at(500.0)
-    assert not Bottleneck([EditSpec(direction, 1.0, samples=[])]).shifts_at(500.0)
     assert not Bottleneck().shifts_at(500.0)
