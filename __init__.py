@@ -4,10 +4,15 @@ ComfyUI imports this folder as a package named after the folder. Everything insi
 (the nodes import the library as ``..hspace_core``), so nothing is added to ``sys.path`` and none of this
 folder's names (``nodes``, ``tests``, ...) can shadow ComfyUI's modules or another pack's.
 """
-from .nodes import _folders
-from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
-_folders.register()
 WEB_DIRECTORY = "./web"
+
+if __package__:
+    from .nodes import _folders
+    from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    _folders.register()
+else:  # imported as a plain module, not as ComfyUI imports a pack (pytest collecting a checkout whose folder
+    # name is not a Python name, e.g. "hspace-main"): there is no package to load the nodes from
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
