@@ -9,6 +9,7 @@ from torch import nn
 
 from ...direction import Direction, check_finite
 from ...errors import HSpaceError
+from ...schedule import at_or_above
 from .block import DeltaBlock, unet_time_embedding
 from .clip_loss import DirectionalCLIPLoss
 
@@ -29,7 +30,7 @@ def _frozen(module: nn.Module) -> Iterator[None]:
 
 def _edited_steps(sigmas: torch.Tensor, sigma_edit: float) -> int:
     """The number of steps of the grid inside the edit window (sigma >= sigma_edit)."""
-    count = int((sigmas[:-1] >= sigma_edit * (1 - 1e-6)).sum())
+    count = sum(at_or_above(s, sigma_edit) for s in sigmas[:-1].tolist())
     if count == 0:
         raise HSpaceError(f"no step of the grid lies in the edit window: sigma_edit {sigma_edit:.4g} is above the "
                           f"largest sigma {float(sigmas[0]):.4g}")
