@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .checks import check_edit_samples, check_number
-from .direction import Direction, Trajectory, check_finite
+from .direction import Direction, Trajectory, check_finite, step_scale
 from .errors import HSpaceError
 from .schedule import in_timestep_window
 
@@ -38,10 +38,12 @@ class EditSpec:
 @dataclass
 class FunctionEdit:
     """A per-sample shift Δh = strength · function(h, timestep), evaluated on each sample's own h (Asyrp's f_t at
-    inference); it adds to the directions' shift on the same rows and steps."""
+    inference); it adds to the directions' shift on the same rows and steps. Under the asymmetric step it is scaled
+    by ``reference_steps / steps`` like a direction (Asyrp's N_train / N_test; None: no factor)."""
 
     function: Callable[[torch.Tensor, float], torch.Tensor]
     strength: float = 1.0
+    reference_steps: int | None = None
 
 
 @dataclass
@@ -158,7 +160,8 @@ class Bottleneck:
                 if delta is not None:
                     shift[rows] = delta.to(h)
                 for edit in functions:
-                    shift[rows] += edit.strength * edit.function(h[rows], timestep).to(h)
+                    scale = edit.strength * step_scale(edit.reference_steps, flags.get("steps"), asymmetric)
+                    shift[rows] += scale * edit.function(h[rows], timestep).to(h)
         return h + shift
 
     def _record(self, h: torch.Tensor, timestep: float, sigma, chunks: list[int], split: bool) -> None:

@@ -13,6 +13,23 @@ from .checks import check_delta, check_finite, check_timesteps
 from .errors import HSpaceError
 
 HOOK_SITE = "mid_block.output"
+DEFAULT_REFERENCE_STEPS = 20  # the step count of hspace's pipeline, its demo and ComfyUI's KSampler
+
+
+def step_scale(reference_steps: int | None, num_steps: int | None, asymmetric: bool) -> float:
+    """The factor on a shift learned or calibrated for ``reference_steps`` steps, at each step of a run of
+    ``num_steps`` steps, so that an edit's total effect does not depend on the step count.
+
+    The asymmetric step (Asyrp) adds the x0 shift of every edited step to x in full, so the effect grows with
+    the number of edited steps: Asyrp scales Delta h (and f_t's output) by N_train / N_test, here
+    ``reference_steps / num_steps``. A symmetric step (the shift in both terms, every plain sampler on a patched
+    model) adds the x0 shift times (1 - sigma_next / sigma), a sum over the schedule that converges as the steps
+    get finer, so it takes no factor (measured on the embedded model: 20, 40, 100 steps give effects 1.33, 1.14,
+    1.06; the asymmetric step unscaled 4.2, 6.3, 14.9). Without a reference or a step count: no factor.
+    """
+    if not asymmetric or not num_steps or not reference_steps:
+        return 1.0
+    return reference_steps / num_steps
 
 
 def model_fingerprint(module: torch.nn.Module, arch: str, h_shape: Sequence[int]) -> dict[str, Any]:
@@ -86,28 +103,17 @@ class Direction:
         return None if window is None else (float(window[0]), float(window[1]))
 
     @property
-    def reference_steps(self) -> int | None:
+    def reference_steps(self) -> int:
         """The number of sampling steps the direction's strength is calibrated for: Asyrp's ``n_train_steps``
         (Delta h learned per step of that grid), else, for a per-timestep direction, one step per key (the
-        capture it came from); None for a global direction with no recorded step count."""
+        capture it came from), else (a global PCA, supervised or Jacobian direction) DEFAULT_REFERENCE_STEPS."""
         if self.meta.get("n_train_steps"):
             return int(self.meta["n_train_steps"])
-        return len(self.timesteps) if self.per_timestep else None
+        return len(self.timesteps) if self.per_timestep else DEFAULT_REFERENCE_STEPS
 
     def step_scale(self, num_steps: int | None, asymmetric: bool) -> float:
-        """The factor on this direction's shift at each step of a run of ``num_steps`` steps, so that an edit's
-        total effect does not depend on the step count.
-
-        The asymmetric step (Asyrp) adds the x0 shift of every edited step to x in full, so the effect grows with
-        the number of edited steps: Asyrp scales Delta h by N_train / N_test, here ``reference_steps / num_steps``.
-        A symmetric step (the shift in both terms, every plain sampler on a patched model) adds the x0 shift
-        times (1 - sigma_next / sigma), a sum over the schedule that converges as the steps get finer, so it takes
-        no factor (measured on the embedded model: 20, 40, 100 steps give effects 1.33, 1.14, 1.06; the
-        asymmetric step unscaled 4.2, 6.3, 14.9). Without a reference step count the strength is taken as is.
-        """
-        if not asymmetric or not num_steps or self.reference_steps is None:
-            return 1.0
-        return self.reference_steps / num_steps
+        """This direction's factor at each step of a run of ``num_steps`` steps (see :func:`step_scale`)."""
+        return step_scale(self.reference_steps, num_steps, asymmetric)
 
     def at(self, timestep: float) -> torch.Tensor:
         """The [C,H,W] shift at a model timestep (nearest key for per-timestep directions)."""

@@ -105,7 +105,8 @@ class HSpaceApplyAsyrpFunction:
             "model": _inputs.model("the pixel DDPM f_t was trained on"),
             "f_t_name": (_folders.list_names(), {"tooltip": "an f_t file saved by Asyrp Train (save_f_t_as)"}),
             "strength": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.05,
-                                   "tooltip": "multiplies f_t's delta h (1 = as trained)"}),
+                                   "tooltip": "multiplies f_t's delta h (1 = as trained; scaled by N_train / N_test "
+                                              "steps as in Asyrp, so the edit is as strong at any step count)"}),
             "t_edit": ("INT", {"default": -1, "min": -1, "max": 999, "tooltip": (
                 "edit at timesteps >= t_edit; -1 = the t_edit it was trained with (model timestep)")}),
             "allow_foreign": ("BOOLEAN", {"default": False, "tooltip": "apply an f_t trained on another model "
@@ -123,7 +124,9 @@ class HSpaceApplyAsyrpFunction:
                                            allow_foreign)
         t_edit = int(meta.get("t_edit", 0)) if t_edit < 0 else t_edit
         schedule = comfy_adapter.vp_schedule(model)
-        controller = f_t_controller(block, unet, t_edit, schedule.num_train_timesteps, strength)
+        n_train_steps = meta.get("n_train_steps")
+        controller = f_t_controller(block, unet, t_edit, schedule.num_train_timesteps, strength,
+                                    n_train_steps=int(n_train_steps) if n_train_steps else None)
         info = (f"f_t {meta.get('source_text', '?')!r} -> {meta.get('target_text', '?')!r}, t >= {t_edit}, "
                 f"trained with {meta.get('n_train_steps', '?')} steps")
         return comfy_adapter.patch_model(model, controller), info

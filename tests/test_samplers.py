@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hspace_core.bottleneck import Bottleneck, EditSpec
+from hspace_core.bottleneck import Bottleneck, EditSpec, FunctionEdit
 from hspace_core.direction import Direction
 from hspace_core.errors import HSpaceError
 from hspace_core.samplers import (ddpm_noises, invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim,
@@ -123,6 +123,7 @@ def test_asymmetric_and_symmetric_coefficients(batched):
     sigmas = torch.stack([SCHEDULE.sigmas[t], SCHEDULE.sigmas[t_next]])
     x = torch.randn(1, 3, 8, 8) * float(sigmas[0])
     shift = direction_for(model, 5.0)
+    shift = shift.with_delta(shift.delta, n_train_steps=1)  # calibrated for this one-step run: no step factor
     plain = one_step(model, x, sigmas, "none", shift)
     asym = one_step(model, x, sigmas, "asymmetric", shift, batched)
     sym = one_step(model, x, sigmas, "symmetric", shift)
@@ -191,6 +192,29 @@ def test_step_count_scaling_and_multi_attribute_coefficients():
     controller = Bottleneck([EditSpec(trained, a) for a in (1.0, -0.5, 2.0)])
     expected = sum(a * d.delta for a in (1.0, -0.5, 2.0)) / math.sqrt(3)
     assert torch.allclose(controller(h, 500.0, flags={"steps": 40, "asymmetric": True}), expected, atol=1e-6)
+
+
+def test_a_global_direction_without_a_step_count_is_calibrated_for_20_steps():
+    """Jacobian, supervised and global PCA directions record no step count: their strength means 'at 20 steps'
+    (hspace's and KSampler's default), so at 40 asymmetric steps each step adds half, at 10 twice."""
+    model = tiny_denoiser()
+    d = direction_for(model)
+    assert not d.per_timestep and "n_train_steps" not in d.meta
+    h = torch.zeros(1, *model.h_shape())
+    for steps, factor in ((20, 1.0), (40, 0.5), (10, 2.0)):
+        shifted = Bottleneck([EditSpec(d, 1.0)])(h, 500.0, flags={"steps": steps, "asymmetric": True})
+        assert torch.allclose(shifted, factor * d.delta)
+
+
+def test_f_t_is_scaled_by_n_train_over_n_test_under_the_asymmetric_step():
+    """Asyrp's code multiplies the DeltaBlock's output by n_train_step / n_test_step (hs_coeff[1])."""
+    h = torch.randn(2, 4, 2, 2)
+    edit = FunctionEdit(lambda rows, t: torch.ones_like(rows), strength=3.0, reference_steps=40)
+    controller = Bottleneck(functions=[edit])
+    assert torch.allclose(controller(h, 500.0, flags={"steps": 80, "asymmetric": True}), h + 1.5)
+    assert torch.allclose(controller(h, 500.0, flags={"steps": 80}), h + 3.0)  # symmetric: no factor
+    untrained = Bottleneck(functions=[FunctionEdit(lambda rows, t: torch.ones_like(rows), 3.0)])
+    assert torch.allclose(untrained(h, 500.0, flags={"steps": 80, "asymmetric": True}), h + 3.0)
 
 
 def test_nan_input_is_refused():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hspace_core.arithmetic import random_like
+from hspace_core.direction import Direction
 from hspace_core.discovery.pca import pca_directions
 from hspace_core.embedded import load_evaluator, load_heldout_digits
 from hspace_core.experiments import (change_rate, class_transfer_groups, cyclic_targets, edit_groups,
@@ -71,11 +72,19 @@ def transfer(pipe, real, evaluator, strength, fit, baseline_seed=None):
     return hit_rate(evaluator, edited, targets)
 
 
+@pytest.fixture(scope="module")
+def out_of_sample_rates(pipe, real, other_half, evaluator):
+    """Target-class hit rates of class-mean edits fitted on the other half, per strength, and of random
+    directions of the same per-step norm at strength 1 (computed once for the tests below)."""
+    rates = {s: transfer(pipe, real, evaluator, s, other_half) for s in (0.25, 0.5, 1.0)}
+    rates["random"] = transfer(pipe, real, evaluator, 1.0, other_half, baseline_seed=0)
+    return rates
+
+
 def test_class_mean_edits_fitted_on_other_digits_reach_the_target_class_far_more_than_random(
-        pipe, real, other_half, evaluator):
-    edited = transfer(pipe, real, evaluator, 1.0, other_half)
-    random = transfer(pipe, real, evaluator, 1.0, other_half, baseline_seed=0)
+        real, out_of_sample_rates):
     floor = 1 / len(real[1])
+    edited, random = out_of_sample_rates[1.0], out_of_sample_rates["random"]
     assert edited >= OUT_OF_SAMPLE_FLOOR and edited >= 8 * max(random, floor)
 
 
@@ -85,46 +94,53 @@ def test_class_mean_edits_fitted_on_generated_samples_transfer_to_real_digits(pi
     assert edited >= GENERATED_FLOOR
 
 
-def test_class_edit_effect_grows_with_strength(pipe, real, other_half, evaluator):
-    rates = [transfer(pipe, real, evaluator, s, other_half) for s in (0.25, 0.5, 1.0)]
+def test_class_edit_effect_grows_with_strength(out_of_sample_rates):
+    rates = [out_of_sample_rates[s] for s in (0.25, 0.5, 1.0)]
     assert rates[0] < rates[1] < rates[2]
 
 
 def test_an_edit_has_the_same_effect_at_20_40_and_100_steps(pipe, generated):
     """The asymmetric step's shift is normalised to the step count (Direction.step_scale), so PC0 of the 20-step
-    capture, applied for t >= 400, moves the images as far at 20, 40 and 100 steps.
+    capture (per timestep, one key per captured step) and its mean over the steps (a global direction, calibrated
+    for 20 steps), applied for t >= 400, move the images as far at 20, 40 and 100 steps.
 
     Tolerance: the normalised effect converges as the grid gets finer (measured mean |x_edit - x_plain| 4.09,
     3.37, 2.87, 2.75 at 20, 40, 100, 200 steps on 8 seeds: 100 vs 200 differ by 4%); what is left at 20 steps is
     the coarse grid's own error (12 edited steps), 1.43x the 100-step effect, so the bound is 1.6x. Unnormalised
     the effect grew with the steps: 4.2, 6.3, 14.9 (3.6x)."""
     trajectory, _ = generated
-    direction = pca_directions(trajectory, num_components=1).to_direction(0, trajectory.timesteps)
-    effects = {}
+    per_step = pca_directions(trajectory, num_components=1).to_direction(0, trajectory.timesteps)
+    directions = {"per timestep": per_step, "global": Direction(per_step.delta.mean(0))}
+    effects = {name: {} for name in directions}
     for steps in (20, 40, 100):
         sigmas = pipe.sigmas(steps)
         x_T = pipe.noise(range(1000, 1008), sigmas)
-        effects[steps] = (pipe.edit(x_T, sigmas, [(direction, 1.0)], t_edit=400) - pipe.edit(x_T, sigmas)).flatten(1)
-    norms = [float(e.norm(dim=1).mean()) for e in effects.values()]
-    assert max(norms) / min(norms) < 1.6
-    for steps in (20, 40):
-        assert float(torch.nn.functional.cosine_similarity(effects[steps], effects[100]).mean()) > 0.9
+        plain = pipe.edit(x_T, sigmas)
+        for name, direction in directions.items():
+            effects[name][steps] = (pipe.edit(x_T, sigmas, [(direction, 1.0)], t_edit=400) - plain).flatten(1)
+    for by_steps in effects.values():
+        norms = [float(e.norm(dim=1).mean()) for e in by_steps.values()]
+        assert max(norms) / min(norms) < 1.6
+        for steps in (20, 40):
+            assert float(torch.nn.functional.cosine_similarity(by_steps[steps], by_steps[100]).mean()) > 0.9
 
 
 def test_top_pcs_change_the_class_far_more_than_random(pipe, generated, evaluator):
+    """PC0 and PC1 of 200 generated samples, applied at +1 std for t >= 400 to 100 of them, change the classifier's
+    label of 25% / 24% of them; random directions of the same per-step norm (seeds 0 and 1) 1-4%."""
     trajectory, images = generated
     pca = pca_directions(trajectory, num_components=4)
     sigmas = pipe.sigmas(STEPS)
-    x_T = pipe.noise(range(200), sigmas)
-    reference = evaluator.predict(images)[0]
+    x_T = pipe.noise(range(100), sigmas)
+    reference = evaluator.predict(images[:100])[0]
 
     def rate(direction):
         return change_rate(evaluator, pipe.edit(x_T, sigmas, [(direction, 1.0)], t_edit=400), reference)
 
     pcs = [pca.to_direction(k, trajectory.timesteps) for k in (0, 1)]
     edited = sum(rate(d) for d in pcs) / 2
-    random = sum(rate(random_like(d, seed)) for d in pcs for seed in range(3)) / 6
-    assert edited >= 0.15 and edited >= 5 * max(random, 1 / 200)  # measured 0.27 vs 0.038
+    random = sum(rate(random_like(d, seed)) for d in pcs for seed in range(2)) / 4
+    assert edited >= 0.15 and edited >= 5 * max(random, 1 / 100)  # measured 0.245 vs 0.025
 
 
 def test_the_asymmetric_step_is_stronger_per_std_than_the_symmetric_ones_as_documented(pipe, generated):

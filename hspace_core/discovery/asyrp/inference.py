@@ -67,18 +67,22 @@ def load_delta_block(path: str | os.PathLike, unet: nn.Module, fingerprint: dict
 
 
 def f_t_controller(block: DeltaBlock, unet: nn.Module, t_edit: float, num_train_timesteps: int = 1000,
-                   strength: float = 1.0, rows: str = "cond") -> Bottleneck:
-    """A bottleneck controller that shifts each sample's h by ``strength · f_t(h_t, t)`` for t >= t_edit."""
+                   strength: float = 1.0, rows: str = "cond", n_train_steps: int | None = None) -> Bottleneck:
+    """A bottleneck controller that shifts each sample's h by ``strength · f_t(h_t, t)`` for t >= t_edit, times
+    N_train / N_test under the asymmetric step (Asyrp's scaling; ``n_train_steps``: the training grid's steps)."""
     return Bottleneck(window=(float(t_edit), float(num_train_timesteps - 1)), rows=rows,
-                      functions=[FunctionEdit(DeltaFunction(block, unet), strength)])
+                      functions=[FunctionEdit(DeltaFunction(block, unet), strength, n_train_steps)])
 
 
 @torch.no_grad()
 def sample_with_f_t(denoiser: Any, block: DeltaBlock, x_T: torch.Tensor, sigmas: torch.Tensor, sigma_edit: float,
-                    strength: float = 1.0, mode: str = "asymmetric", **options: Any) -> torch.Tensor:
+                    strength: float = 1.0, mode: str = "asymmetric", n_train_steps: int | None = None,
+                    **options: Any) -> torch.Tensor:
     """Asyrp's per-image edit with the library's denoiser: the asymmetric process on t >= t_edit with Δh_t =
-    f_t(h_t) of each sample (``options`` go to :func:`~hspace_core.samplers.sample_asyrp`)."""
+    f_t(h_t) of each sample, times ``n_train_steps / (len(sigmas) - 1)`` (Asyrp's N_train / N_test; None: the
+    run's own step count, no factor); ``options`` go to :func:`~hspace_core.samplers.sample_asyrp`."""
     t_edit = float(denoiser.schedule.timestep(torch.tensor(sigma_edit, dtype=torch.float64)))
-    controller = f_t_controller(block, denoiser.unet, t_edit, denoiser.schedule.num_train_timesteps, strength)
+    controller = f_t_controller(block, denoiser.unet, t_edit, denoiser.schedule.num_train_timesteps, strength,
+                                n_train_steps=n_train_steps)
     with denoiser.attached(controller):
         return sample_asyrp(denoiser, x_T, sigmas, mode=mode, sigma_edit=sigma_edit, disable=True, **options)
