@@ -13,6 +13,7 @@ from ..hspace_core.errors import HSpaceError
 
 from . import _folders, _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser
+from .pixel_latents import image_to_latent
 from ._types import DIRECTION, DirectionSet
 
 CATEGORY = "hspace/discovery"
@@ -52,12 +53,18 @@ class HSpaceAsyrpTrain:
                                                                       "models/hspace_directions, for Apply Asyrp f_t "
                                                                       "(Asyrp's per-image edit); empty = don't"}),
             },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": (
+                    "the images that were inverted, in the noise record's order: the CLIP loss's source is then "
+                    "each input image, as in Asyrp's official code. Unconnected: the unedited trajectory's "
+                    "predicted x0 at each step (the paper's formula), since a noise record holds no images")}),
+            },
             "hidden": _inputs.HIDDEN,
         }
 
     def train(self, model: Any, noise: Inversion, source_text: str, target_text: str, clip_model: str,
               t_edit: int, epochs: int, lr: float, lambda_l1: float, per_timestep: bool, save_f_t_as: str = "",
-              unique_id: str | None = None) -> tuple[DirectionSet, str]:
+              images: Any = None, unique_id: str | None = None) -> tuple[DirectionSet, str]:
         check_number(epochs, "epochs", 1, integer=True)
         check_number(lr, "lr", 0.0)
         check_number(lambda_l1, "lambda_l1", 0.0)
@@ -65,18 +72,27 @@ class HSpaceAsyrpTrain:
         denoiser = autograd_denoiser(model)
         if not isinstance(denoiser, DiffusersDenoiser):
             raise HSpaceError("Asyrp training needs a pixel DDPM (a diffusers UNet from the hspace loader)")
+        source, source_images = "reference", None
+        if images is not None:
+            source_images = image_to_latent(images, noise.x_T.shape[1])
+            if source_images.shape != noise.x_T.shape:
+                raise HSpaceError(f"images of shape {list(source_images.shape)} (as pixel latents) do not match the "
+                                  f"noise record's {list(noise.x_T.shape)}: connect the images Invert Image inverted")
+            source = "image"
         sigma_edit = float(comfy_adapter.timestep_to_sigma(model, t_edit))
         total = epochs * noise.x_T.shape[0] * (len(noise.sigmas) - 1)
         with comfy_adapter.autograd_enabled():  # CLIP and f_t built here hold ordinary (not inference) tensors
             loss = DirectionalCLIPLoss(*load_clip(clip_model), source_text, target_text)
             block = DeltaBlock.for_unet(denoiser.unet)
             x_start = comfy_adapter.grad_ready(noise.x_T)
-            history = train_delta_block(denoiser, block, x_start, noise.sigmas, sigma_edit, loss, source="reference",
-                                        epochs=epochs, lr=lr, lambda_l1=lambda_l1,
+            if source_images is not None:
+                source_images = comfy_adapter.grad_ready(source_images)
+            history = train_delta_block(denoiser, block, x_start, noise.sigmas, sigma_edit, loss, source_images,
+                                        source=source, epochs=epochs, lr=lr, lambda_l1=lambda_l1,
                                         callback=comfy_adapter.progress_callback(total, unique_id))
             direction = global_delta_h(denoiser, block, x_start, noise.sigmas, sigma_edit, per_timestep)
         settings = {"source_text": source_text, "target_text": target_text, "clip_model": clip_model,
-                    "t_edit": t_edit, "epochs": epochs, "lr": lr, "lambda_l1": lambda_l1, "source": "reference"}
+                    "t_edit": t_edit, "epochs": epochs, "lr": lr, "lambda_l1": lambda_l1, "source": source}
         direction.meta.update(settings, fingerprint=_sampling.fingerprint(model, direction.h_shape))
         log = f"{len(history)} steps, loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}"
         if save_f_t_as.strip():
