@@ -44,13 +44,17 @@ class RecordingController:
     def __init__(self, bottleneck: Bottleneck, path: str):
         self.bottleneck, self.path = bottleneck, path
 
+    def shifts_at(self, timestep: float) -> bool:
+        return self.bottleneck.shifts_at(timestep)
+
     def __call__(self, h, timestep, cond_or_uncond, flags, sigma=None):
         out = self.bottleneck(h, timestep, cond_or_uncond, flags, sigma=sigma)
         captured = self.bottleneck.records[-1].h if self.bottleneck.records else None
         record = {
             "shape": list(h.shape), "timestep": float(torch.as_tensor(timestep).flatten()[0]),
             "sigma": None if sigma is None else float(torch.as_tensor(sigma).flatten()[0]),
-            "cond_or_uncond": [int(c) for c in cond_or_uncond], "flags": dict(flags),
+            "cond_or_uncond": [int(c) for c in cond_or_uncond],
+            "flags": {k: v for k, v in flags.items() if not callable(v)},  # not the published shifts_at
             "captured_shape": None if captured is None else list(captured.shape),
             "row_shift": (out.float() - h.float()).flatten(1).norm(dim=1).tolist(),
             "row_norm": h.float().flatten(1).norm(dim=1).tolist(),
