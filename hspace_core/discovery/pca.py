@@ -25,8 +25,9 @@ Algorithms (chosen by ``method``; all accumulate in float64):
   λ_i waits on forever). O(passes · n d l) time; memory O(G d l) for Q and Z plus a fixed work block,
   whatever the chunk size (chunks are read ``WORK_BYTES`` of float64 at a time into one reused buffer):
   10,000 samples x 40 steps x 512·8·8 with k = 25 holds 2 · 40 · 32768 · 35 · 8 B = 0.73 GB of blocks;
-  measured process peak RSS 1.5 / 2.0 / 2.4 GiB with chunks of 25 / 50 / 100 samples (a chunk is 5.2 MiB
-  of float32 per sample), the same at any N (``python benchmarks/bench_discovery.py --only pca-wide``).
+  measured process peak RSS 1046 MiB plus the one chunk the caller hands in (5 MiB of float32 per sample),
+  the same for chunks of 25, 50 and 100 and at any N (``python benchmarks/bench_discovery.py --only
+  pca-wide``).
 
 ``"auto"`` picks ``"gram"`` for an in-memory tensor with n < d; otherwise (n >= d, or chunks) it picks
 ``"covariance"`` when the G·d²·8 bytes of scatter fit in ``max_memory_bytes``, else ``"randomized"``
