@@ -246,6 +246,10 @@ def test_streaming_allocations_do_not_grow_with_the_chunk_size(monkeypatch):
 
     small, whole = largest(8), largest(64)
     assert small == whole < h.numel() * h.element_size() / 4  # the Q and Z blocks, never a chunk-sized copy
+    bad = h.clone()
+    bad[-1, -1, -1, -1, -1] = float("nan")  # in the last slice the finiteness check reads
+    with pytest.raises(HSpaceError, match="NaN or Inf"):
+        pca_directions([bad], num_components=3, method="randomized")
 
 
 def test_the_previous_chunk_is_released_before_the_next_is_made():
