@@ -26,7 +26,7 @@ Algorithms (chosen by ``method``; all accumulate in float64):
   whatever the chunk size (chunks are read ``WORK_BYTES`` of float64 at a time into one reused buffer):
   10,000 samples x 40 steps x 512·8·8 with k = 25 holds 2 · 40 · 32768 · 35 · 8 B = 0.73 GB of blocks;
   measured process peak RSS 1046 MiB plus the one chunk the caller hands in (5 MiB of float32 per sample),
-  the same for chunks of 25, 50 and 100 and at any N (``python benchmarks/bench_discovery.py --only
+  the same for chunks of 25, 50 and 100 and for N 100 and 200 (``python benchmarks/bench_discovery.py --only
   pca-wide``).
 
 ``"auto"`` picks ``"gram"`` for an in-memory tensor with n < d; otherwise (n >= d, or chunks) it picks
