@@ -298,7 +298,7 @@ DIFFERENTIABLE_ATTENTION = ("attention_pytorch", "attention_basic", "attention_s
 
 def differentiable_attention(patcher: Any) -> Any:
     """``patcher`` (an autograd copy) set to run ComfyUI's PyTorch attention where the active one has no double
-    backward (``--use-xformers`` is ComfyUI's default where xformers is installed).
+    backward (xformers is ComfyUI's default on a GPU where it is installed, unless ``--disable-xformers``).
 
     ComfyUI's per-model override, ``ModelPatcher.set_model_optimized_attention`` (read by every attention call
     through ``transformer_options["optimized_attention_override"]``), changes this copy only: sampling elsewhere
@@ -310,7 +310,7 @@ def differentiable_attention(patcher: Any) -> Any:
         return patcher
     name = getattr(active, "__name__", type(active).__name__)
     if not hasattr(patcher, "set_model_optimized_attention") or not hasattr(attention, "attention_pytorch"):
-        raise HSpaceError(f"Jacobian directions need attention with a double backward, but ComfyUI runs {name}, "
+        raise HSpaceError(f"Jacobian and pullback products need attention with a double backward, but ComfyUI runs {name}, "
                           "which has none, and this ComfyUI cannot switch attention per model: start ComfyUI "
                           "with --use-pytorch-cross-attention")
     patcher.set_model_optimized_attention(attention.attention_pytorch)
