@@ -15,7 +15,10 @@ highest up block, 8 groups, head dim 8; h is 64x4x4; the linear VP schedule of 1
 3. PCA of a capture larger than one chunk: peak resident memory of the streamed routes (randomized subspace
    iteration, exact scatter) vs the in-memory route (all chunks concatenated, then ``method="auto"``), each
    in a fresh subprocess (VmHWM above the level after loading the libraries), with the agreement
-   of the standard deviations.
+   of the standard deviations. ``--only pca-wide``: the issue's width (N x 40 x 512·8·8) at chunks of 25, 50
+   and 100, peak RSS per chunk size, each in a fresh process.
+4. ``--only jvp-sd15`` (not in the default run, about 2 minutes and 5 GB): peak memory of one Jacobian-vector
+   product of d eps / d h at SD1.5 width on the CPU (see ``sd15_jvp_child``).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_discovery.py [--repeats 3] [--samples 2000] [--only jacobian]
 """
@@ -224,7 +227,8 @@ def pca_child(route: str, samples: int) -> None:
 
 def wide_child(samples: int, chunk: int) -> None:
     """The issue's width: N x 40 steps x 512·8·8, k = 25, streamed in chunks made on the fly; two passes of
-    the randomized route (memory is the same on every pass). Prints the peak RSS of the whole process."""
+    the randomized route (memory is the same on every pass). Prints the peak RSS of the whole process and
+    that of the libraries alone (before any chunk)."""
     steps, shape = 40, (512, 8, 8)
 
     def chunks():
@@ -232,20 +236,66 @@ def wide_child(samples: int, chunk: int) -> None:
             gen = torch.Generator().manual_seed(start)
             yield torch.randn(min(chunk, samples - start), steps, *shape, generator=gen)
 
+    libraries = peak_rss_mib()
     start = time.perf_counter()
     result = pca_directions(chunks, num_components=25, method="randomized", max_iter=2)
     print(json.dumps({"samples": samples, "chunk": chunk, "peak_rss_mib": peak_rss_mib(),
+                      "libraries_mib": libraries, "chunk_mib": chunk * steps * 512 * 8 * 8 * 4 / 2 ** 20,
                       "seconds": time.perf_counter() - start, "passes": result.iterations}))
 
 
 def bench_pca_wide(runs: list[tuple[int, int]]) -> None:
+    """Each run in a fresh process (peaks never mix). The caller's chunk is the caller's memory; what PCA
+    holds beyond it (peak minus one chunk) must not depend on the chunk size."""
+    beyond = []
     for samples, chunk in runs:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
         out = subprocess.run([sys.executable, __file__, "--wide-child", str(samples), str(chunk)],
                              capture_output=True, text=True, check=True, env=env)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"[pca-wide] N {r['samples']:5d} x 40 x 512·8·8, chunks of {r['chunk']:3d}, k 25 + 10: peak RSS "
-              f"{r['peak_rss_mib']:7.0f} MiB ({r['passes']} passes, {r['seconds']:.0f} s)")
+        beyond.append(r["peak_rss_mib"] - r["chunk_mib"])
+        print(f"[pca-wide] N {r['samples']:5d} x 40 x 512·8·8, chunks of {r['chunk']:3d} ({r['chunk_mib']:4.0f} MiB), "
+              f"k 25 + 10: peak RSS {r['peak_rss_mib']:5.0f} MiB, beyond one chunk {beyond[-1]:5.0f} MiB "
+              f"(libraries {r['libraries_mib']:.0f} MiB; {r['passes']} passes, {r['seconds']:.0f} s)")
+    print(f"[pca-wide] spread of the peak beyond one chunk over these runs: {max(beyond) - min(beyond):.0f} MiB")
+
+
+def sd15_jvp_child(block: int) -> None:
+    """One Jacobian-vector product (and one vector-Jacobian product) of J = d eps / d h at SD1.5 width:
+    a diffusers UNet2DConditionModel with SD1.5's configuration (block_out_channels 320/640/1280/1280, two
+    layers per block, cross-attention 768, head dim 8), seeded random weights, a 32x32 latent (h 1280x4x4),
+    77 random text tokens, t = 800, a block of ``block`` vectors, the default reverse-over-reverse JVP.
+    Prints peak RSS above the level after loading the model and one plain forward."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=32, cross_attention_dim=768).eval().requires_grad_(False)
+    den = DiffusersDenoiser(unet, VPSchedule.scaled_linear(), cond=torch.randn(1, 77, 768))
+    x = torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(1))
+    f, h0 = eps_of_h(den, x, float(den.schedule.sigma(JACOBIAN_T)))  # the plain forward (no grad)
+    loaded = peak_rss_mib()
+    op = JacobianOperator(f, h0)
+    start = time.perf_counter()
+    jv = op.jvp(torch.randn(block, *h0.shape))
+    jvp_seconds = time.perf_counter() - start
+    jvp_peak = peak_rss_mib() - loaded
+    start = time.perf_counter()
+    op.vjp(jv)
+    print(json.dumps({"block": block, "parameters": sum(p.numel() for p in unet.parameters()), "loaded_mib": loaded,
+                      "h_shape": list(h0.shape), "jvp_peak_mib": jvp_peak, "jvp_seconds": jvp_seconds,
+                      "vjp_peak_mib": peak_rss_mib() - loaded, "vjp_seconds": time.perf_counter() - start}))
+
+
+def bench_sd15_jvp(blocks: list[int]) -> None:
+    for block in blocks:  # a fresh process per block size: peaks never mix
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run([sys.executable, __file__, "--sd15-jvp-child", str(block)],
+                             capture_output=True, text=True, check=True, env=env)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"[jvp-sd15] UNet2DConditionModel SD1.5 width ({r['parameters'] / 1e6:.0f} M parameters, "
+              f"{r['loaded_mib']:.0f} MiB loaded), 32x32 latent, h {r['h_shape']}, block {r['block']}: JVP peak "
+              f"+{r['jvp_peak_mib']:.0f} MiB ({r['jvp_seconds']:.0f} s), then VJP peak +{r['vjp_peak_mib']:.0f} MiB "
+              f"({r['vjp_seconds']:.0f} s)")
 
 
 def bench_pca(samples: int) -> None:
@@ -278,7 +328,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=2000, help="samples of the synthetic PCA capture")
-    parser.add_argument("--only", choices=("jacobian", "pullback", "pca", "pca-wide"))
+    parser.add_argument("--only", choices=("jacobian", "pullback", "pca", "pca-wide", "jvp-sd15"))
+    parser.add_argument("--sd15-jvp-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--wide-child", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pca-child", choices=("in-memory", "randomized", "covariance"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,8 +337,14 @@ def main() -> None:
     if args.wide_child:
         wide_child(*args.wide_child)
         return
+    if args.sd15_jvp_child:
+        sd15_jvp_child(args.sd15_jvp_child)
+        return
+    if args.only == "jvp-sd15":  # not part of the default run: minutes and GBs
+        bench_sd15_jvp([1])
+        return
     if args.only == "pca-wide":  # flat in N and in the chunk size: N 10,000 runs the same blocks longer
-        bench_pca_wide([(50, 25), (100, 100), (200, 50)])
+        bench_pca_wide([(100, 25), (100, 50), (100, 100), (200, 50)])
         return
     if args.pca_child:
         pca_child(args.pca_child, args.samples)

@@ -28,8 +28,14 @@ def one_line(error: BaseException, limit: int = 300) -> str:
 
 # -- numbers and mode strings ------------------------------------------------------------------------------------
 
+FINITE_CHECK_ELEMENTS = 2 ** 22
+"""Elements ``check_finite`` tests at a time: ``isfinite`` makes temporaries of about twice its input's size."""
+
+
 def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
-    if not torch.isfinite(tensor).all():
+    rows = max(1, FINITE_CHECK_ELEMENTS // max(1, tensor[0].numel())) if tensor.ndim and len(tensor) else 1
+    parts = tensor.split(rows) if tensor.ndim else (tensor,)
+    if not all(torch.isfinite(part).all() for part in parts):
         raise HSpaceError(f"{what} contains NaN or Inf values")
     return tensor
 

@@ -33,7 +33,8 @@ class ComfyUNetDenoiser:
             raise HSpaceError("a positive CONDITIONING is needed for the Jacobian of a text-conditioned model")
         self.context = positive[0][0]
         self.override = BottleneckOverride()
-        self.patcher = comfy_adapter.patch_model(comfy_adapter.autograd_copy(model), self.override)
+        differentiable = comfy_adapter.differentiable_attention(comfy_adapter.autograd_copy(model))
+        self.patcher = comfy_adapter.patch_model(differentiable, self.override)
         _comfy.require("comfy.model_management").load_models_gpu([self.patcher])
 
     def _call(self, x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -290,6 +290,33 @@ def autograd_copy(model: Any) -> Any:
         return model.clone(model_override=(_with_copied_unet(base_model(model)), backups))
 
 
+# Attention functions of comfy.ldm.modules.attention made of ordinary torch ops (SDPA runs under
+# sdpa_kernel(MATH) in hspace_core's products), so they have the double-backward and forward-mode
+# derivatives the Jacobian products need; xformers, flash, sage and int8 kernels have neither.
+DIFFERENTIABLE_ATTENTION = ("attention_pytorch", "attention_basic", "attention_split", "attention_sub_quad")
+
+
+def differentiable_attention(patcher: Any) -> Any:
+    """``patcher`` (an autograd copy) set to run ComfyUI's PyTorch attention where the active one has no double
+    backward (xformers is ComfyUI's default on a GPU where it is installed, unless ``--disable-xformers``).
+
+    ComfyUI's per-model override, ``ModelPatcher.set_model_optimized_attention`` (read by every attention call
+    through ``transformer_options["optimized_attention_override"]``), changes this copy only: sampling elsewhere
+    keeps xformers. A ComfyUI without it is refused before any product runs.
+    """
+    attention = _comfy.optional("comfy.ldm.modules.attention")
+    active = getattr(attention, "optimized_attention", None)
+    if active is None or any(active is getattr(attention, name, None) for name in DIFFERENTIABLE_ATTENTION):
+        return patcher
+    name = getattr(active, "__name__", type(active).__name__)
+    if not hasattr(patcher, "set_model_optimized_attention") or not hasattr(attention, "attention_pytorch"):
+        raise HSpaceError(f"Jacobian and pullback products need attention with a double backward, but ComfyUI runs {name}, "
+                          "which has none, and this ComfyUI cannot switch attention per model: start ComfyUI "
+                          "with --use-pytorch-cross-attention")
+    patcher.set_model_optimized_attention(attention.attention_pytorch)
+    return patcher
+
+
 # -- progress ------------------------------------------------------------------------------------------------
 
 def progress_callback(total: int, node_id: str | None = None) -> Callable[..., None] | None:

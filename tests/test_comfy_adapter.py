@@ -235,6 +235,79 @@ def test_autograd_copy_without_clone_support_is_a_clear_error():
         comfy_adapter.autograd_copy(FakePatcher(FakeUNet()))
 
 
+class _OnceDifferentiableAttention(torch.autograd.Function):
+    """Attention like xformers' kernel: a backward, but no derivative of that backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        ctx.save_for_backward(q, k, v)
+        return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q, k, v = ctx.saved_tensors
+        with torch.enable_grad():
+            q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+            out = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return torch.autograd.grad(out, (q, k, v), grad)
+
+
+def _fake_attention_module(active: str):
+    """comfy.ldm.modules.attention as the adapter sees it: the active backend and ComfyUI's PyTorch one."""
+    import types
+
+    def attention_pytorch(q, k, v, **kwargs):
+        return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+
+    def attention_xformers(q, k, v, **kwargs):
+        return _OnceDifferentiableAttention.apply(q, k, v)
+
+    module = types.SimpleNamespace(attention_pytorch=attention_pytorch, attention_xformers=attention_xformers)
+    module.optimized_attention = getattr(module, active)
+    return module
+
+
+def _attention_as_comfy_calls_it(module, transformer_options):
+    """ComfyUI's wrap_attn: a per-call override in transformer_options wins over the active function."""
+    active = module.optimized_attention
+    override = transformer_options.get("optimized_attention_override")
+    return (lambda *a, **kw: override(active, *a, **kw)) if override else active
+
+
+def _second_derivative(attention):
+    q, k, v = (torch.randn(1, 3, 2, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    (grad,) = torch.autograd.grad(attention(q, k, v).square().sum(), q, create_graph=True)
+    return torch.autograd.grad(grad.sum(), k)
+
+
+class FakeOverridePatcher(FakePatcher):
+    def set_model_optimized_attention(self, attention):  # ComfyUI's ModelPatcher method, same contract
+        self.model_options["transformer_options"]["optimized_attention_override"] = (
+            lambda _, *args, **kwargs: attention(*args, **kwargs))
+
+
+def test_jacobian_copies_run_pytorch_attention_where_xformers_is_active(monkeypatch):
+    module = _fake_attention_module("attention_xformers")
+    monkeypatch.setattr(_comfy, "optional", lambda name: module if name == "comfy.ldm.modules.attention" else None)
+    with pytest.raises(RuntimeError):  # what the products would hit without the switch
+        _second_derivative(_attention_as_comfy_calls_it(module, {}))
+    patcher = comfy_adapter.differentiable_attention(FakeOverridePatcher(FakeUNet()))
+    options = patcher.model_options["transformer_options"]
+    assert _second_derivative(_attention_as_comfy_calls_it(module, options))[0].abs().sum() > 0
+    with pytest.raises(HSpaceError, match="runs attention_xformers, which has none.*start ComfyUI with --use-pytorch-cross-attention$"):
+        comfy_adapter.differentiable_attention(FakePatcher(FakeUNet()))  # a ComfyUI without the per-model switch
+
+
+def test_differentiable_attention_is_left_alone(monkeypatch):
+    module = _fake_attention_module("attention_pytorch")
+    monkeypatch.setattr(_comfy, "optional", lambda name: module if name == "comfy.ldm.modules.attention" else None)
+    patcher = comfy_adapter.differentiable_attention(FakePatcher(FakeUNet()))  # no switch needed, none asked for
+    assert "optimized_attention_override" not in patcher.model_options["transformer_options"]
+    monkeypatch.setattr(_comfy, "optional", lambda name: None)  # outside ComfyUI
+    assert comfy_adapter.differentiable_attention(FakePatcher(FakeUNet())).model_options["transformer_options"] == {}
+
+
 # -- pixel models ------------------------------------------------------------------------------
 
 def _tiny_unet():

@@ -209,3 +209,64 @@ def test_randomized_reports_not_converged_at_the_pass_limit():
                          tol=1e-9)
     assert not res.converged and res.iterations == 2 and res.residual > 1e-9
     assert pca_directions(h, num_components=3, method="gram").converged
+
+
+def _largest_new_allocation(run) -> int:
+    """Bytes of the largest storage any torch op makes during ``run()`` (views of existing storage excluded)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    largest = [0]
+
+    class Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor)}
+            for t in torch.utils._pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                    largest[0] = max(largest[0], t.untyped_storage().nbytes())
+            return out
+
+    with Allocations():
+        run()
+    return largest[0]
+
+
+def test_streaming_allocations_do_not_grow_with_the_chunk_size(monkeypatch):
+    from hspace_core import checks
+    from hspace_core.discovery import pca
+
+    h = _data(n=64, s=2, shape=(4, 4, 4)).transpose(3, 4)  # strided chunks: no contiguous copy of a whole one
+    monkeypatch.setattr(pca, "WORK_BYTES", 8 * 2 * 64 * 4)  # 4 samples per work block
+    monkeypatch.setattr(checks, "FINITE_CHECK_ELEMENTS", 2 * 64 * 4)
+
+    def largest(chunk):
+        return _largest_new_allocation(lambda: pca_directions(list(h.split(chunk)), num_components=3,
+                                                              method="randomized", max_iter=2))
+
+    small, whole = largest(8), largest(64)
+    assert small == whole < h.numel() * h.element_size() / 4  # the Q and Z blocks, never a chunk-sized copy
+    bad = h.clone()
+    bad[-1, -1, -1, -1, -1] = float("nan")  # in the last slice the finiteness check reads
+    with pytest.raises(HSpaceError, match="NaN or Inf"):
+        pca_directions([bad], num_components=3, method="randomized")
+
+
+def test_the_previous_chunk_is_released_before_the_next_is_made():
+    import weakref
+
+    h = _data(n=40, s=2)
+    alive_at_next = []
+
+    def chunks():
+        previous = None
+        for part in h.split(10):
+            alive_at_next.append(previous is not None and previous() is not None)
+            chunk = part.clone()
+            previous = weakref.ref(chunk)
+            yield chunk
+            del chunk
+
+    for method in ("covariance", "randomized"):
+        pca_directions(chunks, num_components=3, method=method, max_iter=2)
+    assert len(alive_at_next) > 8 and not any(alive_at_next)

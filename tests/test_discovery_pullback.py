@@ -36,6 +36,21 @@ def test_basis_matches_dense_svd_on_analytic_encoder():
     torch.testing.assert_close(basis.h_basis.reshape(4, -1).norm(dim=1), torch.ones(4, dtype=torch.float64))
 
 
+def test_cluster_report_follows_the_known_gap_of_a_linear_encoder():
+    # J = A with planted singular values: the ranks 3 and 5 end inside a pair (ratio 0.99, 0.967), 2 and 4 at a gap
+    g = torch.Generator().manual_seed(4)
+    sigma = torch.tensor([10, 9, 6, 5.94, 3, 2.9, 1, 0.8, 0.5, 0.3, 0.2, 0.1], dtype=torch.float64)
+    u = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(32, 12, generator=g, dtype=torch.float64)).Q
+    a = u @ torch.diag(sigma) @ v.T
+    f = batched(lambda x: (a @ x.reshape(32)).reshape(3, 2, 2))
+    x = torch.randn(2, 4, 4, dtype=torch.float64, generator=g)
+    for n, inside in ((2, False), (3, True), (4, False), (5, True)):
+        basis = pullback_basis(f, x, num_vectors=n, tol=1e-10, max_iter=300)
+        assert math.isclose(basis.gap_ratio, float(sigma[n] / sigma[n - 1]), rel_tol=1e-6), n
+        assert basis.in_cluster is inside, n
+
+
 def test_basis_on_tiny_unet_encoder_matches_dense():
     den = tiny_denoiser()
     den.unet.requires_grad_(False)

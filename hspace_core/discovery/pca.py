@@ -25,8 +25,9 @@ Algorithms (chosen by ``method``; all accumulate in float64):
   λ_i waits on forever). O(passes · n d l) time; memory O(G d l) for Q and Z plus a fixed work block,
   whatever the chunk size (chunks are read ``WORK_BYTES`` of float64 at a time into one reused buffer):
   10,000 samples x 40 steps x 512·8·8 with k = 25 holds 2 · 40 · 32768 · 35 · 8 B = 0.73 GB of blocks;
-  measured process peak RSS 1.5 / 2.0 / 2.4 GiB with chunks of 25 / 50 / 100 samples (a chunk is 5.2 MiB
-  of float32 per sample), the same at any N (``python benchmarks/bench_discovery.py --only pca-wide``).
+  measured process peak RSS 1046 MiB plus the one chunk the caller hands in (5 MiB of float32 per sample),
+  the same for chunks of 25, 50 and 100 and for N 100 and 200 (``python benchmarks/bench_discovery.py --only
+  pca-wide``).
 
 ``"auto"`` picks ``"gram"`` for an in-memory tensor with n < d; otherwise (n >= d, or chunks) it picks
 ``"covariance"`` when the G·d²·8 bytes of scatter fit in ``max_memory_bytes``, else ``"randomized"``
@@ -288,7 +289,11 @@ WORK_BYTES = 2 ** 26
 
 
 class _WorkBlocks:
-    """A chunk as float64 ``[G, m, D]`` blocks of at most :data:`WORK_BYTES`, in one reused buffer."""
+    """A chunk as float64 ``[G, m, D]`` blocks of at most :data:`WORK_BYTES`, in one reused buffer.
+
+    The chunk is sliced along its samples before anything is reshaped or converted, so no temporary
+    (float64 copy, contiguous copy of a strided chunk) is ever the size of the whole chunk.
+    """
 
     def __init__(self, per_timestep: bool):
         self.per_timestep = per_timestep
@@ -296,20 +301,32 @@ class _WorkBlocks:
 
     def __call__(self, chunk: torch.Tensor, mean: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         n, s = chunk.shape[:2]
-        rows = chunk.reshape(n, s, -1) if self.per_timestep else chunk.reshape(n, 1, -1)
-        g, d = rows.shape[1:]
+        g = s if self.per_timestep else 1
+        d = chunk[0].numel() // g
         step = max(1, WORK_BYTES // (g * d * 8))
-        if self._buffer is None or self._buffer.shape[0] != g or self._buffer.shape[2] != d:
-            self._buffer = torch.empty(g, min(step, n), d, dtype=torch.float64)
-        elif self._buffer.shape[1] < min(step, n):
-            self._buffer = torch.empty(g, min(step, n), d, dtype=torch.float64)
+        rows = min(step, n)
+        if self._buffer is None or self._buffer.shape[0] != g or self._buffer.shape[2] != d or (
+                self._buffer.shape[1] < rows):
+            self._buffer = None  # the old buffer is freed before the new one is made
+            self._buffer = torch.empty(g, rows, d, dtype=torch.float64)
         for start in range(0, n, step):
-            part = rows[start:start + step]
+            part = chunk[start:start + step]
             block = self._buffer[:, :part.shape[0]]
-            block.copy_(part.transpose(0, 1))
+            block.copy_(part.reshape(part.shape[0], g, d).transpose(0, 1))
+            del part
             if mean is not None:
                 block -= mean[:, None]
             yield block
+
+
+def _numbered(chunks: Iterator[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, chunk) like ``enumerate``, whose reused result tuple would keep the previous chunk alive
+    while the next one is made; here no reference to a chunk outlives its turn."""
+    index = 0
+    for chunk in chunks:
+        yield index, chunk
+        del chunk
+        index += 1
 
 
 def _rank_bound(k: int, n: int, d: int, center: bool) -> int:
@@ -339,7 +356,7 @@ def _in_memory(x: torch.Tensor, k: int, center: bool, method: str):
 def _covariance_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: int, callback: Callback | None):
     n, mean, scatter = 0, None, None
     blocks = _WorkBlocks(per_timestep)
-    for i, chunk in enumerate(source.chunks(multi_pass=False)):
+    for i, chunk in _numbered(source.chunks(multi_pass=False)):
         for x in blocks(chunk):  # [G, m, D]
             m = x.shape[1]
             if scatter is None:
@@ -370,7 +387,7 @@ def _randomized_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: i
                     max_iter: int, tol: float, seed: int, callback: Callback | None):
     n, total, sq = 0, None, None
     blocks = _WorkBlocks(per_timestep)
-    for i, chunk in enumerate(source.chunks(multi_pass=True)):
+    for i, chunk in _numbered(source.chunks(multi_pass=True)):
         for x in blocks(chunk):  # [G, m, D]
             if total is None:
                 total, sq = x.new_zeros(x.shape[0], x.shape[2]), x.new_zeros(x.shape[0])
@@ -393,7 +410,7 @@ def _randomized_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: i
     converged, residual = False, float("inf")
     for iteration in range(1, max_iter + 1):
         z.zero_()
-        for i, chunk in enumerate(source.chunks(multi_pass=True)):
+        for i, chunk in _numbered(source.chunks(multi_pass=True)):
             for xc in blocks(chunk, mean if center else None):
                 z.baddbmm_(xc.transpose(1, 2), xc @ q)
             del chunk
@@ -410,7 +427,10 @@ def _randomized_pca(source: _ChunkSource, per_timestep: bool, center: bool, k: i
             break
         for group in range(g):
             q[group] = torch.linalg.qr(z[group]).Q
-    components = torch.stack([(q[group] @ rotation[group]).T for group in range(g)])
+    del z, zz
+    components = torch.empty(g, k, d, dtype=torch.float64)
+    for group in range(g):
+        components[group] = (q[group] @ rotation[group]).T
     return components, eigvals.clamp(min=0), totals, mean, n, iteration, converged, residual
 
 
@@ -421,10 +441,12 @@ def _report(callback: Callback | None, pass_index: int, chunk_index: int, sample
 
 # -- signs ----------------------------------------------------------------------------------------------
 def _fix_signs(components: torch.Tensor, per_timestep: bool) -> torch.Tensor:
-    """First coordinate positive (Haas); then, per timestep, PC_k at every step agrees with PC_k at step 0."""
-    first = components[:, :, 0]
-    components = components * torch.where(first < 0, -1.0, 1.0).to(components)[:, :, None]
+    """First coordinate positive (Haas); then, per timestep, PC_k at every step agrees with PC_k at step 0.
+
+    In place (the components are always this module's own): no second [G, k, D] copy.
+    """
+    components.mul_(torch.where(components[:, :, :1] < 0, -1.0, 1.0).to(components))
     if per_timestep and components.shape[0] > 1:
-        agreement = (components * components[:1]).sum(-1)
-        components = components * torch.where(agreement < 0, -1.0, 1.0).to(components)[:, :, None]
+        agreement = torch.einsum("gkd,kd->gk", components, components[0])
+        components.mul_(torch.where(agreement < 0, -1.0, 1.0).to(components)[:, :, None])
     return components
