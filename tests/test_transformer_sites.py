@@ -176,3 +176,20 @@ def test_pca_of_a_captured_transformer_trajectory_gives_an_applicable_direction(
     with model.attached(Bottleneck([EditSpec(pc, 2.0)])):
         edited = sample_asyrp(model, x, SIGMAS, disable=True)
     assert (edited - sample_ddim(model, x, SIGMAS, disable=True)).abs().max() > 1e-3
+
+
+def test_token_site_directions_and_trajectories_round_trip_through_files(tmp_path):
+    from hspace_core.fileio import load_direction, load_trajectory, save_direction, save_trajectory
+
+    site = "single_transformer_blocks.0.attn.output"
+    model = denoiser("flux", site)
+    controller = Bottleneck(capture=True)
+    with model.attached(controller):
+        sample_ddim(model, torch.randn(2, 4, 8, 8), SIGMAS, disable=True)
+    trajectory = controller.trajectory(meta={"hook_site": site, "fingerprint": model.fingerprint()})
+    loaded = load_trajectory(save_trajectory(trajectory, tmp_path / "t.safetensors"))
+    assert torch.equal(loaded.h, trajectory.h) and loaded.meta["fingerprint"]["site"] == site
+    per_step = Direction(trajectory.h[0], trajectory.timesteps.tolist(), {"hook_site": site})
+    back = load_direction(save_direction(per_step, tmp_path / "d.safetensors"))
+    assert back.per_timestep and back.h_shape == (16, 16) and back.meta["hook_site"] == site
+    back.check_model(model.fingerprint())
