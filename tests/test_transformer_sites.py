@@ -193,3 +193,44 @@ def test_token_site_directions_and_trajectories_round_trip_through_files(tmp_pat
     back = load_direction(save_direction(per_step, tmp_path / "d.safetensors"))
     assert back.per_timestep and back.h_shape == (16, 16) and back.meta["hook_site"] == site
     back.check_model(model.fingerprint())
+
+
+@pytest.mark.parametrize("family, site", [("dit", "transformer_blocks.0.output"),
+                                          ("flux", "single_transformer_blocks.0.attn.output")])
+def test_jacobian_of_the_velocity_in_the_site_tokens(family, site):
+    """Haas's Jacobian directions (d velocity / d image tokens at the site) through the existing discovery code:
+    the leading singular values agree with the dense Jacobian's."""
+    from hspace_core.discovery.jacobian import JacobianOperator, eps_of_h, trajectory_jacobian_directions
+
+    model = denoiser(family, site)
+    xs = torch.randn(1, 4, 8, 8)
+    result = trajectory_jacobian_directions(model, xs, [0.8], num_vectors=2, seed=0, max_iter=200)
+    assert result.right.shape == (1, 2, 16, 16)
+    f, h0 = eps_of_h(model, xs[0], 0.8)
+    dense = JacobianOperator(f, h0).dense()
+    assert torch.allclose(result.singular_values[0], torch.linalg.svdvals(dense)[:2], rtol=1e-3)
+
+
+def test_guidance_batches_uncond_and_cond_rows_and_edits_the_cond_rows():
+    model, cond, _ = MODELS["dit"]
+    site = "transformer_blocks.0.output"
+    null = {"class_labels": torch.tensor([10])}
+    plain = DiffusersTransformerDenoiser(model, site, cond)
+    same = DiffusersTransformerDenoiser(model, site, cond, uncond=cond, cfg_scale=4.0)
+    guided = DiffusersTransformerDenoiser(model, site, cond, uncond=null, cfg_scale=4.0)
+    x, sigma = torch.randn(2, 4, 8, 8), torch.tensor([0.5])
+    with torch.no_grad():
+        assert torch.allclose(same.velocity(x, sigma), plain.velocity(x, sigma), atol=1e-5)
+        controller = Bottleneck(capture=True)
+        with guided.attached(controller):
+            unedited = guided.velocity(x, sigma)
+        assert controller.records[0].cond_or_uncond == (1, 0) and controller.records[0].h.shape[0] == 4
+        assert controller.trajectory("cond").h.shape[0] == 2
+        assert (unedited - plain.velocity(x, sigma)).abs().max() > 1e-3
+        with guided.attached(Bottleneck([EditSpec(direction(guided, site, 2.0))], rows="uncond")):
+            uncond_edit = guided.velocity(x, sigma)
+        with guided.attached(Bottleneck([EditSpec(direction(guided, site, 2.0))], rows="cond")):
+            cond_edit = guided.velocity(x, sigma)
+    # v = v_u + s (v_c - v_u): an edit of the uncond rows enters with weight (1 - s), of the cond rows with s
+    assert (uncond_edit - unedited).abs().max() > 1e-3 and (cond_edit - unedited).abs().max() > 1e-3
+    assert not torch.allclose(uncond_edit, cond_edit)
