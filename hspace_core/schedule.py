@@ -236,7 +236,8 @@ def in_timestep_window(timestep: float, window: tuple[float, float] | None) -> b
     return t_end - 1e-3 <= timestep <= t_start + 1e-3
 
 
-def window_sigmas(schedule: VPSchedule, sigmas: torch.Tensor, t_edit: float, t_boost: float = 0.0) -> tuple[float, float]:
+def window_sigmas(schedule: VPSchedule | FlowSchedule, sigmas: torch.Tensor, t_edit: float,
+                  t_boost: float = 0.0) -> tuple[float, float]:
     """(sigma_edit, sigma_boost) for an edit window [T, t_edit] and quality boosting below t_boost.
 
     Refuses timesteps outside the model's range, t_boost > t_edit, and a window no step of the grid falls in.

@@ -119,3 +119,25 @@ def test_flow_asymmetric_and_symmetric_steps_against_the_vp_equivalent(batched):
     # the coefficients on the x0 shift: (1 - sigma') asymmetric, (1 - sigma' / sigma) symmetric (the Euler step)
     assert torch.allclose(asym - none, (1 - sigma_next) * shift.expand_as(x), atol=1e-12)
     assert torch.allclose(sym - none, (1 - sigma_next / sigma) * shift.expand_as(x), atol=1e-12)
+
+
+def test_edit_window_in_model_timesteps_on_a_flow_schedule():
+    """t_edit = 500 on a flow model is sigma 0.5: only the steps starting at sigma >= 0.5 are edited."""
+    from hspace_core.schedule import window_sigmas
+
+    schedule = FlowSchedule(shift=3.0)
+    sigmas = schedule.sigmas(6)
+    sigma_edit, sigma_boost = window_sigmas(schedule, sigmas, t_edit=500)
+    assert sigma_edit == pytest.approx(0.5) and sigma_boost == 0
+    shift = torch.full((1, 1, 2, 2), 0.1, dtype=torch.float64)
+    x = torch.randn(1, 1, 2, 2, dtype=torch.float64)
+    calls = []
+    edited = FlowOracle(0.0, 1.0, shift)
+
+    def record(x, sigma, model_options=None, **extra):
+        calls.append((float(sigma[0]), shifted_rows(model_options, x.shape[0]).tolist()))
+        return edited(x, sigma, model_options)
+
+    sample_asyrp(record, x, sigmas, sigma_edit=sigma_edit, batched=True, disable=True, form=FLOW)
+    edited_steps = [sigma for sigma, rows in calls if rows == [0.0, 1.0]]
+    assert edited_steps == [float(s) for s in sigmas[:-1] if s >= 0.5] and len(edited_steps) < len(sigmas) - 1
