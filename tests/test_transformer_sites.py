@@ -234,3 +234,14 @@ def test_guidance_batches_uncond_and_cond_rows_and_edits_the_cond_rows():
     # v = v_u + s (v_c - v_u): an edit of the uncond rows enters with weight (1 - s), of the cond rows with s
     assert (uncond_edit - unedited).abs().max() > 1e-3 and (cond_edit - unedited).abs().max() > 1e-3
     assert not torch.allclose(uncond_edit, cond_edit)
+
+
+def test_arithmetic_refuses_directions_of_two_sites():
+    from hspace_core.arithmetic import add
+
+    joint = Direction(torch.ones(16, 16), meta={"hook_site": "transformer_blocks.0.output"})
+    single = Direction(torch.ones(16, 16), meta={"hook_site": "single_transformer_blocks.0.output"})
+    assert torch.equal(add(joint, joint).delta, 2 * torch.ones(16, 16))
+    assert add(joint, joint).meta["hook_site"] == "transformer_blocks.0.output"
+    with pytest.raises(HSpaceError, match="different hook sites"):
+        add(joint, single)
