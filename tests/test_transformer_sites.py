@@ -73,9 +73,8 @@ def test_zero_shift_is_plain_sampling_bitwise_and_a_shift_changes_it(family, sit
     model = denoiser(family, site)
     x = torch.randn(2, 4, 8, 8)
     plain = sample_ddim(model, x, SIGMAS, disable=True)
-    with model.attached(Bottleneck([EditSpec(direction(model, site, 0.0))])) as controller:
-        zero = sample_asyrp(model, x, SIGMAS, batched=batched, shifts=lambda s: controller.shifts_at(1000 * s),
-                            disable=True)
+    with model.attached(Bottleneck([EditSpec(direction(model, site, 0.0))])):
+        zero = sample_asyrp(model, x, SIGMAS, batched=batched, shifts=model.shifts, disable=True)
     assert torch.equal(zero, plain)
     with model.attached(Bottleneck([EditSpec(direction(model, site, 3.0))])):
         edited = sample_asyrp(model, x, SIGMAS, batched=batched, disable=True)
