@@ -24,6 +24,9 @@ OPPOSITE_COS = 1 - 5e-9
 
 def _aligned(a: Direction, b: Direction) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...] | None]:
     """Both tensors on common timestep keys (a global direction is broadcast over the other's keys)."""
+    if a.meta["hook_site"] != b.meta["hook_site"]:
+        raise HSpaceError(f"directions made at different hook sites: {a.meta['hook_site']!r} and "
+                          f"{b.meta['hook_site']!r}")
     if a.h_shape != b.h_shape:
         raise HSpaceError(f"directions of different h shapes: {list(a.h_shape)} and {list(b.h_shape)}")
     if a.per_timestep and b.per_timestep:

@@ -1,4 +1,7 @@
-"""The bottleneck controller: what happens to h, the middle-block output, on every model call.
+"""The bottleneck controller: what happens to h, the output at the hook site, on every model call.
+
+h is ``[rows, C, H, W]`` at a UNet's middle block and ``[rows, tokens, dim]`` (image tokens only) at a
+transformer site (:mod:`~hspace_core.sites`); the controller works the same on both.
 
 It is framework-free. An adapter (a diffusers forward hook, a ComfyUI middle-block patch) calls it with
 h, the model timestep, ComfyUI's ``cond_or_uncond`` chunk labels and the per-call flags a sampler set.
@@ -107,7 +110,8 @@ class Bottleneck:
 
     def delta(self, timestep: float, h_shape: Sequence[int], num_samples: int = 1, steps: int | None = None,
               asymmetric: bool = False) -> torch.Tensor | None:
-        """The shift of each sample at a timestep, ``[num_samples, C, H, W]``, or None when nothing is added.
+        """The shift of each sample at a timestep, ``[num_samples, *h_shape]`` (``[C, H, W]`` at a UNet's middle
+        block, ``[tokens, dim]`` at a transformer site), or None when nothing is added.
 
         Each edit adds ``strength * direction.step_scale(steps, asymmetric) * direction.at(t)``; a sample covered
         by k edits gets the sum of their terms divided by sqrt(k) (Asyrp's multi-attribute rule).
@@ -127,7 +131,7 @@ class Bottleneck:
             scale = edit.direction.step_scale(steps, asymmetric)
             total[rows] += edit.strength * scale * edit.direction.at(timestep)
             count[rows] += 1
-        return total / count.clamp(min=1).sqrt().view(-1, 1, 1, 1)
+        return total / count.clamp(min=1).sqrt().view(-1, *[1] * len(h_shape))
 
     def __call__(self, h: torch.Tensor, timestep: float | torch.Tensor, cond_or_uncond: Sequence[int] = (COND,),
                  flags: dict[str, Any] | None = None, sigma: float | torch.Tensor | None = None) -> torch.Tensor:

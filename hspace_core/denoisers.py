@@ -45,7 +45,7 @@ class BottleneckOverride:
             return stop.h
         finally:
             self.stop = False
-        raise HSpaceError("the UNet never reached its middle block")
+        raise HSpaceError("the model never reached its hook site")
 
     @contextlib.contextmanager
     def replacing(self, h: torch.Tensor) -> Iterator[None]:
@@ -124,8 +124,8 @@ class DiffusersDenoiser:
     def __init__(self, unet: torch.nn.Module, schedule: VPSchedule, prediction_type: str = "epsilon",
                  cond: torch.Tensor | None = None, uncond: torch.Tensor | None = None, cfg_scale: float = 1.0):
         if getattr(unet, "mid_block", None) is None:
-            raise HSpaceError(f"{type(unet).__name__} has no mid_block: h-space editing needs a UNet with a "
-                              "middle block (DiT / transformer models have no spatial bottleneck)")
+            raise HSpaceError(f"{type(unet).__name__} has no mid_block: a UNet with a middle block expected (for a "
+                              "Flux, SD3 or DiT transformer use transformer_denoisers.DiffusersTransformerDenoiser)")
         if prediction_type not in PREDICTION_TYPES:
             raise HSpaceError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.conditional = hasattr(unet.config, "cross_attention_dim") and unet.config.cross_attention_dim

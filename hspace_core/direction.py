@@ -11,8 +11,7 @@ import torch
 from . import __version__
 from .checks import check_delta, check_finite, check_timesteps
 from .errors import HSpaceError
-
-HOOK_SITE = "mid_block.output"
+from .sites import MID_BLOCK as HOOK_SITE, site_rank
 DEFAULT_REFERENCE_STEPS = 20  # the step count of hspace's pipeline, its demo and ComfyUI's KSampler
 
 
@@ -51,8 +50,12 @@ def model_fingerprint(module: torch.nn.Module, arch: str, h_shape: Sequence[int]
 
 def check_fingerprint(mine: dict[str, Any] | None, model: dict[str, Any] | None, what: str,
                       allow_foreign: bool = False) -> None:
-    """Refuse something made for another model (architecture or weights differ) unless allowed or unknown."""
-    if mine is None or model is None or allow_foreign:
+    """Refuse something made for another model (architecture or weights differ) unless allowed or unknown, and
+    always something made at another hook site (a fingerprint without a site is a UNet's middle block's)."""
+    if mine is None or model is None:
+        return
+    check_site(mine.get("site", HOOK_SITE), model, what)
+    if allow_foreign:
         return
     for key in ("arch", "weights"):
         if mine.get(key) != model.get(key):
@@ -60,12 +63,20 @@ def check_fingerprint(mine: dict[str, Any] | None, model: dict[str, Any] | None,
                               f"{model.get(key)!r}); allow foreign ones to apply it anyway")
 
 
+def check_site(site: str, model: dict[str, Any], what: str) -> None:
+    """Refuse something made at another hook site than the one a model fingerprint names."""
+    if site != model.get("site", HOOK_SITE):
+        raise HSpaceError(f"{what} was made at the hook site {site!r} but this model is hooked at "
+                          f"{model.get('site', HOOK_SITE)!r}: capture and edit at the same site")
+
+
 @dataclass
 class Direction:
     """A shift of the bottleneck: one tensor [C,H,W] (global) or [S,C,H,W] keyed by timestep.
 
     Per-timestep directions are keyed by the model timestep, not by step index, so they apply under
-    another step count: at timestep t the tensor of the nearest key is used.
+    another step count: at timestep t the tensor of the nearest key is used. At a transformer hook site
+    (``meta["hook_site"]``, :mod:`~hspace_core.sites`) the tensor is [tokens, dim] or [S, tokens, dim].
     """
 
     delta: torch.Tensor
@@ -74,10 +85,12 @@ class Direction:
 
     def __post_init__(self) -> None:
         self.delta = check_delta(torch.as_tensor(self.delta)).detach().float()
-        if self.delta.ndim not in (3, 4):
-            raise HSpaceError(f"a direction of shape [C,H,W] or [S,C,H,W] expected, got {tuple(self.delta.shape)}")
+        rank = self.rank
+        if self.delta.ndim not in (rank, rank + 1):
+            axes = "C,H,W" if rank == 3 else "tokens,dim"
+            raise HSpaceError(f"a direction of shape [{axes}] or [S,{axes}] expected, got {tuple(self.delta.shape)}")
         check_finite(self.delta, "the direction")
-        if self.delta.ndim == 4:
+        if self.delta.ndim == rank + 1:
             if self.timesteps is None or len(self.timesteps) != self.delta.shape[0]:
                 raise HSpaceError(f"a per-timestep direction needs one timestep per slice: {self.delta.shape[0]} "
                                   f"slices, {None if self.timesteps is None else len(self.timesteps)} timesteps")
@@ -89,12 +102,17 @@ class Direction:
         self.meta = {**defaults, **self.meta}
 
     @property
-    def per_timestep(self) -> bool:
-        return self.delta.ndim == 4
+    def rank(self) -> int:
+        """The axes of h at the direction's hook site: 3 ([C,H,W], a UNet) or 2 ([tokens, dim], a transformer)."""
+        return site_rank(self.meta.get("hook_site", HOOK_SITE))
 
     @property
-    def h_shape(self) -> tuple[int, int, int]:
-        return tuple(self.delta.shape[-3:])
+    def per_timestep(self) -> bool:
+        return self.delta.ndim == self.rank + 1
+
+    @property
+    def h_shape(self) -> tuple[int, ...]:
+        return tuple(self.delta.shape[-self.rank:])
 
     @property
     def edit_window(self) -> tuple[float, float] | None:
@@ -124,13 +142,14 @@ class Direction:
 
     def with_delta(self, delta: torch.Tensor, **meta: Any) -> "Direction":
         """A direction with the same keys and metadata (updated by ``meta``) but another tensor."""
-        timesteps = self.timesteps if torch.as_tensor(delta).ndim == 4 else None
+        timesteps = self.timesteps if torch.as_tensor(delta).ndim == self.rank + 1 else None
         return Direction(delta, timesteps, {**copy.deepcopy(self.meta), **meta})
 
     def check_model(self, fingerprint: dict[str, Any] | None, allow_foreign: bool = False) -> None:
         """Refuse a direction made for another model (shape always; architecture/weights unless allowed)."""
         if fingerprint is None:
             return
+        check_site(self.meta.get("hook_site", HOOK_SITE), fingerprint, "this direction")
         if list(self.h_shape) != list(fingerprint["h_shape"]):
             raise HSpaceError(f"this direction has h shape {list(self.h_shape)} but the model's bottleneck is "
                               f"{list(fingerprint['h_shape'])}: it was made for another model")
@@ -159,7 +178,8 @@ class Inversion:
 
 @dataclass
 class Trajectory:
-    """h for N samples over S steps: ``h`` [N, S, C, H, W] with the timesteps and sigmas of the steps."""
+    """h for N samples over S steps: ``h`` [N, S, C, H, W] (``[N, S, tokens, dim]`` at a transformer site) with the
+    timesteps and sigmas of the steps."""
 
     h: torch.Tensor
     timesteps: torch.Tensor
@@ -169,8 +189,9 @@ class Trajectory:
     def __post_init__(self) -> None:
         self.timesteps = torch.as_tensor(self.timesteps, dtype=torch.float64).flatten()
         self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten()
-        if self.h.ndim != 5:
-            raise HSpaceError(f"a trajectory h of shape [N, S, C, H, W] expected, got {tuple(self.h.shape)}")
+        if self.h.ndim not in (4, 5):
+            raise HSpaceError(f"a trajectory h of shape [N, S, C, H, W] (or [N, S, tokens, dim]) expected, got "
+                              f"{tuple(self.h.shape)}")
         if self.h.shape[0] == 0 or self.h.shape[1] == 0:
             raise HSpaceError("the trajectory is empty: no sample or no step was captured")
         if not (self.h.shape[1] == self.timesteps.numel() == self.sigmas.numel()):

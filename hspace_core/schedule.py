@@ -1,10 +1,14 @@
-"""Discrete variance-preserving noise schedules and the timestep grids of the papers.
+"""Noise schedules, the two forms of the noisy sample, and the timestep grids of the papers.
 
 A VP model sees ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` (``a_t`` = alpha_bar). In the k-diffusion form
-used everywhere in hspace, ``x = x_t / sqrt(a_t) = x0 + sigma_t eps`` with ``sigma_t = sqrt((1 - a_t) / a_t)``.
+used everywhere in hspace, ``x = x_t / sqrt(a_t) = x0 + sigma_t eps`` with ``sigma_t = sqrt((1 - a_t) / a_t)``
+(:data:`VE`). A rectified-flow model (SD3, Flux; ComfyUI's CONST) sees ``x = (1 - sigma) x0 + sigma eps`` with
+sigma in [0, 1] (:data:`FLOW`, :class:`FlowSchedule`).
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -13,8 +17,51 @@ from .checks import check_scheduler_config
 from .errors import HSpaceError
 
 
+@dataclass(frozen=True)
+class NoiseForm:
+    """How a noisy sample is made of the clean one and the noise: ``x = a(sigma) x0 + b(sigma) eps``.
+
+    ``"ve"``: ``a = 1, b = sigma`` (k-diffusion; every VP model after dividing by sqrt(alpha_bar)).
+    ``"flow"``: ``a = 1 - sigma, b = sigma`` (rectified flow, ComfyUI's CONST model sampling).
+    Both are the VP process up to a per-sigma scale ``c = sqrt(a^2 + b^2)``: ``x / c`` is ``x_t`` with
+    ``alpha_bar = a^2 / c^2``, which is how DDIM's eta carries over (:meth:`ddim_coefficients`).
+    """
+
+    name: str
+
+    def coefficients(self, sigma: float) -> tuple[float, float]:
+        """(a, b) at sigma."""
+        return (1.0, sigma) if self.name == "ve" else (1.0 - sigma, sigma)
+
+    def alpha_bar(self, sigma: float) -> float:
+        a, b = self.coefficients(sigma)
+        return a ** 2 / (a ** 2 + b ** 2)
+
+    def ddim_coefficients(self, sigma: float, sigma_next: float, eta: float) -> tuple[float, float, float]:
+        """(a', b_down, b_up) of a DDIM step (Song et al. 2021, eq. 12): ``x' = a' x0 + b_down eps + b_up z``.
+
+        DDIM's noise std of ``x_t`` is ``s = eta sqrt((1 - A') / (1 - A)) sqrt(1 - A / A')`` (A = alpha_bar);
+        in this form it is ``b_up = c' s = a' s / sqrt(A')`` and ``b_down = sqrt(b'^2 - b_up^2)``, so ``x'`` has
+        the marginal ``a' x0 + b' eps``. At sigma = 1 in the flow form (A = 0, pure noise) ``s = eta sqrt(1 - A')``.
+        """
+        a_next, b_next = self.coefficients(sigma_next)
+        if eta == 0 or sigma_next == 0 or sigma_next >= sigma:
+            return a_next, b_next, 0.0
+        big_a, big_a_next = self.alpha_bar(sigma), self.alpha_bar(sigma_next)
+        s = eta * math.sqrt((1 - big_a_next) / (1 - big_a)) * math.sqrt(1 - big_a / big_a_next)
+        b_up = min(a_next * s / math.sqrt(big_a_next), b_next)
+        return a_next, math.sqrt(b_next ** 2 - b_up ** 2), b_up
+
+
+VE = NoiseForm("ve")
+FLOW = NoiseForm("flow")
+FORMS = {"ve": VE, "flow": FLOW}
+
+
 class VPSchedule:
     """``alphas_cumprod`` of a discrete VP model (float64) with sigma <-> timestep conversion."""
+
+    form = VE
 
     def __init__(self, alphas_cumprod: torch.Tensor):
         alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
@@ -92,6 +139,45 @@ class VPSchedule:
         return torch.cat([self.sigmas[timesteps], torch.zeros(1, dtype=torch.float64)])
 
 
+
+
+class FlowSchedule:
+    """A rectified-flow model's sigmas (``x = (1 - sigma) x0 + sigma eps``, sigma in [0, 1]) and timesteps.
+
+    The model timestep is ``multiplier * sigma`` (ComfyUI's CONST: 1000 for SD3 and the DiTs; Flux's own
+    forward takes sigma and scales it by 1000 inside, so hspace's timesteps are 1000 sigma for every family).
+    ``shift`` bends the grid towards high noise, ``sigma = shift t / (1 + (shift - 1) t)`` (SD3's shift 3;
+    Flux's resolution-dependent ``mu`` is ``shift = exp(mu)``); it shapes only :meth:`sigmas`, so
+    :meth:`sigma` and :meth:`timestep` stay inverse to each other.
+    """
+
+    form = FLOW
+
+    def __init__(self, shift: float = 1.0, multiplier: float = 1000.0):
+        if not (math.isfinite(shift) and shift > 0):
+            raise HSpaceError(f"the flow schedule's shift must be a positive number, got {shift}")
+        self.shift, self.multiplier = float(shift), float(multiplier)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.multiplier)
+
+    def sigma(self, timestep: torch.Tensor | float) -> torch.Tensor:
+        return (torch.as_tensor(timestep, dtype=torch.float64) / self.multiplier).clamp(0, 1)
+
+    def timestep(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        return torch.as_tensor(sigma, dtype=torch.float64) * self.multiplier
+
+    def shifted(self, t: torch.Tensor) -> torch.Tensor:
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def sigmas(self, num_steps: int) -> torch.Tensor:
+        """``num_steps`` generation steps from 1 (pure noise) to 0: the shifted uniform grid."""
+        if num_steps < 1:
+            raise HSpaceError(f"at least one sampling step expected, got {num_steps}")
+        return self.shifted(torch.linspace(1, 0, num_steps + 1, dtype=torch.float64))
+
+
 def asyrp_timesteps(num_steps: int, t0: int = 999) -> list[int]:
     """Asyrp's grid ``[int(s + 1e-6) for s in linspace(0, 1, N) * t0]``, returned descending (999 ... 0)."""
     if num_steps < 2 or num_steps > t0 + 1:
@@ -150,7 +236,8 @@ def in_timestep_window(timestep: float, window: tuple[float, float] | None) -> b
     return t_end - 1e-3 <= timestep <= t_start + 1e-3
 
 
-def window_sigmas(schedule: VPSchedule, sigmas: torch.Tensor, t_edit: float, t_boost: float = 0.0) -> tuple[float, float]:
+def window_sigmas(schedule: VPSchedule | FlowSchedule, sigmas: torch.Tensor, t_edit: float,
+                  t_boost: float = 0.0) -> tuple[float, float]:
     """(sigma_edit, sigma_boost) for an edit window [T, t_edit] and quality boosting below t_boost.
 
     Refuses timesteps outside the model's range, t_boost > t_edit, and a window no step of the grid falls in.

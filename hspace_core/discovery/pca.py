@@ -264,9 +264,9 @@ class _ChunkSource:
 def _check_chunk(chunk: Any, shape: tuple[int, ...] | None) -> torch.Tensor:
     if isinstance(chunk, Trajectory):
         chunk = chunk.h
-    if not isinstance(chunk, torch.Tensor) or chunk.ndim != 5:
+    if not isinstance(chunk, torch.Tensor) or chunk.ndim not in (4, 5):
         got = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
-        raise HSpaceError(f"h chunks of shape [N, S, C, H, W] expected, got {got}")
+        raise HSpaceError(f"h chunks of shape [N, S, C, H, W] (or [N, S, tokens, dim]) expected, got {got}")
     if shape is not None and tuple(chunk.shape[1:]) != shape:
         raise HSpaceError(f"every chunk must have per-sample shape {list(shape)}, got {list(chunk.shape[1:])}")
     if chunk.shape[0] == 0 or chunk.shape[1] == 0:
