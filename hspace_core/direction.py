@@ -12,6 +12,7 @@ from . import __version__
 from .checks import check_delta, check_finite, check_timesteps
 from .errors import HSpaceError
 from .sites import MID_BLOCK as HOOK_SITE, site_rank
+
 DEFAULT_REFERENCE_STEPS = 20  # the step count of hspace's pipeline, its demo and ComfyUI's KSampler
 
 
