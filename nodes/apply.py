@@ -204,9 +204,7 @@ class HSpaceStrengthSweep:
         # the grid's pixel size lets the frontend (web/js/hspace.js) size the node to show all of it
         ui: dict[str, Any] = {"hspace_sweep": [{"strengths": strengths, "rows": int(columns[0].shape[0]),
                                                 "width": int(grid.shape[2]), "height": int(grid.shape[1])}]}
-        comfy_nodes = _comfy.optional("nodes")
-        if comfy_nodes is not None:  # the grid as a preview on the node, like PreviewImage
-            ui["images"] = comfy_nodes.PreviewImage().save_images(grid)["ui"]["images"]
+        ui["images"] = _comfy.preview_images(grid)  # the grid as a preview on the node, like PreviewImage
         return {"ui": ui, "result": (grid, torch.cat(columns))}
 
 

@@ -50,7 +50,7 @@ class RecordingController:
         record = {
             "shape": list(h.shape), "timestep": float(torch.as_tensor(timestep).flatten()[0]),
             "sigma": None if sigma is None else float(torch.as_tensor(sigma).flatten()[0]),
-            "cond_or_uncond": [int(c) for c in cond_or_uncond], "flags": dict(flags),
+            "cond_or_uncond": [int(c) for c in cond_or_uncond], "flags": {k: v for k, v in flags.items() if not callable(v)},  # shifts_at is a function
             "captured_shape": None if captured is None else list(captured.shape),
             "row_shift": (out.float() - h.float()).flatten(1).norm(dim=1).tolist(),
             "row_norm": h.float().flatten(1).norm(dim=1).tolist(),
@@ -207,11 +207,57 @@ class HSpaceProbeLongLoop:
         return {"ui": {"text": [f"finished {steps} steps"]}}
 
 
+class _PreviewBars:
+    """Wraps ``latent_preview.prepare_callback`` (every node that previews calls it through the module, at run
+    time): one record per bar made, with the (step, total_steps) of every call of its callback."""
+
+    def __init__(self):
+        import latent_preview
+
+        self.bars, self.original = [], latent_preview.prepare_callback
+        latent_preview.prepare_callback = self.prepare_callback
+
+    def prepare_callback(self, model, steps, *args, **kwargs):
+        callback, bar = self.original(model, steps, *args, **kwargs), {"steps": steps, "calls": []}
+        self.bars.append(bar)
+
+        def counted(step, x0, x, total_steps):
+            bar["calls"].append([int(step), int(total_steps)])
+            return callback(step, x0, x, total_steps)
+
+        return counted
+
+
+PREVIEW_BARS = _PreviewBars()
+
+
+class HSpaceProbePreviewBars:
+    """Reports the preview bars made since the last report (after the LATENT it waits for), and forgets them."""
+
+    CATEGORY = "hspace_probe"
+    RETURN_TYPES = ()
+    FUNCTION = "report"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"after": ("LATENT",)}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")
+
+    def report(self, after):
+        bars, PREVIEW_BARS.bars = PREVIEW_BARS.bars, []
+        return {"ui": {"text": [json.dumps(bars)]}}
+
+
 NODE_CLASS_MAPPINGS = {
     "HSpaceProbeLongLoop": HSpaceProbeLongLoop,
     "HSpaceProbePatch": HSpaceProbePatch,
     "HSpaceProbeDDIMSampler": HSpaceProbeDDIMSampler,
     "HSpaceProbeAsyrpSampler": HSpaceProbeAsyrpSampler,
     "HSpaceProbeInspect": HSpaceProbeInspect,
+    "HSpaceProbePreviewBars": HSpaceProbePreviewBars,
     **{f"HSpaceProbe_{name}": cls for name, cls in pixel_nodes.NODE_CLASS_MAPPINGS.items()},
 }
