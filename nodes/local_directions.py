@@ -216,7 +216,9 @@ class HSpacePullbackEdit:
         report = f"t = {result.timestep:.0f}: singular values (x_t units) {values}"
         warning = _comfy.solver_report("the pullback basis", basis, max_iter)
         report = report if warning is None else f"{report}\n{warning}"
-        return {"ui": {"text": [report]}, "result": (result.output, directions, report)}
+        # a pixel model's edit is shown on the node beside the unedited run it was made from
+        preview = _sampling.pixel_preview(model, result.output["samples"], result.unedited["samples"])
+        return {"ui": {"text": [report], "images": preview}, "result": (result.output, directions, report)}
 
 
 NODE_CLASSES = (HSpaceJacobianDirections, HSpacePullbackEdit)

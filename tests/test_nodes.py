@@ -285,7 +285,7 @@ def test_sample_from_noise_boosts_a_ddim_record_with_eta_one_like_the_library(mo
         return {"samples": fn(oracle, start, sigmas_, disable=True, **options)}, None
 
     monkeypatch.setattr(_sampling, "run_sampler", run_in_model_space)
-    (boosted,) = node("HSpaceSampleFromNoise").sample(model, record, "asymmetric", 400, 300, 1.0, 7)
+    (boosted,) = node("HSpaceSampleFromNoise").sample(model, record, "asymmetric", 400, 300, 1.0, 7)["result"]
     sigma_edit, sigma_boost = float(schedule.sigma(400)), float(schedule.sigma(300))
     library = sample_asyrp(oracle, record.x_T, sigmas, sigma_edit=sigma_edit, sigma_boost=sigma_boost, seed=7,
                            disable=True)  # what HSpacePipeline.edit runs: eta_boost = 1

@@ -201,3 +201,51 @@ def test_pullback_edit_previews_the_unedited_run_and_the_finish(comfy):
     t_edit = asyrp_timesteps(STEPS + 1)[1]  # the second step: the finish runs the last STEPS - 1 steps
     node("HSpacePullbackEdit").edit(comfy.model, comfy.sigmas, _empty(), 0, t_edit, 1, 0, "+", 0.1, 1, 0, 2)
     assert_one_preview_per_step(comfy, STEPS, STEPS - 1)
+
+
+# -- the original beside the edit, on the node's preview only --------------------------------------------------
+def _shown(monkeypatch) -> list:
+    from nodes import _comfy
+
+    shown: list = []
+    monkeypatch.setattr(_comfy, "preview_images", lambda images: shown.append(images) or ["saved"])
+    return shown
+
+
+def test_sample_from_noise_shows_the_inverted_image_beside_the_result(comfy, monkeypatch):
+    from nodes._display import enlarged
+    from nodes.pixel_latents import latent_to_image
+
+    shown = _shown(monkeypatch)
+    image = {"samples": torch.rand(2, 3, 8, 8) * 2 - 1}
+    record, _, _ = node("HSpaceInvertImage").invert(comfy.model, comfy.sigmas, image, "edit_friendly", 1.0, 1.0, 0)
+    out = node("HSpaceSampleFromNoise").sample(comfy.model, record, "ddim", 400, 0, 1.0, 0)
+    (samples,) = out["result"]
+    assert out["ui"]["images"] == ["saved"] and samples["samples"].shape == (2, 3, 8, 8)  # the LATENT as sampled
+    (preview,) = shown
+    assert preview.shape == (2, 128, 2 * 128 + 4, 3)  # enlarged 16x, original left, a 4 px gap, result right
+    torch.testing.assert_close(preview[:, :, :128], enlarged(latent_to_image(image["samples"])))
+    torch.testing.assert_close(preview[:, :, -128:], enlarged(latent_to_image(samples["samples"])))
+
+
+def test_pullback_edit_shows_the_unedited_run_beside_the_edit(comfy, monkeypatch):
+    from nodes._display import enlarged
+    from nodes.pixel_latents import latent_to_image
+
+    shown = _shown(monkeypatch)
+    t_edit = asyrp_timesteps(STEPS + 1)[1]
+    out = node("HSpacePullbackEdit").edit(comfy.model, comfy.sigmas, _empty(), 0, t_edit, 1, 0, "+", 0.5, 1, 0, 2)
+    edited = out["result"][0]["samples"]
+    (preview,) = shown
+    assert preview.shape == (1, 128, 260, 3)
+    torch.testing.assert_close(preview[:, :, -128:], enlarged(latent_to_image(edited)))
+    assert (preview[:, :, :128] - preview[:, :, -128:]).abs().max() > 0  # the unedited run differs from the edit
+
+
+def test_previews_of_latent_models_are_left_to_a_vae_decode(monkeypatch):
+    from nodes import _sampling
+    from test_nodes import FakePatcher
+
+    shown = _shown(monkeypatch)
+    assert _sampling.pixel_preview(FakePatcher(), torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)) == []
+    assert shown == []
