@@ -218,7 +218,9 @@ WORKFLOWS = [
     Workflow("asyrp_train_embedded", "Asyrp training with CLIP (embedded digits)", [
         note(1, "Needs CLIP weights: a transformers CLIP folder (for example openai/clip-vit-base-patch16) named in "
                 "clip_model (a local path or a Hugging Face id in the local cache; transformers is part of "
-                "ComfyUI). Inverts 8 real digits with DDIM, trains Asyrp's f_t from 'a digit' to 'a bold digit' "
+                "ComfyUI), or openai/clip-vit-large-patch14's model.safetensors in models/clip_vision and "
+                "models/text_encoders, loaded with Load CLIP Vision and Load CLIP (stable_diffusion) into "
+                "clip_vision and clip (an SD1.5 checkpoint's CLIP lacks the text projection). Inverts 8 real digits with DDIM, trains Asyrp's f_t from 'a digit' to 'a bold digit' "
                 "for t >= 500, and edits the same digits with the averaged direction."),
         embedded_loader(2), ddim_schedule(3, 2, 20),
         N(4, "HSpaceEmbeddedDigits", digit="3", count=8, offset=0),
