@@ -76,6 +76,8 @@ class HSpaceApplyDirection:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("the input MODEL patched to shift h along the direction; connect it to any sampler",)
+    SEARCH_ALIASES = ["edit", "semantic direction", "h-space", "latent direction", "steer"]
     FUNCTION = "apply"
 
     @classmethod
@@ -102,6 +104,8 @@ class HSpaceAsyrpSampler:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("a SAMPLER for SamplerCustom running Asyrp's asymmetric reverse process",)
+    SEARCH_ALIASES = ["asymmetric reverse process", "asyrp", "edit sampler"]
     FUNCTION = "make"
 
     @classmethod
@@ -147,6 +151,11 @@ class HSpaceStrengthSweep:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "IMAGE")
     RETURN_NAMES = ("grid", "images")
+    OUTPUT_TOOLTIPS = (
+        "all strengths as one labelled grid (columns: strengths, rows: the batch)",
+        "every sample, strength after strength, as a batch of IMAGEs",
+    )
+    SEARCH_ALIASES = ["sweep", "strength grid", "xy plot", "compare strengths"]
     FUNCTION = "sweep"
     OUTPUT_NODE = True  # shows its grid as a preview even with nothing connected
 

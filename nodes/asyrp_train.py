@@ -98,6 +98,11 @@ class HSpaceAsyrpTrain:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION, "STRING")
     RETURN_NAMES = ("direction", "log")
+    OUTPUT_TOOLTIPS = (
+        "the trained edit as a global direction (f_t's mean delta h), for Apply Direction",
+        "training steps and the loss at the first and last step",
+    )
+    SEARCH_ALIASES = ["asyrp", "clip edit", "text edit", "train direction"]
     FUNCTION = "train"
 
     @classmethod
@@ -180,6 +185,11 @@ class HSpaceApplyAsyrpFunction:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL", "STRING")
     RETURN_NAMES = ("model", "info")
+    OUTPUT_TOOLTIPS = (
+        "the MODEL patched to shift each image's h by the trained f_t of its own h",
+        "what f_t was trained for and the window it edits in",
+    )
+    SEARCH_ALIASES = ["asyrp", "f_t"]
     FUNCTION = "apply"
 
     @classmethod

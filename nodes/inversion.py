@@ -27,6 +27,12 @@ class HSpaceInvertImage:
     CATEGORY = CATEGORY
     RETURN_TYPES = (NOISE, TRAJECTORY, "LATENT")
     RETURN_NAMES = ("noise", "trajectory", "x_T")
+    OUTPUT_TOOLTIPS = (
+        "the noise record that regenerates the image: x_T, the schedule, noise terms",
+        "h of the image at every step of the inversion",
+        "x_T as a LATENT",
+    )
+    SEARCH_ALIASES = ["ddim inversion", "edit friendly inversion", "real image edit", "encode to noise"]
     FUNCTION = "invert"
 
     @classmethod
@@ -75,6 +81,8 @@ class HSpaceSampleFromNoise:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("samples",)
+    OUTPUT_TOOLTIPS = ("the regenerated (with Apply Direction's model: edited) image's latent",)
+    SEARCH_ALIASES = ["reconstruct", "edit real image", "resample inversion"]
     FUNCTION = "sample"
 
     @classmethod
@@ -128,6 +136,8 @@ class HSpaceInversionSampler:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("a SAMPLER for SamplerCustom that runs DDIM inversion",)
+    SEARCH_ALIASES = ["ddim inversion"]
     FUNCTION = "make"
 
     @classmethod

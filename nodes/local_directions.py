@@ -84,6 +84,11 @@ class HSpaceJacobianDirections:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION, "LATENT")
     RETURN_NAMES = ("directions", "samples")
+    OUTPUT_TOOLTIPS = (
+        "one direction per singular vector, scaled per step by its singular value",
+        "the unedited sample's latent the directions were found along",
+    )
+    SEARCH_ALIASES = ["svd", "image specific direction", "jacobian"]
     FUNCTION = "discover"
 
     @classmethod
@@ -147,6 +152,12 @@ class HSpacePullbackEdit:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT", DIRECTION, "STRING")
     RETURN_NAMES = ("samples", "h_directions", "singular_values")
+    OUTPUT_TOOLTIPS = (
+        "the edited sample's latent",
+        "the basis vectors as h-space directions, for Apply Direction",
+        "the basis' singular values (Park's x_t units)",
+    )
+    SEARCH_ALIASES = ["pullback", "local basis", "x-space guidance", "riemannian"]
     FUNCTION = "edit"
 
     @classmethod

@@ -46,6 +46,9 @@ def test_declaration_is_consistent(name, cls):
     assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
     assert cls.DESCRIPTION.strip()
     assert name in NODE_DISPLAY_NAME_MAPPINGS
+    tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None)  # one per output where given (ComfyUI shows them by index)
+    assert tooltips is None or (len(tooltips) == len(cls.RETURN_TYPES) and all(t.strip() for t in tooltips))
+    assert all(isinstance(a, str) and a.strip() for a in getattr(cls, "SEARCH_ALIASES", []))
 
 
 @pytest.mark.parametrize("name,cls", NODES)
