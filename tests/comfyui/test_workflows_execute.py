@@ -189,6 +189,8 @@ def test_the_frontend_extension_and_node_docs_are_served(comfy, object_info):
     assert set(NODE_CLASS_MAPPINGS) <= set(object_info)
     assert all(object_info[name]["category"].startswith("hspace/") for name in NODE_CLASS_MAPPINGS)
     assert object_info["HSpaceStrengthSweep"]["description"]
+    sample = object_info["HSpaceInvertImage"]  # what the frontend reads for output tooltips and node search
+    assert len(sample["output_tooltips"]) == len(sample["output"]) and "ddim inversion" in sample["search_aliases"]
 
 
 def execution_error(comfy, prompt: dict[str, Any], timeout_s: float = 120.0) -> str:
