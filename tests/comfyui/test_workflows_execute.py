@@ -222,10 +222,11 @@ def test_bad_input_fails_with_a_clear_message(comfy):
             "seed": 0}},
         "6": {"class_type": "HSpaceLoadDirection", "inputs": {"direction_name": "foreign.safetensors"}},
         "7": {"class_type": "HSpaceApplyDirection", "inputs": {
-            "model": ["1", 0], "direction": ["6", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
-            "rows": "cond", "allow_foreign": False}},
+            "model": ["1", 0], "direction": ["6", 0], "strength": 1.0, "window": "direction", "start_percent": 0.0,
+            "end_percent": 1.0, "rows": "cond", "allow_foreign": False}},
         "8": {"class_type": "HSpaceSampleFromNoise", "inputs": {
-            "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "t_edit": 900, "t_boost": 0, "cfg": 1.0}},
+            "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "t_edit": 900, "t_boost": 0, "cfg": 1.0,
+            "seed": 0}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "hspace/bad"}},
     }
     assert "lies outside this schedule" in execution_error(comfy, base)
