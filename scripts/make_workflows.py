@@ -292,9 +292,11 @@ WORKFLOWS = [
 # -- UI format -------------------------------------------------------------------------------------------------
 # Height a node takes once it has run (its output: spectrum chart, metadata, previews), measured in ComfyUI
 # 0.33.0 / frontend 1.49.6 with headless Chromium (PCA: its widgets plus the 400x180 chart at the node's width,
-# computed); nodes below it are placed past that.
+# computed); nodes below it are placed past that. Sample From Noise (4 original/result pairs), Pullback Edit (its
+# report and one pair) and Pixel Latent to Image (4 images): the height in the Vue renderer, the taller of the two.
 HEIGHT_AFTER_RUN = {"HSpacePCA": 390, "HSpaceLoadDirection": 307, "HSpaceDirectionInfo": 216,
-                    "HSpaceStrengthSweep": 711, "SaveImage": 270}
+                    "HSpaceStrengthSweep": 711, "SaveImage": 270, "HSpaceSampleFromNoise": 520,
+                    "HSpacePullbackEdit": 730, "HSpacePixelLatentToImage": 330}
 
 
 NOTE_WIDTH, NOTE_CHARS_PER_LINE, NOTE_LINE_HEIGHT = 360, 40, 18  # generous: the text never needs a scroll bar
