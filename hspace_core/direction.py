@@ -160,7 +160,8 @@ class Direction:
 @dataclass
 class Inversion:
     """What an inversion leaves to regenerate its images: x_T (model space, sigma-scaled), the generation sigmas,
-    for eta > 0 the noise terms of every step, and h along the way.
+    for eta > 0 the noise terms of every step, h along the way and the inverted images themselves (``source``,
+    model space), so that an edit can be shown beside its original.
 
     ``sample_ddim(model, x_T, sigmas, eta=eta, noises=noises)`` reproduces the inverted images.
     """
@@ -171,6 +172,7 @@ class Inversion:
     eta: float
     trajectory: "Trajectory | None" = None
     method: str = "ddim"
+    source: torch.Tensor | None = None
 
     def __repr__(self) -> str:  # short: ComfyUI prints node inputs in its error reports
         return (f"Inversion(method={self.method!r}, x_T={list(self.x_T.shape)}, steps={len(self.sigmas) - 1}, "

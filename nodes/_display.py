@@ -1,4 +1,5 @@
-"""Images made only to be looked at on a node: the PCA spectrum as a bar chart, small images enlarged.
+"""Images made only to be looked at on a node: the PCA spectrum as a bar chart, small images enlarged, an edit
+beside its original.
 
 Shown through a node's ``ui`` images (like PreviewImage), so they appear in the classic canvas and in the Vue
 ("Nodes 2.0") renderer alike; the IMAGE outputs are never changed.
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..hspace_core.errors import HSpaceError
+
 DISPLAY_MIN = 128  # images smaller than this (the embedded model's 16x16 digits) are enlarged for viewing
 
 
@@ -21,6 +24,16 @@ def enlarged(images: torch.Tensor, minimum: int = DISPLAY_MIN) -> torch.Tensor:
     if zoom == 1:
         return images
     return images.repeat_interleave(zoom, dim=1).repeat_interleave(zoom, dim=2)
+
+
+def beside(originals: torch.Tensor, edits: torch.Tensor, gap: int = 4) -> torch.Tensor:
+    """Each original beside its edit (IMAGEs ``[B, H, W, C]`` of one shape), left and right of a dark gap of
+    ``gap`` pixels: ``[B, H, 2 W + gap, C]``."""
+    if originals.shape != edits.shape:
+        raise HSpaceError(f"originals and edits of one shape expected, got {list(originals.shape)} and "
+                          f"{list(edits.shape)}")
+    separator = originals.new_full((*originals.shape[:2], gap, originals.shape[3]), 0.12)
+    return torch.cat([originals, separator, edits], dim=2)
 
 
 def spectrum_chart(ratios: Sequence[float], width: int = 400, height: int = 180) -> torch.Tensor:

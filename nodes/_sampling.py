@@ -18,6 +18,8 @@ from ..hspace_core.errors import HSpaceError
 from ..hspace_core.schedule import check_sigmas, window_sigmas
 
 from . import _comfy, comfy_adapter, pixel_model
+from ._display import beside, enlarged
+from .pixel_latents import latent_to_image
 
 Progress = _comfy.SamplingCallback
 
@@ -36,6 +38,17 @@ def conditioning(model: Any, value: list | None, which: str) -> list:
     if not is_pixel_model(model):
         raise HSpaceError(f"this model is text-conditioned: connect a {which} CONDITIONING (CLIP Text Encode)")
     return [[torch.zeros(1, 1, 1), {}]]
+
+
+def pixel_preview(model: Any, edited: torch.Tensor, original: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """A pixel DDPM's result as ComfyUI previews for a node's ``ui["images"]``, enlarged for display, each beside
+    its original where that is given (same shape); [] for latent models (their latents need a VAE to be seen)."""
+    if not is_pixel_model(model):
+        return []
+    shown = enlarged(latent_to_image(edited))
+    if original is not None and original.shape == edited.shape:
+        shown = beside(enlarged(latent_to_image(original)), shown)
+    return _comfy.preview_images(shown)
 
 
 def fingerprint(model: Any, h_shape: tuple[int, ...]) -> dict[str, Any]:

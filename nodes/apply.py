@@ -76,6 +76,8 @@ class HSpaceApplyDirection:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("the input MODEL patched to shift h along the direction; connect it to any sampler",)
+    SEARCH_ALIASES = ["edit", "semantic direction", "h-space", "latent direction", "steer"]
     FUNCTION = "apply"
 
     @classmethod
@@ -102,6 +104,8 @@ class HSpaceAsyrpSampler:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("a SAMPLER for SamplerCustom running Asyrp's asymmetric reverse process",)
+    SEARCH_ALIASES = ["asymmetric reverse process", "asyrp", "edit sampler"]
     FUNCTION = "make"
 
     @classmethod
@@ -147,6 +151,11 @@ class HSpaceStrengthSweep:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "IMAGE")
     RETURN_NAMES = ("grid", "images")
+    OUTPUT_TOOLTIPS = (
+        "all strengths as one labelled grid (columns: strengths, rows: the batch)",
+        "every sample, strength after strength, as a batch of IMAGEs",
+    )
+    SEARCH_ALIASES = ["sweep", "strength grid", "xy plot", "compare strengths"]
     FUNCTION = "sweep"
     OUTPUT_NODE = True  # shows its grid as a preview even with nothing connected
 
@@ -204,9 +213,7 @@ class HSpaceStrengthSweep:
         # the grid's pixel size lets the frontend (web/js/hspace.js) size the node to show all of it
         ui: dict[str, Any] = {"hspace_sweep": [{"strengths": strengths, "rows": int(columns[0].shape[0]),
                                                 "width": int(grid.shape[2]), "height": int(grid.shape[1])}]}
-        comfy_nodes = _comfy.optional("nodes")
-        if comfy_nodes is not None:  # the grid as a preview on the node, like PreviewImage
-            ui["images"] = comfy_nodes.PreviewImage().save_images(grid)["ui"]["images"]
+        ui["images"] = _comfy.preview_images(grid)  # the grid as a preview on the node, like PreviewImage
         return {"ui": ui, "result": (grid, torch.cat(columns))}
 
 

@@ -54,6 +54,11 @@ class HSpaceCaptureH:
     CATEGORY = CATEGORY
     RETURN_TYPES = (TRAJECTORY, "LATENT")
     RETURN_NAMES = ("trajectory", "samples")
+    OUTPUT_TOOLTIPS = (
+        "h of every sample at every step, for PCA or supervised directions",
+        "the sampled images' latents (decode them to see what was captured)",
+    )
+    SEARCH_ALIASES = ["record h", "bottleneck activations", "collect features"]
     FUNCTION = "capture"
 
     @classmethod

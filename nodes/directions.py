@@ -54,6 +54,7 @@ class HSpaceLoadDirection:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION, "STRING")
     RETURN_NAMES = ("direction", "info")
+    OUTPUT_TOOLTIPS = ("the loaded direction (or set of directions)", "what the file holds: method, model, shape",)
     FUNCTION = "load"
     HAS_INTERMEDIATE_OUTPUT = True  # ComfyUI re-sends its cached ui (drawn by web/js/hspace.js) on a re-run
 
@@ -104,6 +105,7 @@ class HSpaceDirectionInfo:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("info",)
+    OUTPUT_TOOLTIPS = ("the direction's method, model, shape, norm and edit window",)
     FUNCTION = "info"
     OUTPUT_NODE = True
 
@@ -125,6 +127,11 @@ class HSpaceCompareDirections:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("FLOAT", "STRING")
     RETURN_NAMES = ("cosine", "report")
+    OUTPUT_TOOLTIPS = (
+        "cosine similarity of the two directions (1 = same way, 0 = unrelated)",
+        "the cosine and the norms as text",
+    )
+    SEARCH_ALIASES = ["cosine similarity"]
     FUNCTION = "compare"
     OUTPUT_NODE = True
 
@@ -147,6 +154,7 @@ class HSpacePickDirection:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION,)
     RETURN_NAMES = ("direction",)
+    OUTPUT_TOOLTIPS = ("the chosen direction of the set",)
     FUNCTION = "pick"
 
     @classmethod
@@ -173,6 +181,8 @@ class HSpaceJoinDirections:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION,)
     RETURN_NAMES = ("directions",)
+    OUTPUT_TOOLTIPS = ("one set holding all connected directions, in order",)
+    SEARCH_ALIASES = ["combine directions", "merge"]
     FUNCTION = "join"
 
     @classmethod
@@ -191,6 +201,8 @@ class HSpaceAddDirections:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION,)
     RETURN_NAMES = ("direction",)
+    OUTPUT_TOOLTIPS = ("a + b",)
+    SEARCH_ALIASES = ["sum directions"]
     FUNCTION = "add"
 
     @classmethod
@@ -208,6 +220,8 @@ class HSpaceSubtractDirections:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION,)
     RETURN_NAMES = ("direction",)
+    OUTPUT_TOOLTIPS = ("a - b",)
+    SEARCH_ALIASES = ["difference of directions"]
     FUNCTION = "subtract"
 
     @classmethod
@@ -226,6 +240,8 @@ class HSpaceScaleDirection:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION,)
     RETURN_NAMES = ("direction",)
+    OUTPUT_TOOLTIPS = ("the direction times the factor",)
+    SEARCH_ALIASES = ["multiply direction"]
     FUNCTION = "scale"
 
     @classmethod
@@ -247,6 +263,8 @@ class HSpaceNormalizeDirection:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION,)
     RETURN_NAMES = ("direction",)
+    OUTPUT_TOOLTIPS = ("the direction scaled to unit norm",)
+    SEARCH_ALIASES = ["unit direction"]
     FUNCTION = "normalize"
 
     @classmethod
@@ -268,6 +286,8 @@ class HSpaceOrthogonalizeDirections:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION,)
     RETURN_NAMES = ("directions",)
+    OUTPUT_TOOLTIPS = ("the set made mutually orthogonal, in order (Gram-Schmidt)",)
+    SEARCH_ALIASES = ["gram-schmidt"]
     FUNCTION = "orthogonalize"
 
     @classmethod
@@ -285,6 +305,8 @@ class HSpaceProjectOutDirections:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION,)
     RETURN_NAMES = ("direction",)
+    OUTPUT_TOOLTIPS = ("the direction without its components along the others (disentangled)",)
+    SEARCH_ALIASES = ["disentangle", "remove attribute"]
     FUNCTION = "project_out"
 
     @classmethod
@@ -305,6 +327,8 @@ class HSpaceSlerpDirections:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION,)
     RETURN_NAMES = ("direction",)
+    OUTPUT_TOOLTIPS = ("the spherical interpolation between a and b at t",)
+    SEARCH_ALIASES = ["interpolate directions"]
     FUNCTION = "slerp"
 
     @classmethod

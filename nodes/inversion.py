@@ -27,6 +27,12 @@ class HSpaceInvertImage:
     CATEGORY = CATEGORY
     RETURN_TYPES = (NOISE, TRAJECTORY, "LATENT")
     RETURN_NAMES = ("noise", "trajectory", "x_T")
+    OUTPUT_TOOLTIPS = (
+        "the noise record that regenerates the image: x_T, the schedule, noise terms",
+        "h of the image at every step of the inversion",
+        "x_T as a LATENT",
+    )
+    SEARCH_ALIASES = ["ddim inversion", "edit friendly inversion", "real image edit", "encode to noise"]
     FUNCTION = "invert"
 
     @classmethod
@@ -55,12 +61,12 @@ class HSpaceInvertImage:
         if method == "ddim":
             x_T, value, trajectory = _sampling.capture(model, invert_ddim, inversion_sigmas(sigmas), latent,
                                                        positive, negative, cfg, None, seed, meta, unique_id)
-            record = Inversion(value, sigmas, None, 0.0, trajectory, method)
+            record = Inversion(value, sigmas, None, 0.0, trajectory, method, latent["samples"])
         else:
             x_T, value, trajectory = _sampling.capture(model, invert_edit_friendly, sigmas, latent, positive,
                                                        negative, cfg, None, seed, meta, unique_id,
                                                        {"eta": eta, "seed": seed})
-            record = Inversion(value[0], sigmas, value[1], eta, trajectory, method)
+            record = Inversion(value[0], sigmas, value[1], eta, trajectory, method, latent["samples"])
         return record, trajectory, x_T
 
 
@@ -75,6 +81,8 @@ class HSpaceSampleFromNoise:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("samples",)
+    OUTPUT_TOOLTIPS = ("the regenerated (with Apply Direction's model: edited) image's latent",)
+    SEARCH_ALIASES = ["reconstruct", "edit real image", "resample inversion"]
     FUNCTION = "sample"
 
     @classmethod
@@ -103,7 +111,7 @@ class HSpaceSampleFromNoise:
 
     def sample(self, model: Any, noise: Inversion, mode: str, t_edit: int, t_boost: int, cfg: float, seed: int,
                positive: list | None = None, negative: list | None = None,
-               unique_id: str | None = None) -> tuple[dict[str, Any]]:
+               unique_id: str | None = None) -> dict[str, Any]:
         check_choice(mode, "mode", RESAMPLE_MODES)
         options: dict[str, Any] = {"eta": noise.eta, "noises": noise.noises, "seed": seed}
         fn = sample_ddim
@@ -113,7 +121,9 @@ class HSpaceSampleFromNoise:
         latent = {"samples": torch.zeros_like(noise.x_T)}
         samples, _ = _sampling.run_sampler(model, fn, noise.sigmas, latent, positive, negative, cfg,
                                            start=noise.x_T, node_id=unique_id, options=options)
-        return (samples,)
+        # a pixel model's result is shown on the node beside the image that was inverted
+        return {"ui": {"images": _sampling.pixel_preview(model, samples["samples"], noise.source)},
+                "result": (samples,)}
 
 
 class HSpaceInversionSampler:
@@ -126,6 +136,8 @@ class HSpaceInversionSampler:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("a SAMPLER for SamplerCustom that runs DDIM inversion",)
+    SEARCH_ALIASES = ["ddim inversion"]
     FUNCTION = "make"
 
     @classmethod

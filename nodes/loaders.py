@@ -24,6 +24,8 @@ class HSpaceEmbeddedDigits:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("real MNIST digits of the chosen class as IMAGEs",)
+    SEARCH_ALIASES = ["mnist", "sample images"]
     FUNCTION = "load"
 
     @classmethod

@@ -84,6 +84,11 @@ class HSpaceJacobianDirections:
     CATEGORY = CATEGORY
     RETURN_TYPES = (DIRECTION, "LATENT")
     RETURN_NAMES = ("directions", "samples")
+    OUTPUT_TOOLTIPS = (
+        "one direction per singular vector, scaled per step by its singular value",
+        "the unedited sample's latent the directions were found along",
+    )
+    SEARCH_ALIASES = ["svd", "image specific direction", "jacobian"]
     FUNCTION = "discover"
 
     @classmethod
@@ -147,6 +152,12 @@ class HSpacePullbackEdit:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT", DIRECTION, "STRING")
     RETURN_NAMES = ("samples", "h_directions", "singular_values")
+    OUTPUT_TOOLTIPS = (
+        "the edited sample's latent",
+        "the basis vectors as h-space directions, for Apply Direction",
+        "the basis' singular values (Park's x_t units)",
+    )
+    SEARCH_ALIASES = ["pullback", "local basis", "x-space guidance", "riemannian"]
     FUNCTION = "edit"
 
     @classmethod
@@ -216,7 +227,9 @@ class HSpacePullbackEdit:
         report = f"t = {result.timestep:.0f}: singular values (x_t units) {values}"
         warning = _comfy.solver_report("the pullback basis", basis, max_iter)
         report = report if warning is None else f"{report}\n{warning}"
-        return {"ui": {"text": [report]}, "result": (result.output, directions, report)}
+        # a pixel model's edit is shown on the node beside the unedited run it was made from
+        preview = _sampling.pixel_preview(model, result.output["samples"], result.unedited["samples"])
+        return {"ui": {"text": [report], "images": preview}, "result": (result.output, directions, report)}
 
 
 NODE_CLASSES = (HSpaceJacobianDirections, HSpacePullbackEdit)

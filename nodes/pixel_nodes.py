@@ -43,6 +43,8 @@ class HSpacePixelModelLoader:
     DESCRIPTION = __doc__
     CATEGORY = PIXEL_CATEGORY
     RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("the pixel DDPM as a ComfyUI MODEL (KSampler and the hspace nodes take it)",)
+    SEARCH_ALIASES = ["ddpm", "diffusers unet", "mnist model", "celeba"]
     FUNCTION = "load"
 
     @classmethod
@@ -60,6 +62,8 @@ class HSpacePixelLatentToImage:
     DESCRIPTION = __doc__
     CATEGORY = PIXEL_CATEGORY
     RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("the latent as an IMAGE (at the model's size; shown enlarged on the node)",)
+    SEARCH_ALIASES = ["decode pixel latent"]
     FUNCTION = "convert"
 
     @classmethod
@@ -78,6 +82,8 @@ class HSpaceImageToPixelLatent:
     DESCRIPTION = __doc__
     CATEGORY = PIXEL_CATEGORY
     RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("the IMAGE as the pixel model's LATENT, for inversion or img2img",)
+    SEARCH_ALIASES = ["encode pixel latent"]
     FUNCTION = "convert"
 
     @classmethod
@@ -96,6 +102,8 @@ class HSpaceUnconditional:
     DESCRIPTION = __doc__
     CATEGORY = PIXEL_CATEGORY
     RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = ("an empty CONDITIONING for positive and negative of unconditional models",)
+    SEARCH_ALIASES = ["empty conditioning", "no prompt"]
     FUNCTION = "make"
 
     @classmethod

@@ -73,6 +73,7 @@ class HSpaceLoadTrajectory:
     CATEGORY = CATEGORY
     RETURN_TYPES = (TRAJECTORY,)
     RETURN_NAMES = ("trajectory",)
+    OUTPUT_TOOLTIPS = ("the captured trajectory (h over samples and steps)",)
     FUNCTION = "load"
 
     @classmethod

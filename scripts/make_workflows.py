@@ -218,7 +218,9 @@ WORKFLOWS = [
     Workflow("asyrp_train_embedded", "Asyrp training with CLIP (embedded digits)", [
         note(1, "Needs CLIP weights: a transformers CLIP folder (for example openai/clip-vit-base-patch16) named in "
                 "clip_model (a local path or a Hugging Face id in the local cache; transformers is part of "
-                "ComfyUI). Inverts 8 real digits with DDIM, trains Asyrp's f_t from 'a digit' to 'a bold digit' "
+                "ComfyUI), or openai/clip-vit-large-patch14's model.safetensors in models/clip_vision and "
+                "models/text_encoders, loaded with Load CLIP Vision and Load CLIP (stable_diffusion) into "
+                "clip_vision and clip (an SD1.5 checkpoint's CLIP lacks the text projection). Inverts 8 real digits with DDIM, trains Asyrp's f_t from 'a digit' to 'a bold digit' "
                 "for t >= 500, and edits the same digits with the averaged direction."),
         embedded_loader(2), ddim_schedule(3, 2, 20),
         N(4, "HSpaceEmbeddedDigits", digit="3", count=8, offset=0),
@@ -290,9 +292,11 @@ WORKFLOWS = [
 # -- UI format -------------------------------------------------------------------------------------------------
 # Height a node takes once it has run (its output: spectrum chart, metadata, previews), measured in ComfyUI
 # 0.33.0 / frontend 1.49.6 with headless Chromium (PCA: its widgets plus the 400x180 chart at the node's width,
-# computed); nodes below it are placed past that.
+# computed); nodes below it are placed past that. Sample From Noise (4 original/result pairs), Pullback Edit (its
+# report and one pair) and Pixel Latent to Image (4 images): the height in the Vue renderer, the taller of the two.
 HEIGHT_AFTER_RUN = {"HSpacePCA": 390, "HSpaceLoadDirection": 307, "HSpaceDirectionInfo": 216,
-                    "HSpaceStrengthSweep": 711, "SaveImage": 270}
+                    "HSpaceStrengthSweep": 711, "SaveImage": 270, "HSpaceSampleFromNoise": 520,
+                    "HSpacePullbackEdit": 730, "HSpacePixelLatentToImage": 330}
 
 
 NOTE_WIDTH, NOTE_CHARS_PER_LINE, NOTE_LINE_HEIGHT = 360, 40, 18  # generous: the text never needs a scroll bar

@@ -16,7 +16,7 @@ from nodes._types import DIRECTION, NOISE, TRAJECTORY
 from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE_TYPES = {"MODEL", "LATENT", "IMAGE", "CONDITIONING", "SIGMAS", "SAMPLER", "VAE", "CLIP", "MASK", "STRING", "INT", "FLOAT",
+CORE_TYPES = {"MODEL", "LATENT", "IMAGE", "CONDITIONING", "SIGMAS", "SAMPLER", "VAE", "CLIP", "CLIP_VISION", "MASK", "STRING", "INT", "FLOAT",
               "BOOLEAN"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 NODES = sorted(NODE_CLASS_MAPPINGS.items())
@@ -46,6 +46,9 @@ def test_declaration_is_consistent(name, cls):
     assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
     assert cls.DESCRIPTION.strip()
     assert name in NODE_DISPLAY_NAME_MAPPINGS
+    tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None)  # one per output where given (ComfyUI shows them by index)
+    assert tooltips is None or (len(tooltips) == len(cls.RETURN_TYPES) and all(t.strip() for t in tooltips))
+    assert all(isinstance(a, str) and a.strip() for a in getattr(cls, "SEARCH_ALIASES", []))
 
 
 @pytest.mark.parametrize("name,cls", NODES)
@@ -285,7 +288,7 @@ def test_sample_from_noise_boosts_a_ddim_record_with_eta_one_like_the_library(mo
         return {"samples": fn(oracle, start, sigmas_, disable=True, **options)}, None
 
     monkeypatch.setattr(_sampling, "run_sampler", run_in_model_space)
-    (boosted,) = node("HSpaceSampleFromNoise").sample(model, record, "asymmetric", 400, 300, 1.0, 7)
+    (boosted,) = node("HSpaceSampleFromNoise").sample(model, record, "asymmetric", 400, 300, 1.0, 7)["result"]
     sigma_edit, sigma_boost = float(schedule.sigma(400)), float(schedule.sigma(300))
     library = sample_asyrp(oracle, record.x_T, sigmas, sigma_edit=sigma_edit, sigma_boost=sigma_boost, seed=7,
                            disable=True)  # what HSpacePipeline.edit runs: eta_boost = 1

@@ -154,3 +154,31 @@ def test_inversion_sampler_round_trips_real_digits(comfy):
     errors = {name: float((comfy.client.latent(outputs[f"{name}_save"]["latents"][0]) - source).abs().mean())
               for name in ("ours", "euler")}
     assert errors["ours"] < 0.12 and errors["ours"] < 1.5 * errors["euler"], errors
+
+
+def test_sampling_nodes_drive_latent_previews_once_per_step(comfy):
+    """Capture h, Invert Image and Sample From Noise (the pack's own nodes) each drive one preview bar
+    (``latent_preview.prepare_callback``) once per step it samples, in order, on the real sampling path."""
+    steps = 3
+    prompt = {
+        "1": {"class_type": "HSpacePixelModelLoader", "inputs": {"model_name": EMBEDDED}},
+        "2": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": steps,
+                                                         "denoise": 1.0}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 2}},
+        "4": {"class_type": "HSpaceCaptureH", "inputs": {
+            "model": ["1", 0], "sigmas": ["2", 0], "latent_image": ["3", 0], "num_samples": 3,
+            "seed": next(_tags), "cfg": 1.0, "eta": 0.0, "store": "memory", "filename_prefix": "previews"}},
+        "5": {"class_type": "HSpaceInvertImage", "inputs": {
+            "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 1], "method": "ddim", "cfg": 1.0, "eta": 1.0,
+            "seed": 0}},
+        "6": {"class_type": "HSpaceSampleFromNoise", "inputs": {
+            "model": ["1", 0], "noise": ["5", 0], "mode": "ddim", "t_edit": 400, "t_boost": 0, "cfg": 1.0,
+            "seed": 0}},
+        "7": {"class_type": "HSpaceProbePreviewBars", "inputs": {"after": ["6", 0]}},
+    }
+    comfy.client.run({"1": prompt["3"], "2": {"class_type": "HSpaceProbePreviewBars", "inputs": {"after": ["1", 0]}}})
+    bars = json.loads(comfy.client.run(prompt, timeout_s=180)["7"]["text"][0])
+    # capture: 3 samples in batches of 2 on one bar; DDIM inversion skips the generation step to sigma 0
+    assert [bar["steps"] for bar in bars] == [2 * steps, steps - 1, steps]
+    for bar in bars:
+        assert bar["calls"] == [[i, bar["steps"]] for i in range(bar["steps"])]

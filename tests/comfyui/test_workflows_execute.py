@@ -189,6 +189,8 @@ def test_the_frontend_extension_and_node_docs_are_served(comfy, object_info):
     assert set(NODE_CLASS_MAPPINGS) <= set(object_info)
     assert all(object_info[name]["category"].startswith("hspace/") for name in NODE_CLASS_MAPPINGS)
     assert object_info["HSpaceStrengthSweep"]["description"]
+    sample = object_info["HSpaceInvertImage"]  # what the frontend reads for output tooltips and node search
+    assert len(sample["output_tooltips"]) == len(sample["output"]) and "ddim inversion" in sample["search_aliases"]
 
 
 def execution_error(comfy, prompt: dict[str, Any], timeout_s: float = 120.0) -> str:
@@ -220,10 +222,11 @@ def test_bad_input_fails_with_a_clear_message(comfy):
             "seed": 0}},
         "6": {"class_type": "HSpaceLoadDirection", "inputs": {"direction_name": "foreign.safetensors"}},
         "7": {"class_type": "HSpaceApplyDirection", "inputs": {
-            "model": ["1", 0], "direction": ["6", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
-            "rows": "cond", "allow_foreign": False}},
+            "model": ["1", 0], "direction": ["6", 0], "strength": 1.0, "window": "direction", "start_percent": 0.0,
+            "end_percent": 1.0, "rows": "cond", "allow_foreign": False}},
         "8": {"class_type": "HSpaceSampleFromNoise", "inputs": {
-            "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "t_edit": 900, "t_boost": 0, "cfg": 1.0}},
+            "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "t_edit": 900, "t_boost": 0, "cfg": 1.0,
+            "seed": 0}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "hspace/bad"}},
     }
     assert "lies outside this schedule" in execution_error(comfy, base)

@@ -6,7 +6,7 @@ its CLIP-guided training, the global Δh, and the choice of the editing and boos
 - :class:`DirectionalCLIPLoss`: StyleGAN-NADA's directional loss, text direction averaged over the 79
   ImageNet templates, in Asyrp's form −log((1 + cos)/2). CLIP is pluggable: any pair of image/text
   encoders (:func:`clip_encoders` wraps a transformers ``CLIPModel``; :func:`load_clip` loads one from a
-  local path or cached name).
+  local path or cached name; :func:`projected_encoders` pairs a vision model with a text model's projection).
 - :func:`train_delta_block`: the training loop (one optimizer step per edited timestep, trajectory
   detached, SGD lr 0.5, StepLR(3, 0.1)); :func:`global_delta_h` averages f_t's output into a
   :class:`~hspace_core.direction.Direction`.
@@ -20,14 +20,15 @@ Units: images and x0 predictions in [-1, 1]; x in k-diffusion form (``x = x_t / 
 """
 from .block import DeltaBlock, unet_time_embedding
 from .clip_loss import (CLIP_MEAN, CLIP_STD, IMAGENET_TEMPLATES, DirectionalCLIPLoss, ImageEncoder, TextEncoder,
-                        clip_encoders, load_clip)
+                        clip_encoders, clip_pixels, load_clip, projected_encoders)
 from .curves import (Distance, EditingCurves, editing_curves, lpips_distance, pixel_rms_distance, select_t_boost,
                      select_t_edit)
 from .inference import (DeltaFunction, f_t_controller, load_delta_block, sample_with_f_t, save_delta_block)
 from .training import global_delta_h, train_delta_block
 
 __all__ = ["DeltaBlock", "unet_time_embedding", "CLIP_MEAN", "CLIP_STD", "IMAGENET_TEMPLATES", "DirectionalCLIPLoss",
-           "ImageEncoder", "TextEncoder", "clip_encoders", "load_clip", "Distance", "EditingCurves", "editing_curves",
+           "ImageEncoder", "TextEncoder", "clip_encoders", "clip_pixels", "load_clip", "projected_encoders",
+           "Distance", "EditingCurves", "editing_curves",
            "lpips_distance", "pixel_rms_distance", "select_t_boost", "select_t_edit", "global_delta_h",
            "train_delta_block", "DeltaFunction", "f_t_controller", "load_delta_block", "sample_with_f_t",
            "save_delta_block"]

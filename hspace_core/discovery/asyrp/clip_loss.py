@@ -1,6 +1,7 @@
 """Asyrp's directional CLIP loss (StyleGAN-NADA's, in Asyrp's form −log((1 + cos)/2)), with pluggable encoders:
 any pair of image/text encoders; :func:`clip_encoders` wraps a transformers ``CLIPModel``, :func:`load_clip` loads
-one from a local path or cached name."""
+one from a local path or cached name, :func:`projected_encoders` pairs a vision model with a text model's pooled
+output and its text projection (ComfyUI's CLIP_VISION and CLIP)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
@@ -43,6 +44,37 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def clip_pixels(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
+                std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+    """Images in [-1, 1], ``[B, 1 or 3, H, W]``, as CLIP's input: 3 channels, resized bicubically to ``size``
+    (differentiably: no rounding to 8 bits), normalised by CLIP's mean and std."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise HSpaceError(f"images [B, 1 or 3, H, W] expected for CLIP, got {tuple(images.shape)}")
+    pixels = (images + 1) / 2
+    pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+    pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
+    return (pixels - torch.tensor(mean).view(1, 3, 1, 1).to(pixels)) / torch.tensor(std).view(1, 3, 1, 1).to(pixels)
+
+
+def projected_encoders(embed_image: Callable[[torch.Tensor], torch.Tensor], image_size: int,
+                       pooled_text: Callable[[list[str]], torch.Tensor], text_projection: torch.Tensor,
+                       mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+                       ) -> tuple[ImageEncoder, TextEncoder]:
+    """(encode_image, encode_text) from a vision model's projected embedding (``embed_image(clip_pixels)``) and a
+    text model's unprojected pooled output mapped by its ``text_projection`` ``[D, hidden]`` into the same D-dim
+    space, as CLIP's ``get_text_features`` does."""
+    projection = text_projection.detach().float()
+
+    def encode_image(images: torch.Tensor) -> torch.Tensor:
+        return embed_image(clip_pixels(images, image_size, mean, std))
+
+    def encode_text(texts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            pooled = pooled_text(list(texts)).float()
+            return pooled @ projection.to(pooled.device).T
+
+    return encode_image, encode_text
+
 
 def clip_encoders(model: nn.Module, tokenizer: Callable[[list[str]], Mapping[str, torch.Tensor]],
                   image_size: int | None = None) -> tuple[ImageEncoder, TextEncoder]:
@@ -54,21 +86,13 @@ def clip_encoders(model: nn.Module, tokenizer: Callable[[list[str]], Mapping[str
     """
     model.eval().requires_grad_(False)
     size = int(image_size or model.config.vision_config.image_size)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     parameter = next(model.parameters())
 
     def features(output: Any) -> torch.Tensor:
         return output if isinstance(output, torch.Tensor) else output.pooler_output
 
     def encode_image(images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise HSpaceError(f"images [B, 1 or 3, H, W] expected for CLIP, got {tuple(images.shape)}")
-        pixels = (images.to(parameter) + 1) / 2
-        pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
-        pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
-        pixels = (pixels - mean.to(pixels)) / std.to(pixels)
-        return features(model.get_image_features(pixel_values=pixels))
+        return features(model.get_image_features(pixel_values=clip_pixels(images.to(parameter), size)))
 
     def encode_text(texts: list[str]) -> torch.Tensor:
         tokens = {k: v.to(parameter.device) for k, v in tokenizer(list(texts)).items()

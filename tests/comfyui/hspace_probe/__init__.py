@@ -211,11 +211,57 @@ class HSpaceProbeLongLoop:
         return {"ui": {"text": [f"finished {steps} steps"]}}
 
 
+class _PreviewBars:
+    """Wraps ``latent_preview.prepare_callback`` (every node that previews calls it through the module, at run
+    time): one record per bar made, with the (step, total_steps) of every call of its callback."""
+
+    def __init__(self):
+        import latent_preview
+
+        self.bars, self.original = [], latent_preview.prepare_callback
+        latent_preview.prepare_callback = self.prepare_callback
+
+    def prepare_callback(self, model, steps, *args, **kwargs):
+        callback, bar = self.original(model, steps, *args, **kwargs), {"steps": steps, "calls": []}
+        self.bars.append(bar)
+
+        def counted(step, x0, x, total_steps):
+            bar["calls"].append([int(step), int(total_steps)])
+            return callback(step, x0, x, total_steps)
+
+        return counted
+
+
+PREVIEW_BARS = _PreviewBars()
+
+
+class HSpaceProbePreviewBars:
+    """Reports the preview bars made since the last report (after the LATENT it waits for), and forgets them."""
+
+    CATEGORY = "hspace_probe"
+    RETURN_TYPES = ()
+    FUNCTION = "report"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"after": ("LATENT",)}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")
+
+    def report(self, after):
+        bars, PREVIEW_BARS.bars = PREVIEW_BARS.bars, []
+        return {"ui": {"text": [json.dumps(bars)]}}
+
+
 NODE_CLASS_MAPPINGS = {
     "HSpaceProbeLongLoop": HSpaceProbeLongLoop,
     "HSpaceProbePatch": HSpaceProbePatch,
     "HSpaceProbeDDIMSampler": HSpaceProbeDDIMSampler,
     "HSpaceProbeAsyrpSampler": HSpaceProbeAsyrpSampler,
     "HSpaceProbeInspect": HSpaceProbeInspect,
+    "HSpaceProbePreviewBars": HSpaceProbePreviewBars,
     **{f"HSpaceProbe_{name}": cls for name, cls in pixel_nodes.NODE_CLASS_MAPPINGS.items()},
 }
