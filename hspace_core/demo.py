@@ -64,6 +64,16 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an --out that is a file or lies under one."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HSpaceError(f"--out: a folder for the report expected, but {out} is an existing file")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise HSpaceError(f"--out: {out} cannot be created: {blocking} is a file, not a folder")
+
+
 def check_config(config: DemoConfig) -> None:
     """Refuse bad settings before any work, naming the command-line flag of each."""
     check_number(config.samples, _flag("samples"), MIN_SAMPLES, integer=True)
@@ -72,12 +82,7 @@ def check_config(config: DemoConfig) -> None:
     check_number(config.seed, _flag("seed"), integer=True)
     for name in ("components", "batch_size"):
         check_number(getattr(config, name), name, 1, integer=True)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise HSpaceError(f"--out: a folder for the report expected, but {out} is an existing file")
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise HSpaceError(f"--out: {out} cannot be created: {blocking} is a file, not a folder")
+    check_out_folder(config.out)
     if config.model is not None and not Path(config.model).is_dir():
         what = "a file" if Path(config.model).exists() else "no such folder"
         raise HSpaceError(f"--model: a diffusers pixel-DDPM folder expected, got {config.model} ({what})")
