@@ -25,7 +25,9 @@ from .direction import Direction
 from .experiments import (balanced_subset, change_rate, class_direction, class_means, class_transfer_groups, cyclic_targets,
                           edit_groups, hit_rate)
 from .discovery.pca import pca_directions
-from .discovery.supervised import disentangle, mean_difference, top_bottom_k
+from .discovery.disentangle import attribute_direction
+from .discovery.supervised import disentangle, mean_difference, supervised_direction, top_bottom_k
+from .evaluation import ATTRIBUTES, evaluate_direction
 from .errors import HSpaceError
 from .fileio import save_direction
 from .imaging import image_grid
@@ -35,6 +37,11 @@ from .schedule import window_sigmas
 
 # The sweeps show the top 4 principal components, and PCA of n samples has at most n - 1.
 MIN_SAMPLES = 5
+# The disentangled-attribute experiment: its attribute, and the held-out seeds it is measured on.
+DEMO_ATTRIBUTE = "slant"
+HELD_OUT_SEED = 100000
+DEMO_EVAL_SAMPLES = 24
+DISENTANGLE_MIN_SAMPLES = 64  # classes of ~6 samples (4 per group at least) and 17 noise statistics
 
 
 @dataclass
@@ -168,6 +175,9 @@ def _run(config: DemoConfig, pipe: HSpacePipeline, sigmas: torch.Tensor, out: Pa
     report.timed("ink direction", start)
 
     if embedded:
+        start = time.perf_counter()
+        _disentangled_experiment(pipe, evaluator, config, report, trajectory, images, x_T, sigmas, out, log)
+        report.timed("disentangled attribute", start)
         _digit_experiments(pipe, evaluator, config, report, images, x_T, sigmas, pcs[0], out, log)
 
     (out / "summary.json").write_text(json.dumps(asdict(report), indent=2))
@@ -216,6 +226,44 @@ def _ink_experiment(pipe, config, report, trajectory, images, x_T, sigmas, seeds
         f" with noise brightness and changes ink by {numbers['ink_change_raw_direction_x2']:+.3f} at x2; "
         f"disentangled: {numbers['ink_change_disentangled_x2']:+.3f} (random direction of the same norm: "
         f"|{numbers['ink_change_random_x2']:.3f}|)")
+
+
+def _disentangled_experiment(pipe, evaluator, config, report, trajectory, images, x_T, sigmas, out, log) -> None:
+    """A digit attribute (slant) edited by Haas's raw top-K minus bottom-K direction and by the disentangled one
+    (scores freed of what x_T predicts, top minus bottom within each class, per std), both measured on held-out
+    seeds (evaluate_direction): intended share, x random, class kept, other attributes, linearity."""
+    target = DEMO_ATTRIBUTE
+    if len(images) < DISENTANGLE_MIN_SAMPLES:
+        log(f"{target}: the disentangled-direction experiment needs --samples {DISENTANGLE_MIN_SAMPLES} or more; skipped")
+        return
+    scores = ATTRIBUTES[target](images)
+    keys = trajectory.timesteps.tolist()
+    meta = {"method": "supervised", "attribute": target, "fingerprint": pipe.fingerprint}
+    labels = evaluator.predict(images)[0]
+    directions = {
+        "raw": Direction(supervised_direction(trajectory.h, scores, max(1, len(scores) // 8)), keys, meta),
+        "disentangled": Direction(attribute_direction(trajectory.h, scores, groups=labels, x_T=x_T,
+                                                              min_group=4), keys,
+                                  {**meta, "disentangled_from": "x_T statistics, class"})}
+    save_direction(directions["disentangled"], out / f"{target}_disentangled.safetensors")
+    held_out = pipe.noise(range(config.seed + HELD_OUT_SEED, config.seed + HELD_OUT_SEED + DEMO_EVAL_SAMPLES), sigmas)
+    strengths = (-2.0, -1.0, 0.0, 1.0, 2.0)
+    tiles = []
+    for name, direction in directions.items():
+        result = evaluate_direction(pipe, direction, held_out, sigmas, target, classifier=evaluator,
+                                    strengths=(-1.0, 1.0, 2.0), random_directions=1)
+        one = result.strengths[1]
+        report.numbers[f"{target}_{name}"] = {
+            "intended_share_at_+-1": round(min(result.at(-1.0).intended_share, one.intended_share), 3),
+            "x_random_at_+1": round(one.ratio_to_random, 2), "class_kept_at_+1": round(one.class_kept, 3),
+            "worst_other_over_target_at_+1": round(one.worst_other_over_effect, 2),
+            "linearity_x2_over_x1": round(result.linearity, 2)}
+        result.chart().save(out / f"{target}_{name}_evaluation.png")
+        log(f"{target}, {name} direction on {DEMO_EVAL_SAMPLES} held-out seeds: {report.numbers[f'{target}_{name}']}")
+        tiles += [pipe.edit(held_out[:4], sigmas, [(direction, s)]) for s in strengths]
+    grid = torch.stack(tiles).view(2, len(strengths), 4, *held_out.shape[1:]).permute(0, 2, 1, 3, 4, 5).flatten(0, 2)
+    image_grid(grid, ncols=len(strengths), upscale=4, col_labels=[f"{s:+.0f}" for s in strengths],
+               row_labels=["raw"] * 4 + ["disent."] * 4).save(out / f"{target}_raw_vs_disentangled.png")
 
 
 def _digit_experiments(pipe, evaluator, config, report, images, x_T, sigmas, pc0, out, log) -> None:
@@ -271,7 +319,8 @@ def _summary_markdown(report: Report) -> str:
     lines += [f"- {name}: {value}" for name, value in report.numbers.items()]
     lines += ["", "## Seconds", ""] + [f"- {name}: {value}" for name, value in report.seconds.items()]
     lines += ["", "## Pictures", ""]
-    for picture in ("samples", "pca_spectrum", "pc0_sweep", "pc1_sweep", "ink_sweep", "class_transfer"):
+    for picture in ("samples", "pca_spectrum", "pc0_sweep", "pc1_sweep", "ink_sweep", f"{DEMO_ATTRIBUTE}_raw_vs_disentangled",
+                    f"{DEMO_ATTRIBUTE}_raw_evaluation", f"{DEMO_ATTRIBUTE}_disentangled_evaluation", "class_transfer"):
         lines.append(f"![{picture}]({picture}.png)")
     lines += ["", "## Configuration", "", "```json", json.dumps(report.config, indent=2), "```", ""]
     return "\n".join(lines)

@@ -156,3 +156,48 @@ def test_evaluation_bad_input(kwargs, message):
     with pytest.raises(HSpaceError, match=message):
         evaluate_direction(ShiftPipe(), Direction(torch.ones(2, 2, 2)), arguments["x_T"], torch.ones(3),
                            arguments["target"], strengths=kwargs.get("strengths", (1.0,)))
+
+
+def known_result():
+    x_T = 0.1 * torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    return evaluate_direction(ShiftPipe(), Direction(torch.full((2, 2, 2), 0.01)), x_T, torch.ones(3), "slant",
+                              strengths=(-1.0, 1.0, 2.0))
+
+
+def test_evaluate_direction_node_shows_the_library_report_and_chart(monkeypatch):
+    from nodes import evaluate
+    from nodes.registry import NODE_CLASS_MAPPINGS
+
+    calls = []
+    monkeypatch.setattr(evaluate, "evaluate_on_model", lambda *a, **k: calls.append((a, k)) or known_result())
+    direction = Direction(torch.ones(64, 4, 4))
+    out = NODE_CLASS_MAPPINGS["HSpaceEvaluateDirection"]().evaluate([direction], "thickness", 16, 5, 10, 3, True)
+    report, chart = out["result"]
+    assert report == known_result().report() and out["ui"]["text"] == [report]
+    assert chart.shape == (1, 360, 720, 3) and 0 <= float(chart.min()) <= float(chart.max()) <= 1
+    (args, kwargs), = calls
+    assert args == (direction, "thickness") and kwargs == {"samples": 16, "first_seed": 5, "steps": 10,
+                                                            "random_directions": 3, "allow_foreign": True}
+    with pytest.raises(HSpaceError, match="target"):
+        NODE_CLASS_MAPPINGS["HSpaceEvaluateDirection"]().evaluate([direction], "size", 16, 5, 10, 3, True)
+
+
+def test_hspace_evaluate_writes_json_and_chart_on_the_embedded_model(tmp_path, capsys):
+    """Two held-out seeds at 2 steps, one strength: the command runs the library on the embedded model."""
+    from hspace_core.cli import main
+    from hspace_core.fileio import save_direction
+
+    direction = Direction(0.5 * torch.randn(64, 4, 4, generator=torch.Generator().manual_seed(0)))
+    path = save_direction(direction, tmp_path / "d.safetensors")
+    folder = tmp_path / "eval"
+    assert main(["evaluate", str(path), "--target", "thickness", "--samples", "2", "--steps", "2",
+                 "--strengths", "1", "--random-directions", "1", "--out", str(folder)]) == 0
+    saved = json.loads((folder / "evaluation.json").read_text())
+    assert [row["strength"] for row in saved["strengths"]] == [1.0] and (folder / "evaluation.png").is_file()
+    assert "class_kept" in capsys.readouterr().out
+    for argv, message in ((["--target", "size"], "--target: one of slant"),
+                          (["--target", "slant", "--samples", "1"], "samples"),
+                          (["--target", "slant", "--out", str(path)], "--out")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", str(path), *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

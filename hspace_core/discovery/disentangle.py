@@ -70,11 +70,13 @@ def noise_residual_scores(scores: torch.Tensor | Sequence[float], x_T: torch.Ten
 
 def stratified_mean_difference(h: torch.Tensor, scores: torch.Tensor | Sequence[float],
                                groups: torch.Tensor | Sequence[int], fraction: float = 0.25,
-                               min_group: int = 8) -> torch.Tensor:
+                               min_group: int = 8, per_std: bool = False) -> torch.Tensor:
     """Top-scored minus bottom-scored mean h within each group, averaged over groups weighted by their size.
 
     Within a group of n samples the top and bottom ``max(1, round(fraction·n))`` are compared, so every
     difference compares like with like (one class, say); groups under ``min_group`` samples are skipped.
+    ``per_std``: divided by the same average of the groups' score gaps (top mean − bottom mean) in units of the
+    scores' std, so strength 1 is the h change that comes with one std of the score (a slope, not a gap).
     """
     if h.ndim < 2 or h.shape[0] == 0:
         raise HSpaceError(f"h [n, ...] with at least one sample expected, got shape {list(h.shape)}")
@@ -88,7 +90,7 @@ def stratified_mean_difference(h: torch.Tensor, scores: torch.Tensor | Sequence[
         raise HSpaceError(f"a fraction in (0, 0.5] of each group expected, got {fraction}")
     if min_group < 2:
         raise HSpaceError(f"min_group of at least 2 expected (a top and a bottom sample), got {min_group}")
-    total, weight = None, 0
+    total, weight, gap = None, 0, 0.0
     for group in groups.unique():
         rows = (groups == group).nonzero().flatten()
         if len(rows) < min_group:
@@ -98,22 +100,29 @@ def stratified_mean_difference(h: torch.Tensor, scores: torch.Tensor | Sequence[
         difference = mean_difference(h[order[:k]], h[order[-k:]]).double() * len(rows)
         total = difference if total is None else total + difference
         weight += len(rows)
+        gap += float(scores[order[:k]].mean() - scores[order[-k:]].mean()) * len(rows)
     if total is None:
         sizes = torch.bincount(torch.unique(groups, return_inverse=True)[1]).tolist()
         raise HSpaceError(f"at least one group of {min_group} or more samples expected, got group sizes {sizes}")
+    if per_std:
+        if not gap > 0:
+            raise HSpaceError("per_std: the scores are constant within every group; there is no gap to scale by")
+        weight = gap / float(scores.std())
     return (total / weight).to(h.dtype if h.is_floating_point() else torch.float32)
 
 
 def attribute_direction(h: torch.Tensor, scores: torch.Tensor | Sequence[float],
                         groups: torch.Tensor | Sequence[int] | None = None, x_T: torch.Tensor | None = None,
                         nuisance: Sequence[torch.Tensor] = (), fraction: float = 0.25, min_group: int = 8,
-                        noise_grid: int = 4) -> torch.Tensor:
+                        noise_grid: int = 4, per_std: bool = True) -> torch.Tensor:
     """A supervised direction for one attribute with the confounds taken out, each step optional:
 
     1. ``x_T`` given (generated samples): scores → :func:`noise_residual_scores`;
     2. ``groups`` given (e.g. the classifier's class): :func:`stratified_mean_difference`, else the plain top
        minus bottom ``fraction`` of all samples;
     3. ``nuisance`` directions (of one sample's h shape) projected out jointly (:func:`disentangle`).
+
+    ``per_std`` (default): strength 1 is one std of the (residual) score, see :func:`stratified_mean_difference`.
     """
     scores = _scores(scores, h.shape[0] if h.ndim else 0)
     if x_T is not None:
@@ -122,5 +131,5 @@ def attribute_direction(h: torch.Tensor, scores: torch.Tensor | Sequence[float],
         scores = noise_residual_scores(scores, x_T, noise_grid)
     if groups is None:
         groups = torch.zeros(h.shape[0], dtype=torch.long)
-    direction = stratified_mean_difference(h, scores, groups, fraction, min_group)
+    direction = stratified_mean_difference(h, scores, groups, fraction, min_group, per_std)
     return disentangle(direction, list(nuisance)) if len(nuisance) else direction
