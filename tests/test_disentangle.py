@@ -69,7 +69,7 @@ def test_groups_too_small_are_skipped():
     groups = torch.tensor([0] * 20 + [1] * 10)
     skipped = stratified_mean_difference(h, scores, groups, min_group=11)
     only_first = stratified_mean_difference(h[:20], scores[:20], groups[:20], min_group=11)
-    torch.testing.assert_close(skipped, only_first)
+    assert torch.equal(skipped, only_first)
 
 
 @pytest.mark.parametrize("call,message", [
@@ -182,18 +182,22 @@ def test_evaluate_direction_node_shows_the_library_report_and_chart(monkeypatch)
         NODE_CLASS_MAPPINGS["HSpaceEvaluateDirection"]().evaluate([direction], "size", 16, 5, 10, 3, True)
 
 
-def test_hspace_evaluate_writes_json_and_chart_on_the_embedded_model(tmp_path, capsys):
-    """Two held-out seeds at 2 steps, one strength: the command runs the library on the embedded model."""
+def test_hspace_evaluate_writes_json_and_chart(tmp_path, capsys):
+    """Two held-out seeds at 2 steps, one strength, on a user's (tiny) model: no classifier, so no class figures."""
     from hspace_core.cli import main
     from hspace_core.fileio import save_direction
+    from tiny import tiny_unet
 
-    direction = Direction(0.5 * torch.randn(64, 4, 4, generator=torch.Generator().manual_seed(0)))
+    model = tmp_path / "model"
+    tiny_unet(channels=1, size=8).save_pretrained(model / "unet")
+    direction = Direction(0.5 * torch.randn(16, 4, 4, generator=torch.Generator().manual_seed(0)))
     path = save_direction(direction, tmp_path / "d.safetensors")
     folder = tmp_path / "eval"
-    assert main(["evaluate", str(path), "--target", "thickness", "--samples", "2", "--steps", "2",
-                 "--strengths", "1", "--random-directions", "1", "--out", str(folder)]) == 0
+    assert main(["evaluate", str(path), "--model", str(model), "--target", "thickness", "--samples", "2", "--steps",
+                 "2", "--strengths", "1", "--random-directions", "1", "--out", str(folder)]) == 0
     saved = json.loads((folder / "evaluation.json").read_text())
     assert [row["strength"] for row in saved["strengths"]] == [1.0] and (folder / "evaluation.png").is_file()
+    assert saved["strengths"][0]["class_kept"] != saved["strengths"][0]["class_kept"]  # nan: no classifier
     assert "class_kept" in capsys.readouterr().out
     for argv, message in ((["--target", "size"], "--target: one of slant"),
                           (["--target", "slant", "--samples", "1"], "samples"),
