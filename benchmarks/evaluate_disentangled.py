@@ -28,7 +28,7 @@ import time
 import torch
 
 from hspace_core.direction import Direction
-from hspace_core.discovery.disentangle import (attribute_direction, noise_statistics, stratified_mean_difference)
+from hspace_core.discovery.attribute import (attribute_direction, noise_statistics, stratified_mean_difference)
 from hspace_core.discovery.supervised import supervised_direction
 from hspace_core.embedded import load_evaluator
 from hspace_core.evaluation import ATTRIBUTES, evaluate_direction, measure_all

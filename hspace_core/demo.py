@@ -25,7 +25,7 @@ from .direction import Direction
 from .experiments import (balanced_subset, change_rate, class_direction, class_means, class_transfer_groups, cyclic_targets,
                           edit_groups, hit_rate)
 from .discovery.pca import pca_directions
-from .discovery.disentangle import attribute_direction
+from .discovery.attribute import attribute_direction
 from .discovery.supervised import disentangle, mean_difference, supervised_direction, top_bottom_k
 from .evaluation import ATTRIBUTES, evaluate_direction
 from .errors import HSpaceError

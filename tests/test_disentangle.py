@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hspace_core.direction import Direction
-from hspace_core.discovery.disentangle import (attribute_direction, noise_residual_scores, noise_statistics,
+from hspace_core.discovery.attribute import (attribute_direction, noise_residual_scores, noise_statistics,
                                                stratified_mean_difference)
 from hspace_core.discovery.supervised import supervised_direction
 from hspace_core.errors import HSpaceError
