@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .arithmetic import random_like
+from .bottleneck import EditSpec
 from .checks import check_number
 from .direction import Direction
 from .experiments import (balanced_subset, change_rate, class_direction, class_means, class_transfer_groups, cyclic_targets,
@@ -248,7 +249,7 @@ def _disentangled_experiment(pipe, evaluator, config, report, trajectory, images
     save_direction(directions["disentangled"], out / f"{target}_disentangled.safetensors")
     held_out = pipe.noise(range(config.seed + HELD_OUT_SEED, config.seed + HELD_OUT_SEED + DEMO_EVAL_SAMPLES), sigmas)
     strengths = (-2.0, -1.0, 0.0, 1.0, 2.0)
-    tiles = []
+    sweep = []
     for name, direction in directions.items():
         result = evaluate_direction(pipe, direction, held_out, sigmas, target, classifier=evaluator,
                                     strengths=(-1.0, 1.0, 2.0), random_directions=1)
@@ -260,8 +261,11 @@ def _disentangled_experiment(pipe, evaluator, config, report, trajectory, images
             "linearity_x2_over_x1": round(result.linearity, 2)}
         result.chart().save(out / f"{target}_{name}_evaluation.png")
         log(f"{target}, {name} direction on {DEMO_EVAL_SAMPLES} held-out seeds: {report.numbers[f'{target}_{name}']}")
-        tiles += [pipe.edit(held_out[:4], sigmas, [(direction, s)]) for s in strengths]
-    grid = torch.stack(tiles).view(2, len(strengths), 4, *held_out.shape[1:]).permute(0, 2, 1, 3, 4, 5).flatten(0, 2)
+        sweep += [EditSpec(direction, s, torch.arange(4 * (len(sweep) + i), 4 * (len(sweep) + i + 1)))
+                  for i, s in enumerate(strengths)]
+    # one batched run: rows 4i..4i+3 are the first 4 held-out samples at the i-th (direction, strength)
+    edited = pipe.edit(held_out[:4].repeat(len(sweep), 1, 1, 1), sigmas, sweep)
+    grid = edited.view(2, len(strengths), 4, *held_out.shape[1:]).permute(0, 2, 1, 3, 4, 5).flatten(0, 2)
     image_grid(grid, ncols=len(strengths), upscale=4, col_labels=[f"{s:+.0f}" for s in strengths],
                row_labels=["raw"] * 4 + ["disent."] * 4).save(out / f"{target}_raw_vs_disentangled.png")
 
