@@ -55,10 +55,11 @@ def slant(images: torch.Tensor) -> torch.Tensor:
 
 
 def thickness(images: torch.Tensor) -> torch.Tensor:
-    """Stroke thickness in pixels: the ink's area over half its outline length (sum of |gradient|)."""
+    """Stroke thickness in pixels: the ink's area over half its outline length (sum of |gradient|), at most the
+    image's shorter side (an image that is all ink, with no outline, would otherwise measure near infinity)."""
     ink, _, _ = _ink(images)
     outline = (ink.diff(dim=1).abs().sum((1, 2)) + ink.diff(dim=2).abs().sum((1, 2))) / 2
-    return ink.sum((1, 2)) / outline.clamp(min=1e-9)
+    return (ink.sum((1, 2)) / outline.clamp(min=1e-9)).clamp(max=min(ink.shape[-2:]))
 
 
 def vertical_centre(images: torch.Tensor) -> torch.Tensor:

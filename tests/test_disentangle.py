@@ -102,6 +102,7 @@ def test_attribute_measures_read_what_they_say():
         bar[2, 0, row, 12 - (row - 3) // 2] = 1
     widths = thickness(bar)
     assert widths[0] == pytest.approx(10 / 11) and widths[1] == pytest.approx(20 / 12)
+    assert float(thickness(torch.ones(1, 1, 16, 16))) == 16  # all ink, no outline: capped at the image side
     assert abs(float(slant(bar)[0])) < 1e-9 and float(slant(bar)[2]) > 0.4
     assert float(horizontal_centre(bar)[0]) == pytest.approx(7 / 16)
     assert float(vertical_centre(bar)[0]) == pytest.approx(7.5 / 16)
