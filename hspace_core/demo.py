@@ -2,7 +2,8 @@
 
 On the embedded MNIST model (default) it runs, in a few minutes on 2 CPU cores:
 capture h over generated samples -> PCA directions (spectrum, strength sweeps, class-change rate vs a
-random direction) -> an attribute direction measured from pixels (ink) -> DDIM inversion of real
+random direction) -> an attribute direction measured from pixels (ink) -> a digit attribute (slant) edited by
+the raw and the disentangled supervised direction, both measured on held-out seeds -> DDIM inversion of real
 held-out digits (reconstruction error; exact edit-friendly inversion) -> class-to-class directions from
 their h (per-timestep mean differences) -> Asyrp edits of the real digits (target-class hit rate vs a
 random direction of the same per-step norm). Everything lands in a report folder.
