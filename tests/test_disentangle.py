@@ -161,8 +161,9 @@ def test_evaluation_bad_input(kwargs, message):
 
 def known_result():
     x_T = 0.1 * torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(2))
-    return evaluate_direction(ShiftPipe(), Direction(torch.full((2, 2, 2), 0.01)), x_T, torch.ones(3), "slant",
-                              strengths=(-1.0, 1.0, 2.0))
+    measures = {"brightness": lambda im: im.mean((1, 2, 3)), "corner": lambda im: im[:, 0, 0, 0]}
+    return evaluate_direction(ShiftPipe(), Direction(torch.full((2, 2, 2), 0.01)), x_T, torch.ones(3), "brightness",
+                              measures, strengths=(-1.0, 1.0, 2.0))
 
 
 def test_evaluate_direction_node_shows_the_library_report_and_chart(monkeypatch):
