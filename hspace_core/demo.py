@@ -2,7 +2,8 @@
 
 On the embedded MNIST model (default) it runs, in a few minutes on 2 CPU cores:
 capture h over generated samples -> PCA directions (spectrum, strength sweeps, class-change rate vs a
-random direction) -> an attribute direction measured from pixels (ink) -> DDIM inversion of real
+random direction) -> an attribute direction measured from pixels (ink) -> a digit attribute (slant) edited by
+the raw and the disentangled supervised direction, both measured on held-out seeds -> DDIM inversion of real
 held-out digits (reconstruction error; exact edit-friendly inversion) -> class-to-class directions from
 their h (per-timestep mean differences) -> Asyrp edits of the real digits (target-class hit rate vs a
 random direction of the same per-step norm). Everything lands in a report folder.
@@ -20,12 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .arithmetic import random_like
+from .bottleneck import EditSpec
 from .checks import check_number
 from .direction import Direction
 from .experiments import (balanced_subset, change_rate, class_direction, class_means, class_transfer_groups, cyclic_targets,
                           edit_groups, hit_rate)
 from .discovery.pca import pca_directions
-from .discovery.supervised import disentangle, mean_difference, top_bottom_k
+from .discovery.attribute import attribute_direction
+from .discovery.supervised import disentangle, mean_difference, supervised_direction, top_bottom_k
+from .evaluation import ATTRIBUTES, evaluate_direction
 from .errors import HSpaceError
 from .fileio import save_direction
 from .imaging import image_grid
@@ -35,6 +39,11 @@ from .schedule import window_sigmas
 
 # The sweeps show the top 4 principal components, and PCA of n samples has at most n - 1.
 MIN_SAMPLES = 5
+# The disentangled-attribute experiment: its attribute, and the held-out seeds it is measured on.
+DEMO_ATTRIBUTE = "slant"
+HELD_OUT_SEED = 100000
+DEMO_EVAL_SAMPLES = 24
+DISENTANGLE_MIN_SAMPLES = 64  # classes of ~6 samples (4 per group at least) and 17 noise statistics
 
 
 @dataclass
@@ -64,6 +73,16 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an --out that is a file or lies under one."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HSpaceError(f"--out: a folder for the report expected, but {out} is an existing file")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise HSpaceError(f"--out: {out} cannot be created: {blocking} is a file, not a folder")
+
+
 def check_config(config: DemoConfig) -> None:
     """Refuse bad settings before any work, naming the command-line flag of each."""
     check_number(config.samples, _flag("samples"), MIN_SAMPLES, integer=True)
@@ -72,12 +91,7 @@ def check_config(config: DemoConfig) -> None:
     check_number(config.seed, _flag("seed"), integer=True)
     for name in ("components", "batch_size"):
         check_number(getattr(config, name), name, 1, integer=True)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise HSpaceError(f"--out: a folder for the report expected, but {out} is an existing file")
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise HSpaceError(f"--out: {out} cannot be created: {blocking} is a file, not a folder")
+    check_out_folder(config.out)
     if config.model is not None and not Path(config.model).is_dir():
         what = "a file" if Path(config.model).exists() else "no such folder"
         raise HSpaceError(f"--model: a diffusers pixel-DDPM folder expected, got {config.model} ({what})")
@@ -163,6 +177,9 @@ def _run(config: DemoConfig, pipe: HSpacePipeline, sigmas: torch.Tensor, out: Pa
     report.timed("ink direction", start)
 
     if embedded:
+        start = time.perf_counter()
+        _disentangled_experiment(pipe, evaluator, config, report, trajectory, images, x_T, sigmas, out, log)
+        report.timed("disentangled attribute", start)
         _digit_experiments(pipe, evaluator, config, report, images, x_T, sigmas, pcs[0], out, log)
 
     (out / "summary.json").write_text(json.dumps(asdict(report), indent=2))
@@ -211,6 +228,47 @@ def _ink_experiment(pipe, config, report, trajectory, images, x_T, sigmas, seeds
         f" with noise brightness and changes ink by {numbers['ink_change_raw_direction_x2']:+.3f} at x2; "
         f"disentangled: {numbers['ink_change_disentangled_x2']:+.3f} (random direction of the same norm: "
         f"|{numbers['ink_change_random_x2']:.3f}|)")
+
+
+def _disentangled_experiment(pipe, evaluator, config, report, trajectory, images, x_T, sigmas, out, log) -> None:
+    """A digit attribute (slant) edited by Haas's raw top-K minus bottom-K direction and by the disentangled one
+    (scores freed of what x_T predicts, top minus bottom within each class, per std), both measured on held-out
+    seeds (evaluate_direction): intended share, x random, class kept, other attributes, linearity."""
+    target = DEMO_ATTRIBUTE
+    if len(images) < DISENTANGLE_MIN_SAMPLES:
+        log(f"{target}: the disentangled-direction experiment needs --samples {DISENTANGLE_MIN_SAMPLES} or more; skipped")
+        return
+    scores = ATTRIBUTES[target](images)
+    keys = trajectory.timesteps.tolist()
+    meta = {"method": "supervised", "attribute": target, "fingerprint": pipe.fingerprint}
+    labels = evaluator.predict(images)[0]
+    directions = {
+        "raw": Direction(supervised_direction(trajectory.h, scores, max(1, len(scores) // 8)), keys, meta),
+        "disentangled": Direction(attribute_direction(trajectory.h, scores, groups=labels, x_T=x_T,
+                                                              min_group=4), keys,
+                                  {**meta, "disentangled_from": "x_T statistics, class"})}
+    save_direction(directions["disentangled"], out / f"{target}_disentangled.safetensors")
+    held_out = pipe.noise(range(config.seed + HELD_OUT_SEED, config.seed + HELD_OUT_SEED + DEMO_EVAL_SAMPLES), sigmas)
+    strengths = (-2.0, -1.0, 0.0, 1.0, 2.0)
+    sweep = []
+    for name, direction in directions.items():
+        result = evaluate_direction(pipe, direction, held_out, sigmas, target, classifier=evaluator,
+                                    strengths=(-1.0, 1.0, 2.0), random_directions=1)
+        one = result.strengths[1]
+        report.numbers[f"{target}_{name}"] = {
+            "intended_share_at_+-1": round(min(result.at(-1.0).intended_share, one.intended_share), 3),
+            "x_random_at_+1": round(one.ratio_to_random, 2), "class_kept_at_+1": round(one.class_kept, 3),
+            "worst_other_over_target_at_+1": round(one.worst_other_over_effect, 2),
+            "linearity_x2_over_x1": round(result.linearity, 2)}
+        result.chart().save(out / f"{target}_{name}_evaluation.png")
+        log(f"{target}, {name} direction on {DEMO_EVAL_SAMPLES} held-out seeds: {report.numbers[f'{target}_{name}']}")
+        sweep += [EditSpec(direction, s, torch.arange(4 * (len(sweep) + i), 4 * (len(sweep) + i + 1)))
+                  for i, s in enumerate(strengths)]
+    # one batched run: rows 4i..4i+3 are the first 4 held-out samples at the i-th (direction, strength)
+    edited = pipe.edit(held_out[:4].repeat(len(sweep), 1, 1, 1), sigmas, sweep)
+    grid = edited.view(2, len(strengths), 4, *held_out.shape[1:]).permute(0, 2, 1, 3, 4, 5).flatten(0, 2)
+    image_grid(grid, ncols=len(strengths), upscale=4, col_labels=[f"{s:+.0f}" for s in strengths],
+               row_labels=["raw"] * 4 + ["disent."] * 4).save(out / f"{target}_raw_vs_disentangled.png")
 
 
 def _digit_experiments(pipe, evaluator, config, report, images, x_T, sigmas, pc0, out, log) -> None:
@@ -266,7 +324,8 @@ def _summary_markdown(report: Report) -> str:
     lines += [f"- {name}: {value}" for name, value in report.numbers.items()]
     lines += ["", "## Seconds", ""] + [f"- {name}: {value}" for name, value in report.seconds.items()]
     lines += ["", "## Pictures", ""]
-    for picture in ("samples", "pca_spectrum", "pc0_sweep", "pc1_sweep", "ink_sweep", "class_transfer"):
+    for picture in ("samples", "pca_spectrum", "pc0_sweep", "pc1_sweep", "ink_sweep", f"{DEMO_ATTRIBUTE}_raw_vs_disentangled",
+                    f"{DEMO_ATTRIBUTE}_raw_evaluation", f"{DEMO_ATTRIBUTE}_disentangled_evaluation", "class_transfer"):
         lines.append(f"![{picture}]({picture}.png)")
     lines += ["", "## Configuration", "", "```json", json.dumps(report.config, indent=2), "```", ""]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FAMILIES = ("loaders", "capture", "trajectories", "inversion", "discovery", "local_directions", "asyrp_train",
-            "directions", "apply")
+            "directions", "apply", "evaluate")
 
 log = logging.getLogger(__name__)
 

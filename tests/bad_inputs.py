@@ -23,6 +23,7 @@ import torch
 from hspace_core import arithmetic
 from hspace_core.bottleneck import Bottleneck, EditSpec
 from hspace_core.direction import Direction, Trajectory
+from hspace_core.discovery.attribute import attribute_direction, stratified_mean_difference
 from hspace_core.discovery.pca import pca_directions
 from hspace_core.errors import HSpaceError
 from hspace_core.pipeline import HSpacePipeline
@@ -303,6 +304,10 @@ LIBRARY: list[Case] = [
         pipe().fingerprint["h_shape"]))), "zero direction"),
     ("arithmetic: add different h shapes", lambda: arithmetic.add(direction(), _dir(torch.zeros(1, 1, 1))),
      "different h shapes"),
+    ("attribute direction: scores of another length", lambda: attribute_direction(
+        torch.randn(10, 2, 1, 1), torch.randn(9)), "one score per sample.*10 samples, 9 scores"),
+    ("attribute direction: NaN group labels", lambda: stratified_mean_difference(
+        torch.randn(10, 2, 1, 1), torch.randn(10), torch.full((10,), float("nan"))), "group labels.*NaN"),
 ]
 
 NODES: list[Case] = [
@@ -383,6 +388,10 @@ NODES: list[Case] = [
     ("node normalize: after projecting out itself", lambda: (lambda d: node("HSpaceNormalizeDirection").normalize(
         node("HSpaceProjectOutDirections").project_out(d, d)[0], False))(node_direction()), "zero direction"),
     ("node direction set: empty", lambda: node("HSpaceDirectionInfo").info([]), "empty direction set"),
+    ("node evaluate: unknown attribute", lambda: node("HSpaceEvaluateDirection").evaluate(
+        node_direction(), "size", 8, 0, 2, 1, False), "target"),
+    ("node evaluate: one sample", lambda: node("HSpaceEvaluateDirection").evaluate(
+        node_direction(), "slant", 1, 0, 2, 1, False), "samples"),
 ]
 
 CLI: list[Case] = [
