@@ -1,0 +1,128 @@
+"""The pack's nodes on a tiny random Flux-layout model built with ComfyUI's own classes, in-process.
+
+Run with ComfyUI's Python (tests/comfyui/test_transformer_comfyui.py does):
+
+    python transformer_check.py COMFYUI_PATH
+
+Builds ``comfy.ldm.flux.model.Flux`` with tiny parameters (hidden size 128, one head, 2 double and 2 single
+blocks, 16-channel latents, 32-wide text tokens), random weights, loads its state dict through
+``comfy.sd.load_diffusion_model_state_dict`` (ComfyUI detects the Flux layout: ``comfy.model_base.Flux`` with
+``ModelSamplingFlux``, a CONST model sampling, in a ModelPatcher), then runs Capture h, PCA, Apply Direction,
+the Asyrp Sampler and the Strength Sweep nodes on it, and prints what the test checks as JSON.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+LATENT = (2, 16, 8, 8)  # 2 images, 16 channels, 8x8 latents: 4x4 = 16 image tokens in 2x2 patches
+
+
+def random_state(module: torch.nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Fan-in scaled normal weights, small random biases, unit norm scales."""
+    out = {}
+    for name, tensor in module.state_dict().items():
+        if tensor.ndim == 1 and name.endswith("scale"):
+            out[name] = torch.ones(tensor.shape)
+        elif tensor.ndim == 1:
+            out[name] = 0.02 * torch.randn(tensor.shape, generator=generator)
+        else:
+            out[name] = torch.randn(tensor.shape, generator=generator) / tensor[0].numel() ** 0.5
+    return out
+
+
+def main(comfy_path: str) -> None:
+    sys.path.insert(0, comfy_path)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.ops
+    import comfy.sd
+    from comfy.ldm.flux.model import Flux
+
+    torch.set_num_threads(1)
+    flux = Flux(in_channels=16, out_channels=16, vec_in_dim=16, context_in_dim=32, hidden_size=128, mlp_ratio=4.0,
+                num_heads=1, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
+                qkv_bias=True, guidance_embed=False, txt_ids_dims=[], device="cpu",
+                operations=comfy.ops.disable_weight_init)
+    model = comfy.sd.load_diffusion_model_state_dict(random_state(flux, torch.Generator().manual_seed(0)))
+
+    repo = HERE.parents[1]  # the pack, imported under a fixed name whatever its folder is called
+    spec = importlib.util.spec_from_file_location("hspace_pack", repo / "__init__.py",
+                                                  submodule_search_locations=[str(repo)])
+    sys.modules["hspace_pack"] = pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    from hspace_pack.hspace_core.errors import HSpaceError
+    from hspace_pack.hspace_core.samplers import sample_ddim
+    from hspace_pack.nodes import _sampling, apply, capture, comfy_adapter, discovery
+
+    generator = torch.Generator().manual_seed(1)
+    positive = [[torch.randn(1, 5, 32, generator=generator), {"pooled_output": torch.randn(1, 16, generator=generator)}]]
+    latent = {"samples": torch.zeros(LATENT)}
+    sigmas = torch.linspace(1.0, 0.0, 5)
+    result = {"base_model": type(model.model).__name__,
+              "model_sampling": [c.__name__ for c in type(model.get_model_object("model_sampling")).__mro__],
+              "family": comfy_adapter.family(model), "default_site": comfy_adapter.default_site(model)}
+    site = "single_blocks.1.output"
+
+    trajectory, samples = capture.HSpaceCaptureH().capture(model, sigmas, latent, 4, 3, 1.0, 0.0, "memory", "x",
+                                                           site=site, positive=positive, negative=positive)
+    result["trajectory_shape"] = list(trajectory.h.shape)
+    result["trajectory_site"] = trajectory.meta["hook_site"]
+    result["fingerprint_site"] = trajectory.meta["fingerprint"]["site"]
+    result["timesteps"] = trajectory.timesteps.tolist()
+
+    # the plain sampler reproduces the capture's samples: the hook changes nothing when it only records
+    noise = _sampling.random_noise(latent, 3, model)
+    ddim = comfy_adapter.as_comfy_sampler(sample_ddim, form=_sampling.FLOW)
+    plain = _sampling.run_comfy_sampler(model, ddim, sigmas, latent, positive, positive, 1.0, noise, 3)["samples"]
+    result["capture_is_plain_sampling"] = torch.equal(plain, samples["samples"][:2])
+
+    directions = discovery.HSpacePCA().discover(trajectory, 2, True, True, "auto")["result"][0]
+    direction = directions[0]
+    result["direction_site"] = direction.meta["hook_site"]
+    result["direction_shape"] = list(direction.delta.shape)
+
+    def edited(strength: float, sampler=ddim) -> torch.Tensor:
+        patched = apply.HSpaceApplyDirection().apply(model, [direction], strength, "direction", 0.0, 1.0, "both",
+                                                     False)[0]
+        result.setdefault("replacements", sorted(map(list, patched.model_options["transformer_options"]
+                                                     ["patches_replace"]["dit"])))
+        return _sampling.run_comfy_sampler(patched, sampler, sigmas, latent, positive, positive, 2.0, noise,
+                                           3)["samples"]
+
+    reference = _sampling.run_comfy_sampler(model, ddim, sigmas, latent, positive, positive, 2.0, noise, 3)["samples"]
+    result["zero_is_bitwise_plain"] = torch.equal(edited(0.0), reference)
+    result["edit_change"] = float((edited(3.0) - reference).abs().max())
+
+    asyrp = apply.HSpaceAsyrpSampler().make(model, "asymmetric", 500, 0, 0.0, 1.0, 0)[0]
+    result["asyrp_zero_is_bitwise_plain"] = torch.equal(edited(0.0, asyrp), reference)
+    result["asyrp_edit_change"] = float((edited(3.0, asyrp) - reference).abs().max())
+
+    sweep = apply.HSpaceStrengthSweep().sweep(model, [direction], sigmas, {"samples": torch.zeros(1, 16, 8, 8)}, 3,
+                                              1.0, -2.0, 2.0, 3, "direction", 0.0, 1.0, "both", False, positive,
+                                              positive, vae=_LatentAsImage())
+    result["sweep_images"] = list(sweep["result"][1].shape)
+
+    try:
+        apply.apply_direction(model, [direction.with_delta(direction.delta, hook_site="double_blocks.0.output")],
+                              1.0, "direction", 0.0, 1.0, "both", False)
+    except HSpaceError as exc:
+        result["other_site_refused"] = str(exc)
+    print(json.dumps(result))
+
+
+class _LatentAsImage:
+    """A VAE stand-in for the sweep: the first three latent channels as an image [B, H, W, 3]."""
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        return samples[:, :3].movedim(1, -1).clamp(-1, 1) * 0.5 + 0.5
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
