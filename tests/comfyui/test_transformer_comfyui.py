@@ -1,7 +1,9 @@
-"""The pack's nodes on a tiny random Flux-layout model built with ComfyUI's own classes (needs COMFYUI_PATH).
+"""The pack's nodes on tiny random Flux- and SD3-layout models built with ComfyUI's own classes (needs
+COMFYUI_PATH).
 
-tests/comfyui/transformer_check.py runs in ComfyUI's Python: Capture h at a single block, PCA, Apply Direction
-(hooked through patches_replace["dit"]), the Asyrp Sampler in flow form and the Strength Sweep.
+tests/comfyui/transformer_check.py runs in ComfyUI's Python: Capture h at a block (Flux: a single block; SD3: a
+joint block), PCA, Apply Direction (hooked through patches_replace["dit"]), the Asyrp Sampler in flow form and
+the Strength Sweep.
 """
 from __future__ import annotations
 
@@ -16,41 +18,46 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def flux_result(comfyui_dir) -> dict:
+SITES = {"flux": ("Flux", "double_blocks.1.output", "single_blocks.1.output", ["single_block", 1]),
+         "sd3": ("SD3", "joint_blocks.1.output", "joint_blocks.0.output", ["double_block", 0])}
+
+
+@pytest.fixture(scope="module", params=sorted(SITES))
+def result(request, comfyui_dir) -> dict:
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
-    out = subprocess.run([python, str(HERE / "transformer_check.py"), str(comfyui_dir)], cwd=comfyui_dir,
+    out = subprocess.run([python, str(HERE / "transformer_check.py"), str(comfyui_dir), request.param], cwd=comfyui_dir,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "expected": SITES[request.param]}
 
 
-def test_comfyui_loads_the_layout_as_flux_with_flow_sampling(flux_result):
-    assert flux_result["base_model"] == "Flux" and "CONST" in flux_result["model_sampling"]
-    assert flux_result["family"] == "Flux" and flux_result["default_site"] == "double_blocks.1.output"
+def test_comfyui_loads_the_layout_with_flow_sampling(result):
+    family, default_site, _, _ = result["expected"]
+    assert result["base_model"] == family and "CONST" in result["model_sampling"]
+    assert result["family"] == family and result["default_site"] == default_site
 
 
-def test_capture_records_the_image_tokens_of_the_site(flux_result):
-    assert flux_result["trajectory_shape"] == [4, 4, 16, 128]  # 4 samples, 4 steps, 4x4 tokens, hidden 128
-    assert flux_result["trajectory_site"] == flux_result["fingerprint_site"] == "single_blocks.1.output"
-    assert flux_result["timesteps"] == pytest.approx([1000, 750, 500, 250])  # hspace's flow timesteps: 1000 sigma
-    assert flux_result["capture_is_plain_sampling"]
+def test_capture_records_the_image_tokens_of_the_site(result):
+    assert result["trajectory_shape"] == [4, 4, 16, 128]  # 4 samples, 4 steps, 4x4 tokens, hidden 128
+    assert result["trajectory_site"] == result["fingerprint_site"] == result["expected"][2]
+    assert result["timesteps"] == pytest.approx([1000, 750, 500, 250])  # hspace's flow timesteps: 1000 sigma
+    assert result["capture_is_plain_sampling"]
 
 
-def test_pca_direction_carries_the_site_and_apply_hooks_it(flux_result):
-    assert flux_result["direction_site"] == "single_blocks.1.output"
-    assert flux_result["direction_shape"] == [4, 16, 128]
-    assert flux_result["replacements"] == [["single_block", 1]]
-    assert "hook site" in flux_result["other_site_refused"]
+def test_pca_direction_carries_the_site_and_apply_hooks_it(result):
+    assert result["direction_site"] == result["expected"][2]
+    assert result["direction_shape"] == [4, 16, 128]
+    assert result["replacements"] == [result["expected"][3]]
+    assert "hook site" in result["other_site_refused"]
 
 
 @pytest.mark.parametrize("sampler", ["", "asyrp_"])
-def test_zero_direction_is_bitwise_plain_and_a_direction_changes_the_output(flux_result, sampler):
-    assert flux_result[f"{sampler}zero_is_bitwise_plain"]
-    assert flux_result[f"{sampler}edit_change"] > 1e-2
+def test_zero_direction_is_bitwise_plain_and_a_direction_changes_the_output(result, sampler):
+    assert result[f"{sampler}zero_is_bitwise_plain"]
+    assert result[f"{sampler}edit_change"] > 1e-2
 
 
-def test_strength_sweep_runs(flux_result):
-    assert flux_result["sweep_images"] == [3, 8, 8, 3]
+def test_strength_sweep_runs(result):
+    assert result["sweep_images"] == [3, 8, 8, 3]

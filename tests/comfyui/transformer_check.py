@@ -1,14 +1,15 @@
-"""The pack's nodes on a tiny random Flux-layout model built with ComfyUI's own classes, in-process.
+"""The pack's nodes on a tiny random Flux- or SD3-layout model built with ComfyUI's own classes, in-process.
 
 Run with ComfyUI's Python (tests/comfyui/test_transformer_comfyui.py does):
 
-    python transformer_check.py COMFYUI_PATH
+    python transformer_check.py COMFYUI_PATH flux|sd3
 
-Builds ``comfy.ldm.flux.model.Flux`` with tiny parameters (hidden size 128, one head, 2 double and 2 single
-blocks, 16-channel latents, 32-wide text tokens), random weights, loads its state dict through
-``comfy.sd.load_diffusion_model_state_dict`` (ComfyUI detects the Flux layout: ``comfy.model_base.Flux`` with
-``ModelSamplingFlux``, a CONST model sampling, in a ModelPatcher), then runs Capture h, PCA, Apply Direction,
-the Asyrp Sampler and the Strength Sweep nodes on it, and prints what the test checks as JSON.
+Builds ``comfy.ldm.flux.model.Flux`` (hidden size 128, one head, 2 double and 2 single blocks) or SD3's
+``OpenAISignatureMMDITWrapper`` (depth 2: hidden size 128, 2 joint blocks) with 16-channel latents, 32-wide text
+tokens and random weights, loads its state dict through ``comfy.sd.load_diffusion_model_state_dict`` (ComfyUI
+detects the layout: ``comfy.model_base.Flux`` / ``SD3`` with a CONST model sampling, in a ModelPatcher), then runs
+Capture h, PCA, Apply Direction, the Asyrp Sampler and the Strength Sweep nodes on it, and prints what the test
+checks as JSON.
 """
 from __future__ import annotations
 
@@ -36,21 +37,40 @@ def random_state(module: torch.nn.Module, generator: torch.Generator) -> dict[st
     return out
 
 
-def main(comfy_path: str) -> None:
+def build(family: str) -> torch.nn.Module:
+    import comfy.ops
+
+    if family == "flux":
+        from comfy.ldm.flux.model import Flux
+
+        return Flux(in_channels=16, out_channels=16, vec_in_dim=16, context_in_dim=32, hidden_size=128,
+                    mlp_ratio=4.0, num_heads=1, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56], theta=10000,
+                    patch_size=2, qkv_bias=True, guidance_embed=False, txt_ids_dims=[], device="cpu",
+                    operations=comfy.ops.disable_weight_init)
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+
+    return OpenAISignatureMMDITWrapper(
+        patch_size=2, in_channels=16, out_channels=16, depth=2, adm_in_channels=16, pos_embed_max_size=8,
+        num_patches=64, context_embedder_config={"target": "torch.nn.Linear",
+                                                 "params": {"in_features": 32, "out_features": 128}},
+        device="cpu", operations=comfy.ops.disable_weight_init)
+
+
+# the site captured and edited, and another one of the same model
+SITES = {"flux": ("single_blocks.1.output", "double_blocks.0.output"),
+         "sd3": ("joint_blocks.0.output", "joint_blocks.1.output")}
+
+
+def main(comfy_path: str, family: str) -> None:
     sys.path.insert(0, comfy_path)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
-    import comfy.ops
     import comfy.sd
-    from comfy.ldm.flux.model import Flux
 
     torch.set_num_threads(1)
-    flux = Flux(in_channels=16, out_channels=16, vec_in_dim=16, context_in_dim=32, hidden_size=128, mlp_ratio=4.0,
-                num_heads=1, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                qkv_bias=True, guidance_embed=False, txt_ids_dims=[], device="cpu",
-                operations=comfy.ops.disable_weight_init)
-    model = comfy.sd.load_diffusion_model_state_dict(random_state(flux, torch.Generator().manual_seed(0)))
+    network = build(family)
+    model = comfy.sd.load_diffusion_model_state_dict(random_state(network, torch.Generator().manual_seed(0)))
 
     repo = HERE.parents[1]  # the pack, imported under a fixed name whatever its folder is called
     spec = importlib.util.spec_from_file_location("hspace_pack", repo / "__init__.py",
@@ -68,7 +88,7 @@ def main(comfy_path: str) -> None:
     result = {"base_model": type(model.model).__name__,
               "model_sampling": [c.__name__ for c in type(model.get_model_object("model_sampling")).__mro__],
               "family": comfy_adapter.family(model), "default_site": comfy_adapter.default_site(model)}
-    site = "single_blocks.1.output"
+    site, other_site = SITES[family]
 
     trajectory, samples = capture.HSpaceCaptureH().capture(model, sigmas, latent, 4, 3, 1.0, 0.0, "memory", "x",
                                                            site=site, positive=positive, negative=positive)
@@ -110,7 +130,7 @@ def main(comfy_path: str) -> None:
     result["sweep_images"] = list(sweep["result"][1].shape)
 
     try:
-        apply.apply_direction(model, [direction.with_delta(direction.delta, hook_site="double_blocks.0.output")],
+        apply.apply_direction(model, [direction.with_delta(direction.delta, hook_site=other_site)],
                               1.0, "direction", 0.0, 1.0, "both", False)
     except HSpaceError as exc:
         result["other_site_refused"] = str(exc)
@@ -125,4 +145,4 @@ class _LatentAsImage:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
