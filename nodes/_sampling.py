@@ -88,11 +88,16 @@ def run_sampler(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[st
     """Run the sampler function ``fn`` (with keyword ``options``) through ComfyUI; ``(LATENT, fn's return value)``.
 
     The return value stays in model space (x_T and the noise terms of an inversion, for example);
-    ``start`` replaces the sampler's start x outright (a recorded x_T).
+    ``start`` replaces the sampler's start x outright (a recorded x_T). A flow-matching (CONST) model samples in
+    hspace's flow form; with neither noise nor start its start x is the latent itself (an inversion's image).
     """
     returned: dict[str, Any] = {}
-    if comfy_adapter.noise_form(model) is FLOW:
+    flow = comfy_adapter.noise_form(model) is FLOW
+    if flow:
         options = {"form": FLOW, **(options or {})}
+        if start is None and noise is None:  # no noise added: x is the latent itself, as in the VE form (ComfyUI's
+            # CONST noise scaling would start from (1 - sigma) latent, the zero latent at sigma 1)
+            start = comfy_adapter.base_model(model).process_latent_in(_latent_samples(model, latent))
 
     def recorded(model_k: Any, x: torch.Tensor, sigmas_k: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         returned["value"] = fn(model_k, x if start is None else start.to(x), sigmas_k, **kwargs)
@@ -102,6 +107,10 @@ def run_sampler(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[st
     sampler = comfy_adapter.as_comfy_sampler(recorded, **(options or {}))
     latent_out = run_comfy_sampler(model, sampler, sigmas, latent, positive, negative, cfg, noise, seed, node_id,
                                    progress)
+    if flow:  # the last x as it is, without ComfyUI's division by 1 - sigma (infinite for an inversion's x_T)
+        value = returned["value"]
+        last = comfy_adapter.base_model(model).process_latent_out(value[0] if isinstance(value, tuple) else value)
+        latent_out = latent_output(latent, last.to(latent_out["samples"]))
     return latent_out, returned.get("value")
 
 

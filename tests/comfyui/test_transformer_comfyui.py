@@ -61,3 +61,12 @@ def test_zero_direction_is_bitwise_plain_and_a_direction_changes_the_output(resu
 
 def test_strength_sweep_runs(result):
     assert result["sweep_images"] == [3, 8, 8, 3]
+
+
+def test_inversion_records_the_site_and_edit_friendly_reconstructs(result):
+    for method, steps in (("ddim", 9), ("edit_friendly", 10)):  # 10 generation steps; DDIM cannot invert s_1 -> 0
+        record = result[f"{method}_inversion"]
+        assert record["site"] == result["expected"][2] and record["steps"] == steps
+        assert record["x_T_finite"], method  # ComfyUI's CONST inverse noise scaling divides by 1 - sigma = 0
+    assert result["edit_friendly_inversion"]["reconstruction_error"] < 1e-4  # exact up to float32 rounding
+    assert result["asymmetric_zero_edit_is_bitwise_reconstruction"]

@@ -79,7 +79,7 @@ def main(comfy_path: str, family: str) -> None:
     spec.loader.exec_module(pack)
     from hspace_pack.hspace_core.errors import HSpaceError
     from hspace_pack.hspace_core.samplers import sample_ddim
-    from hspace_pack.nodes import _sampling, apply, capture, comfy_adapter, discovery
+    from hspace_pack.nodes import _sampling, apply, capture, comfy_adapter, discovery, inversion
 
     generator = torch.Generator().manual_seed(1)
     positive = [[torch.randn(1, 5, 32, generator=generator), {"pooled_output": torch.randn(1, 16, generator=generator)}]]
@@ -128,6 +128,23 @@ def main(comfy_path: str, family: str) -> None:
                                               1.0, -2.0, 2.0, 3, "direction", 0.0, 1.0, "both", False, positive,
                                               positive, vae=_LatentAsImage())
     result["sweep_images"] = list(sweep["result"][1].shape)
+
+    image = {"samples": torch.randn(1, 16, 8, 8, generator=generator)}
+    generation = torch.linspace(1.0, 0.0, 11)
+    for method in ("ddim", "edit_friendly"):
+        record, inverted, x_T = inversion.HSpaceInvertImage().invert(model, generation, image, method, 1.0, 1.0, 0,
+                                                                     site, positive, positive)
+        back = inversion.HSpaceSampleFromNoise().sample(model, record, "ddim", 500, 0, 1.0, 0, positive,
+                                                        positive)[0]["samples"]
+        result[f"{method}_inversion"] = {"site": inverted.meta["hook_site"], "steps": inverted.h.shape[1],
+                                         "x_T_finite": bool(torch.isfinite(x_T["samples"]).all()),
+                                         "reconstruction_error": float((back - image["samples"]).abs().max())}
+        if method == "edit_friendly":
+            patched = apply.HSpaceApplyDirection().apply(model, [direction], 0.0, "direction", 0.0, 1.0, "both",
+                                                         False)[0]
+            zero = inversion.HSpaceSampleFromNoise().sample(patched, record, "asymmetric", 500, 0, 1.0, 0, positive,
+                                                            positive)[0]["samples"]
+            result["asymmetric_zero_edit_is_bitwise_reconstruction"] = torch.equal(zero, back)
 
     try:
         apply.apply_direction(model, [direction.with_delta(direction.delta, hook_site=other_site)],
