@@ -26,7 +26,7 @@ SamplerFn = Callable[..., Any]
 
 def is_pixel_model(model: Any) -> bool:
     """Whether a MODEL is a pixel DDPM of the pack's loader (a diffusers UNet, unconditional)."""
-    return isinstance(comfy_adapter.check_unet(model), pixel_model.DiffusersUNetWrapper)
+    return isinstance(comfy_adapter.diffusion_model(model), pixel_model.DiffusersUNetWrapper)
 
 
 def conditioning(model: Any, value: list | None, which: str) -> list:

@@ -70,3 +70,13 @@ def test_inversion_records_the_site_and_edit_friendly_reconstructs(result):
         assert record["x_T_finite"], method  # ComfyUI's CONST inverse noise scaling divides by 1 - sigma = 0
     assert result["edit_friendly_inversion"]["reconstruction_error"] < 1e-4  # exact up to float32 rounding
     assert result["asymmetric_zero_edit_is_bitwise_reconstruction"]
+
+
+def test_jacobian_directions_at_the_site_and_pullback_refused(result):
+    jacobian = result["jacobian"]
+    if result["expected"][0] == "SD3":  # ComfyUI's MMDiT checkpoints every joint block: no torch.func through it
+        assert "torch.utils.checkpoint" in jacobian["refused"]
+        return
+    assert jacobian["count"] == 2 and jacobian["site"] == result["expected"][2]
+    assert jacobian["shape"] == [3, 16, 128] and jacobian["norm"] > 0  # 3 steps of [tokens, dim], scaled by sigma_1
+    assert "UNets" in result["pullback_refused"] and result["expected"][0] in result["pullback_refused"]

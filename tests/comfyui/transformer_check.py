@@ -79,7 +79,7 @@ def main(comfy_path: str, family: str) -> None:
     spec.loader.exec_module(pack)
     from hspace_pack.hspace_core.errors import HSpaceError
     from hspace_pack.hspace_core.samplers import sample_ddim
-    from hspace_pack.nodes import _sampling, apply, capture, comfy_adapter, discovery, inversion
+    from hspace_pack.nodes import _sampling, apply, capture, comfy_adapter, discovery, inversion, local_directions
 
     generator = torch.Generator().manual_seed(1)
     positive = [[torch.randn(1, 5, 32, generator=generator), {"pooled_output": torch.randn(1, 16, generator=generator)}]]
@@ -145,6 +145,21 @@ def main(comfy_path: str, family: str) -> None:
             zero = inversion.HSpaceSampleFromNoise().sample(patched, record, "asymmetric", 500, 0, 1.0, 0, positive,
                                                             positive)[0]["samples"]
             result["asymmetric_zero_edit_is_bitwise_reconstruction"] = torch.equal(zero, back)
+
+    try:
+        jacobian = local_directions.HSpaceJacobianDirections().discover(
+            model, torch.linspace(1.0, 0.0, 4), {"samples": torch.zeros(1, 16, 8, 8)}, 3, 2, 0, "subspace", 5, site,
+            source=positive, edit=positive)["result"][0]
+        result["jacobian"] = {"count": len(jacobian), "site": jacobian[0].meta["hook_site"],
+                              "shape": list(jacobian[0].delta.shape),
+                              "norm": float(jacobian[0].delta[0].norm())}  # unit vector times the singular value
+    except HSpaceError as exc:
+        result["jacobian"] = {"refused": str(exc)}
+    try:
+        local_directions.HSpacePullbackEdit().edit(model, sigmas, latent, 0, 500, 2, 0, "+", 1.0, 1, 0, 3,
+                                                   source=positive, edit=positive)
+    except HSpaceError as exc:
+        result["pullback_refused"] = str(exc)
 
     try:
         apply.apply_direction(model, [direction.with_delta(direction.delta, hook_site=other_site)],
