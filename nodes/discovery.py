@@ -95,6 +95,10 @@ class HSpaceSupervisedDirection:
                  unique_id: str | None = None) -> tuple[DirectionSet]:
         check_choice(method, "method", SUPERVISED_METHODS)
         positive, negative = in_memory(positive), in_memory(negative)
+        sites = [t.meta.get("hook_site", MID_BLOCK) for t in (positive, negative)]
+        if sites[0] != sites[1]:
+            raise HSpaceError(f"positive and negative trajectories must come from one hook site: {sites[0]!r} and "
+                              f"{sites[1]!r}")
         if positive.num_steps != negative.num_steps or not torch.allclose(positive.timesteps, negative.timesteps):
             raise HSpaceError(f"positive and negative trajectories must share their steps: timesteps "
                               f"{positive.timesteps.tolist()} and {negative.timesteps.tolist()}")

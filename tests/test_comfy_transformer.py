@@ -242,3 +242,19 @@ def test_apply_direction_hooks_the_direction_site_and_refuses_other_sites():
     wide = Direction(torch.ones(IMAGE, DIM + 1), meta={"hook_site": site})
     with pytest.raises(HSpaceError, match="h shape"):
         apply.apply_direction(model, [wide], 1.0, "direction", 0.0, 1.0, "both", True)
+
+
+def test_supervised_direction_keeps_the_site_and_refuses_two_sites():
+    from hspace_core.direction import Trajectory
+    from nodes import discovery
+
+    def trajectory(site: str, value: float) -> Trajectory:
+        return Trajectory(torch.full((2, 3, IMAGE, DIM), value), [900, 500, 100], [0.9, 0.5, 0.1], {"hook_site": site})
+
+    node = discovery.HSpaceSupervisedDirection()
+    (direction,) = node.discover(trajectory("double_blocks.1.output", 1.0), trajectory("double_blocks.1.output", 0.0),
+                                 "mean_difference")[0]
+    assert direction.meta["hook_site"] == "double_blocks.1.output" and direction.delta.shape == (3, IMAGE, DIM)
+    with pytest.raises(HSpaceError, match="one hook site"):
+        node.discover(trajectory("double_blocks.1.output", 1.0), trajectory("double_blocks.0.output", 0.0),
+                      "mean_difference")

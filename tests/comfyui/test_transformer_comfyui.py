@@ -51,6 +51,9 @@ def test_pca_direction_carries_the_site_and_apply_hooks_it(result):
     assert result["direction_shape"] == [4, 16, 128]
     assert result["replacements"] == [result["expected"][3]]
     assert "hook site" in result["other_site_refused"]
+    supervised = result["supervised"]  # mean difference of two halves of the capture
+    assert supervised["site"] == result["expected"][2] and supervised["shape"] == [4, 16, 128]
+    assert supervised["replacements"] == [result["expected"][3]]
 
 
 @pytest.mark.parametrize("sampler", ["", "asyrp_"])

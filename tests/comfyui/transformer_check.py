@@ -129,6 +129,13 @@ def main(comfy_path: str, family: str) -> None:
                                               positive, vae=_LatentAsImage())
     result["sweep_images"] = list(sweep["result"][1].shape)
 
+    supervised = discovery.HSpaceSupervisedDirection().discover(trajectory.select(slice(0, 2)),
+                                                                 trajectory.select(slice(2, 4)), "mean_difference")[0][0]
+    result["supervised"] = {"site": supervised.meta["hook_site"], "shape": list(supervised.delta.shape),
+                            "replacements": sorted(map(list, apply.apply_direction(
+                                model, [supervised], 1.0, "direction", 0.0, 1.0, "both", False).model_options[
+                                "transformer_options"]["patches_replace"]["dit"]))}
+
     image = {"samples": torch.randn(1, 16, 8, 8, generator=generator)}
     generation = torch.linspace(1.0, 0.0, 11)
     for method in ("ddim", "edit_friendly"):
