@@ -47,7 +47,8 @@ class _DiskStore(TrajectoryWriter):
 
 class HSpaceCaptureH:
     """Sample num_samples images (in batches of the latent's batch size, seeds seed, seed+1, ...) with DDIM and
-    record h, the UNet middle-block output (a transformer: the image tokens of the site's block), at every step: the data PCA and supervised directions are made from.
+    record h, the UNet middle-block output (a transformer: the image tokens of the site's block), at every step:
+    the data PCA and supervised directions are made from.
     Large captures can go to disk (output/<prefix>_NNNNN_/, one shard per batch), read back a shard at a time."""
 
     DESCRIPTION = __doc__
@@ -75,15 +76,15 @@ class HSpaceCaptureH:
                                                     "shards that PCA reads one at a time)"}),
                 "filename_prefix": ("STRING", {"default": "hspace_trajectories/capture",
                                                "tooltip": "with store = disk: the folder inside output/"}),
-                "site": _inputs.hook_site(),
             },
-            "optional": _inputs.optional_conditioning(),
+            "optional": {**_inputs.optional_conditioning(), "site": _inputs.hook_site()},
             "hidden": _inputs.HIDDEN,
         }
 
     def capture(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], num_samples: int, seed: int,
-                cfg: float, eta: float, store: str, filename_prefix: str, site: str = "auto", positive: list | None = None,
-                negative: list | None = None, unique_id: str | None = None) -> tuple[TrajectoryValue, dict[str, Any]]:
+                cfg: float, eta: float, store: str, filename_prefix: str, positive: list | None = None,
+                negative: list | None = None, site: str | None = None,
+                unique_id: str | None = None) -> tuple[TrajectoryValue, dict[str, Any]]:
         check_choice(store, "store", STORES)
         check_number(num_samples, "num_samples", 1, integer=True)
         check_number(eta, "eta", 0.0, 1.0)

@@ -74,7 +74,8 @@ def family(model: Any) -> str:
     kind = type(base_model(model)).__name__
     if kind not in TRANSFORMER_BLOCKS:
         raise HSpaceError(f"{kind} ({type(inner).__name__}) is not supported: {NON_UNET_REASON}")
-    missing = [name for name in TRANSFORMER_BLOCKS[kind] if not isinstance(getattr(inner, name, None), torch.nn.ModuleList)]
+    missing = [name for name in TRANSFORMER_BLOCKS[kind]
+               if not isinstance(getattr(inner, name, None), torch.nn.ModuleList)]
     if missing:
         raise HSpaceError(f"{kind} ({type(inner).__name__}) is not supported: its diffusion model lacks the block "
                           f"lists {missing} that hspace hooks through patches_replace['dit']")

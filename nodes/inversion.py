@@ -41,14 +41,13 @@ class HSpaceInvertImage:
                 "cfg": _inputs.cfg(),
                 "eta": _inputs.eta(1.0, "eta of edit-friendly inversion (> 0; 1 = DDPM); ignored by ddim"),
                 "seed": _inputs.seed("seed of the independent noisy images of edit-friendly inversion"),
-                "site": _inputs.hook_site(),
             },
-            "optional": _inputs.optional_conditioning(),
+            "optional": {**_inputs.optional_conditioning(), "site": _inputs.hook_site()},
             "hidden": _inputs.HIDDEN,
         }
 
     def invert(self, model: Any, sigmas: torch.Tensor, latent: dict[str, Any], method: str, cfg: float, eta: float,
-               seed: int, site: str = "auto", positive: list | None = None, negative: list | None = None,
+               seed: int, positive: list | None = None, negative: list | None = None, site: str | None = None,
                unique_id: str | None = None) -> tuple[Inversion, Trajectory, dict[str, Any]]:
         check_choice(method, "method", METHODS)
         check_number(eta, "eta", 0.0, 1.0)

@@ -103,9 +103,9 @@ class HSpaceJacobianDirections:
                                                                   "deflation"}),
                 "max_iter": ("INT", {"default": 50, "min": 1, "max": 1000,
                                      "tooltip": "iteration limit of the solver at each step"}),
-                "site": _inputs.hook_site(),
             },
             "optional": {"noise": _inputs.noise_record("an inversion's record: find directions for that real image"),
+                         "site": _inputs.hook_site(),
                          **_source_and_edit("the Jacobian"),
                          "mask": ("MASK", {"tooltip": "Haas's masked Jacobian: only eps inside the mask counts "
                                                       "(resized to the latent grid), for localised edits"})},
@@ -113,7 +113,7 @@ class HSpaceJacobianDirections:
         }
 
     def discover(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, num_vectors: int,
-                 step_index: int, method: str, max_iter: int, site: str = "auto", noise: Inversion | None = None,
+                 step_index: int, method: str, max_iter: int, site: str | None = None, noise: Inversion | None = None,
                  source: list | None = None, edit: list | None = None, clip: Any = None,
                  mask: torch.Tensor | None = None, unique_id: str | None = None) -> dict[str, Any]:
         check_choice(method, "method", JACOBIAN_METHODS)

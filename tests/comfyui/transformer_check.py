@@ -140,7 +140,7 @@ def main(comfy_path: str, family: str) -> None:
     generation = torch.linspace(1.0, 0.0, 11)
     for method in ("ddim", "edit_friendly"):
         record, inverted, x_T = inversion.HSpaceInvertImage().invert(model, generation, image, method, 1.0, 1.0, 0,
-                                                                     site, positive, positive)
+                                                                     positive, positive, site=site)
         back = inversion.HSpaceSampleFromNoise().sample(model, record, "ddim", 500, 0, 1.0, 0, positive,
                                                         positive)[0]["samples"]
         result[f"{method}_inversion"] = {"site": inverted.meta["hook_site"], "steps": inverted.h.shape[1],
