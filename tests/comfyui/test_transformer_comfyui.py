@@ -83,3 +83,7 @@ def test_jacobian_directions_at_the_site_and_pullback_refused(result):
     assert jacobian["count"] == 2 and jacobian["site"] == result["expected"][2]
     assert jacobian["shape"] == [3, 16, 128] and jacobian["norm"] > 0  # 3 steps of [tokens, dim], scaled by sigma_1
     assert "UNets" in result["pullback_refused"] and result["expected"][0] in result["pullback_refused"]
+
+
+def test_an_edit_at_the_default_site(result):  # Flux: a double block, where img holds the image tokens only
+    assert result["default_site_change_0"] == 0.0 and result["default_site_change_3"] > 1e-2

@@ -120,6 +120,14 @@ def main(comfy_path: str, family: str) -> None:
     result["zero_is_bitwise_plain"] = torch.equal(edited(0.0), reference)
     result["edit_change"] = float((edited(3.0) - reference).abs().max())
 
+    from hspace_pack.hspace_core.direction import Direction
+
+    at_default = Direction(torch.randn(16, 128, generator=generator), meta={"hook_site": result["default_site"]})
+    for strength in (0.0, 3.0):
+        patched = apply.apply_direction(model, [at_default], strength, "direction", 0.0, 1.0, "both", False)
+        out = _sampling.run_comfy_sampler(patched, ddim, sigmas, latent, positive, positive, 2.0, noise, 3)["samples"]
+        result[f"default_site_change_{strength:g}"] = float((out - reference).abs().max())
+
     asyrp = apply.HSpaceAsyrpSampler().make(model, "asymmetric", 500, 0, 0.0, 1.0, 0)[0]
     result["asyrp_zero_is_bitwise_plain"] = torch.equal(edited(0.0, asyrp), reference)
     result["asyrp_edit_change"] = float((edited(3.0, asyrp) - reference).abs().max())
