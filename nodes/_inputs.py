@@ -8,8 +8,18 @@ from ._types import DIRECTION, NOISE, TRAJECTORY
 Spec = tuple[str, dict[str, Any]]
 
 
-def model(tooltip: str = "a UNet MODEL (SD1.x/2.x/XL checkpoint, or a pixel DDPM from the hspace loader)") -> Spec:
+def model(tooltip: str = "a UNet MODEL (SD1.x/2.x/XL checkpoint, or a pixel DDPM from the hspace loader), or a "
+                         "Flux or SD3 transformer") -> Spec:
     return ("MODEL", {"tooltip": tooltip})
+
+
+def hook_site() -> Spec:
+    return ("STRING", {"default": "auto", "tooltip": "where h is read: auto = a UNet's middle block, or the middle "
+                                                     "block of a transformer's first block list (Flux: "
+                                                     "double_blocks.<n/2>.output, SD3: joint_blocks.<n/2>.output); "
+                                                     "or a block output such as double_blocks.3.output, "
+                                                     "single_blocks.10.output (image tokens only). Directions "
+                                                     "remember it and Apply Direction hooks the same site"})
 
 
 def sigmas(tooltip: str = "the sampling schedule, e.g. BasicScheduler with ddim_uniform") -> Spec:

@@ -15,7 +15,7 @@ from ..hspace_core.bottleneck import Bottleneck
 from ..hspace_core.checks import check_number
 from ..hspace_core.direction import Trajectory, model_fingerprint
 from ..hspace_core.errors import HSpaceError
-from ..hspace_core.schedule import check_sigmas, window_sigmas
+from ..hspace_core.schedule import FLOW, FlowSchedule, check_sigmas, window_sigmas
 
 from . import _comfy, comfy_adapter, pixel_model
 from ._display import beside, enlarged
@@ -28,7 +28,7 @@ SamplerFn = Callable[..., Any]
 
 def is_pixel_model(model: Any) -> bool:
     """Whether a MODEL is a pixel DDPM of the pack's loader (a diffusers UNet, unconditional)."""
-    return isinstance(comfy_adapter.check_unet(model), pixel_model.DiffusersUNetWrapper)
+    return isinstance(comfy_adapter.diffusion_model(model), pixel_model.DiffusersUNetWrapper)
 
 
 def conditioning(model: Any, value: list | None, which: str) -> list:
@@ -51,10 +51,15 @@ def pixel_preview(model: Any, edited: torch.Tensor, original: torch.Tensor | Non
     return _comfy.preview_images(shown)
 
 
-def fingerprint(model: Any, h_shape: tuple[int, ...]) -> dict[str, Any]:
-    """hspace's model fingerprint of a ComfyUI MODEL (architecture, h shape, sampled weights hash)."""
+def fingerprint(model: Any, h_shape: tuple[int, ...], hook_site: str | None = None) -> dict[str, Any]:
+    """hspace's model fingerprint of a ComfyUI MODEL (architecture, h shape, sampled weights hash; a transformer's
+    hook site, which a UNet's middle block leaves out as the default)."""
     arch = type(comfy_adapter.base_model(model)).__name__
-    return model_fingerprint(comfy_adapter.check_unet(model), arch, h_shape)
+    if comfy_adapter.family(model) == "unet":
+        comfy_adapter.resolve_site(model, hook_site)
+        return model_fingerprint(comfy_adapter.check_unet(model), arch, h_shape)
+    return {**model_fingerprint(comfy_adapter.diffusion_model(model), arch, h_shape),
+            "site": comfy_adapter.resolve_site(model, hook_site)}
 
 
 def _latent_samples(model: Any, latent: dict[str, Any]) -> torch.Tensor:
@@ -96,9 +101,16 @@ def run_sampler(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[st
     """Run the sampler function ``fn`` (with keyword ``options``) through ComfyUI; ``(LATENT, fn's return value)``.
 
     The return value stays in model space (x_T and the noise terms of an inversion, for example);
-    ``start`` replaces the sampler's start x outright (a recorded x_T).
+    ``start`` replaces the sampler's start x outright (a recorded x_T). A flow-matching (CONST) model samples in
+    hspace's flow form; with neither noise nor start its start x is the latent itself (an inversion's image).
     """
     returned: dict[str, Any] = {}
+    flow = comfy_adapter.noise_form(model) is FLOW
+    if flow:
+        options = {"form": FLOW, **(options or {})}
+        if start is None and noise is None:  # no noise added: x is the latent itself, as in the VE form (ComfyUI's
+            # CONST noise scaling would start from (1 - sigma) latent, the zero latent at sigma 1)
+            start = comfy_adapter.base_model(model).process_latent_in(_latent_samples(model, latent))
 
     def recorded(model_k: Any, x: torch.Tensor, sigmas_k: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         returned["value"] = fn(model_k, x if start is None else start.to(x), sigmas_k, **kwargs)
@@ -108,6 +120,10 @@ def run_sampler(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[st
     sampler = comfy_adapter.as_comfy_sampler(recorded, **(options or {}))
     latent_out = run_comfy_sampler(model, sampler, sigmas, latent, positive, negative, cfg, noise, seed, node_id,
                                    progress)
+    if flow:  # the last x as it is, without ComfyUI's division by 1 - sigma (infinite for an inversion's x_T)
+        value = returned["value"]
+        last = comfy_adapter.base_model(model).process_latent_out(value[0] if isinstance(value, tuple) else value)
+        latent_out = latent_output(latent, last.to(latent_out["samples"]))
     return latent_out, returned.get("value")
 
 
@@ -118,7 +134,7 @@ def asyrp_options(model: Any, mode: str, t_edit: float, t_boost: float,
     With the schedule known, a window that no step falls in is refused (hspace_core's ``window_sigmas``).
     """
     if sigmas is not None:
-        sigma_edit, sigma_boost = window_sigmas(comfy_adapter.vp_schedule(model), sigmas, t_edit, t_boost)
+        sigma_edit, sigma_boost = window_sigmas(comfy_adapter.schedule(model), sigmas, t_edit, t_boost)
         return {"mode": mode, "sigma_edit": sigma_edit, "sigma_boost": sigma_boost}
     check_timestep(model, t_edit, "t_edit")
     check_timestep(model, t_boost, "t_boost")
@@ -131,7 +147,10 @@ def asyrp_options(model: Any, mode: str, t_edit: float, t_boost: float,
 
 def check_timestep(model: Any, timestep: float, name: str) -> float:
     """A timestep inside the model's range, [0, number of training timesteps - 1]."""
-    last = len(comfy_adapter.model_sampling(model).sigmas) - 1
+    if comfy_adapter.noise_form(model) is FLOW:
+        last = FlowSchedule().num_train_timesteps - 1
+    else:
+        last = len(comfy_adapter.model_sampling(model).sigmas) - 1
     return check_number(timestep, f"{name} (the model's timesteps)", 0, last)
 
 
@@ -143,12 +162,14 @@ def random_noise(latent: dict[str, Any], seed: int, model: Any) -> torch.Tensor:
 def capture(model: Any, fn: SamplerFn, sigmas: torch.Tensor, latent: dict[str, Any], positive: list | None,
             negative: list | None, cfg: float, noise: torch.Tensor | None, seed: int,
             meta: dict[str, Any] | None = None, node_id: str | None = None, options: dict[str, Any] | None = None,
-            progress: Progress | None = None) -> tuple[dict[str, Any], Any, Trajectory]:
-    """:func:`run_sampler` on a copy of the model that records h on every call; the cond rows' trajectory."""
+            progress: Progress | None = None, hook_site: str | None = None) -> tuple[dict[str, Any], Any, Trajectory]:
+    """:func:`run_sampler` on a copy of the model that records h at the hook site on every call; the cond rows'
+    trajectory, with the site in its meta (``hook_site``) and fingerprint."""
+    site = comfy_adapter.resolve_site(model, hook_site)
     controller = Bottleneck(capture=True)
-    patched = comfy_adapter.patch_model(model, controller)
+    patched = comfy_adapter.patch_model(model, controller, hook_site=site)
     latent_out, value = run_sampler(patched, fn, sigmas, latent, positive, negative, cfg, noise, seed,
                                      node_id=node_id, options=options, progress=progress)
-    trajectory = controller.trajectory("cond", meta)
-    trajectory.meta["fingerprint"] = fingerprint(model, tuple(trajectory.h.shape[2:]))
+    trajectory = controller.trajectory("cond", {**(meta or {}), "hook_site": site})
+    trajectory.meta["fingerprint"] = fingerprint(model, tuple(trajectory.h.shape[2:]), site)
     return latent_out, value, trajectory

@@ -9,7 +9,8 @@ from ..hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
 from ..hspace_core.checks import check_choice, check_number
 from ..hspace_core.errors import HSpaceError
 from ..hspace_core.samplers import MODES, sample_asyrp, sample_ddim
-from ..hspace_core.schedule import at_or_above, check_sigmas
+from ..hspace_core.schedule import FLOW, at_or_above, check_sigmas
+from ..hspace_core.sites import MID_BLOCK
 
 from . import _comfy, _inputs, _sampling, comfy_adapter
 from ._grid import labelled_grid
@@ -33,17 +34,21 @@ def apply_direction(model: Any, directions: DirectionSet, strength: float, windo
     """A patched clone of ``model`` that adds ``strength`` times the direction to h inside the window: the
     direction's own edit window, or start_percent..end_percent."""
     direction = single(directions)
-    direction.check_model(_sampling.fingerprint(model, _model_h_shape(model, direction)), allow_foreign)
+    site = comfy_adapter.resolve_site(model, direction.meta.get("hook_site", MID_BLOCK))
+    direction.check_model(_sampling.fingerprint(model, _model_h_shape(model, direction), site), allow_foreign)
     if window not in WINDOWS:
         raise HSpaceError(f"window must be one of {WINDOWS}, got {window!r}")
     timesteps = comfy_adapter.percent_window(model, start_percent, end_percent) if window == "percent" else None
     controller = Bottleneck([EditSpec(direction, strength)], window=timesteps, rows=rows)
-    return comfy_adapter.patch_model(model, controller)
+    return comfy_adapter.patch_model(model, controller, hook_site=site)
 
 
 def _model_h_shape(model: Any, direction: Any) -> tuple[int, ...]:
     """The model's h shape as far as it is known before sampling: the channels its middle block puts out (the
-    output bias of its last layer) and the direction's spatial size (the model's follows the latent)."""
+    output bias of its last layer; a transformer's token width) and the direction's spatial size or token count
+    (the model's follows the latent)."""
+    if comfy_adapter.family(model) != "unet":
+        return (direction.h_shape[0], comfy_adapter.token_dim(model) or direction.h_shape[-1])
     last = list(comfy_adapter.check_unet(model).middle_block.parameters())[-1]
     return (int(last.shape[0]), *direction.h_shape[1:])
 
@@ -131,6 +136,8 @@ class HSpaceAsyrpSampler:
         check_number(eta, "eta", 0.0, 1.0)
         check_number(eta_boost, "eta_boost", 0.0, 1.0)
         options = _sampling.asyrp_options(model, mode, t_edit, t_boost)
+        if comfy_adapter.noise_form(model) is FLOW:
+            options["form"] = FLOW
         return (comfy_adapter.as_comfy_sampler(_asyrp_in_window, **options, eta=eta, eta_boost=eta_boost, seed=seed),)
 
 
@@ -200,7 +207,8 @@ class HSpaceStrengthSweep:
         noise = _sampling.random_noise(latent_image, seed, model)
         steps = len(check_sigmas(sigmas)) - 1
         previews = _comfy.preview_callback(model, count * steps)
-        sampler = sampler or comfy_adapter.as_comfy_sampler(sample_ddim)
+        flow = {"form": FLOW} if comfy_adapter.noise_form(model) is FLOW else {}
+        sampler = sampler or comfy_adapter.as_comfy_sampler(sample_ddim, **flow)
         columns = []
         for i, strength in enumerate(strengths):
             patched = apply_direction(model, direction, strength, window, start_percent, end_percent, rows,

@@ -47,7 +47,8 @@ class _DiskStore(TrajectoryWriter):
 
 class HSpaceCaptureH:
     """Sample num_samples images (in batches of the latent's batch size, seeds seed, seed+1, ...) with DDIM and
-    record h, the UNet middle-block output, at every step: the data PCA and supervised directions are made from.
+    record h, the UNet middle-block output (a transformer: the image tokens of the site's block), at every step:
+    the data PCA and supervised directions are made from.
     Large captures can go to disk (output/<prefix>_NNNNN_/, one shard per batch), read back a shard at a time."""
 
     DESCRIPTION = __doc__
@@ -81,13 +82,14 @@ class HSpaceCaptureH:
                 "filename_prefix": ("STRING", {"default": "hspace_trajectories/capture",
                                                "tooltip": "with store = disk: the folder inside output/"}),
             },
-            "optional": _inputs.optional_conditioning(),
+            "optional": {**_inputs.optional_conditioning(), "site": _inputs.hook_site()},
             "hidden": _inputs.HIDDEN,
         }
 
     def capture(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], num_samples: int, seed: int,
                 cfg: float, eta: float, store: str, filename_prefix: str, positive: list | None = None,
-                negative: list | None = None, unique_id: str | None = None) -> tuple[TrajectoryValue, dict[str, Any]]:
+                negative: list | None = None, site: str | None = None,
+                unique_id: str | None = None) -> tuple[TrajectoryValue, dict[str, Any]]:
         check_choice(store, "store", STORES)
         check_number(num_samples, "num_samples", 1, integer=True)
         check_number(eta, "eta", 0.0, 1.0)
@@ -105,7 +107,7 @@ class HSpaceCaptureH:
                     model, sample_ddim, sigmas, latent_image, positive, negative, cfg,
                     _sampling.random_noise(latent_image, seed + i, model), seed + i,
                     meta={"seed": seed, "eta": eta, "cfg": cfg}, options={"eta": eta, "seed": seed + i + 1},
-                    progress=progress)
+                    progress=progress, hook_site=site)
                 sink.append(trajectory.select(slice(0, num_samples - i * batch)))
                 latents.append(latent["samples"])
             captured = sink.close()

@@ -2,10 +2,15 @@
 
 ComfyUI is imported only inside functions (through :mod:`._comfy`), so this module imports in plain pytest.
 
-The hook site is ComfyUI's ``middle_block_after_patch`` (``ModelPatcher.set_model_middle_block_after_patch``),
+The hook site of a UNet is ComfyUI's ``middle_block_after_patch`` (``ModelPatcher.set_model_middle_block_after_patch``),
 registered on a ``model.clone()``; on ComfyUI versions without it, an ``output_block_patch`` that acts only at
-block ``("output", 0)``, where ``h`` is still the middle-block output. The patch reads the timestep of the call,
-the cond/uncond chunk labels and the per-call flags a sampler put under ``transformer_options["hspace"]``.
+block ``("output", 0)``, where ``h`` is still the middle-block output. A Flux or SD3 transformer is hooked at the
+output of one block through ComfyUI's block replacement, ``patches_replace["dit"][("double_block" | "single_block",
+i)]`` (``ModelPatcher.set_model_patch_replace``), which both families' forwards call with the block's inputs and the
+``original_block``; the controller sees that block's image tokens ``[B, tokens, dim]`` (text tokens and Kontext
+reference tokens pass unchanged). The patch reads the timestep of the call, the cond/uncond chunk labels and the
+per-call flags a sampler put under ``transformer_options["hspace"]``. The timesteps of a flow-matching (CONST) model
+are hspace's ``1000 sigma`` (:class:`~hspace_core.schedule.FlowSchedule`) for every family, as in the library.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..hspace_core.errors import HSpaceError
+from ..hspace_core.schedule import FLOW, FlowSchedule, NoiseForm, VE
+from ..hspace_core.sites import MID_BLOCK, HookSite
 
 from . import _comfy
 
@@ -23,9 +30,15 @@ Controller = Callable[..., torch.Tensor]
 
 FLAGS_KEY = "hspace"
 MIDDLE_PATCH = "middle_block_after_patch"
-NON_UNET_REASON = ("h-space editing acts on the output of a UNet's middle block; this model has no "
-                   "diffusion_model.middle_block (DiT/MMDiT models such as SD3, Flux, PixArt, WAN and "
-                   "Stable Cascade's stages have no spatial bottleneck)")
+NON_UNET_REASON = ("hspace hooks the output of a UNet's middle block, or a block of a Flux or SD3 transformer "
+                   "through ComfyUI's patches_replace['dit']; this model has no diffusion_model.middle_block and "
+                   "is none of those transformer families (other DiT/MMDiT families such as PixArt, WAN, Chroma "
+                   "and Stable Cascade's stages are not supported)")
+# The transformer families whose forward honours patches_replace["dit"] block replacements (checked in
+# comfy/ldm/flux/model.py and comfy/ldm/modules/diffusionmodules/mmdit.py): ComfyUI's BaseModel class name ->
+# {block list attribute of the diffusion model: the replacement's block name}.
+TRANSFORMER_BLOCKS = {"Flux": {"double_blocks": "double_block", "single_blocks": "single_block"},
+                      "SD3": {"joint_blocks": "double_block"}}
 
 
 # -- model inspection -------------------------------------------------------------------------------------
@@ -51,6 +64,67 @@ def check_unet(model: Any) -> Any:
         kind = type(base_model(model)).__name__
         raise HSpaceError(f"{kind} ({type(inner).__name__}) is not supported: {NON_UNET_REASON}")
     return inner
+
+
+def family(model: Any) -> str:
+    """"unet" for a model with a middle block, else its transformer family ("Flux", "SD3"); others are refused."""
+    inner = diffusion_model(model)
+    if getattr(inner, "middle_block", None) is not None:
+        return "unet"
+    kind = type(base_model(model)).__name__
+    if kind not in TRANSFORMER_BLOCKS:
+        raise HSpaceError(f"{kind} ({type(inner).__name__}) is not supported: {NON_UNET_REASON}")
+    missing = [name for name in TRANSFORMER_BLOCKS[kind]
+               if not isinstance(getattr(inner, name, None), torch.nn.ModuleList)]
+    if missing:
+        raise HSpaceError(f"{kind} ({type(inner).__name__}) is not supported: its diffusion model lacks the block "
+                          f"lists {missing} that hspace hooks through patches_replace['dit']")
+    if noise_form(model) is not FLOW:
+        raise HSpaceError(f"{kind} with model sampling {type(model_sampling(model)).__name__} is not supported: hspace "
+                          "runs transformers in the rectified-flow form (ComfyUI's CONST model sampling)")
+    return kind
+
+
+def noise_form(model: Any) -> NoiseForm:
+    """FLOW for a model whose model sampling is ComfyUI's CONST (rectified flow), else VE (k-diffusion's form)."""
+    classes = {cls.__name__ for cls in type(model_sampling(model)).__mro__}
+    return FLOW if "CONST" in classes else VE
+
+
+def default_site(model: Any) -> str:
+    """The hook site "auto" means: a UNet's middle block, a transformer's middle block of its first block list."""
+    kind = family(model)
+    if kind == "unet":
+        return MID_BLOCK
+    blocks = next(iter(TRANSFORMER_BLOCKS[kind]))
+    return HookSite("block", blocks, len(getattr(diffusion_model(model), blocks)) // 2).name
+
+
+def resolve_site(model: Any, site: str | None = "auto") -> str:
+    """The hook site name for a MODEL: ``site`` checked against the model ("auto" or None: :func:`default_site`)."""
+    if site in (None, "", "auto"):
+        return default_site(model)
+    kind = family(model)
+    parsed = HookSite.parse(site)
+    if kind == "unet":
+        if parsed.kind != "mid_block":
+            raise HSpaceError(f"a UNet is hooked at its middle block ({MID_BLOCK!r}), got the hook site {site!r}")
+        return parsed.name
+    names = TRANSFORMER_BLOCKS[kind]
+    if parsed.kind != "block" or parsed.blocks not in names:
+        choices = " or ".join(f"'{name}.<i>.output'" for name in names)
+        raise HSpaceError(f"{kind} is hooked at a block output through ComfyUI's block replacements: a hook site "
+                          f"{choices} expected, got {site!r}")
+    count = len(getattr(diffusion_model(model), parsed.blocks))
+    if parsed.index >= count:
+        raise HSpaceError(f"{kind} has {count} {parsed.blocks}: index {parsed.index} is out of range")
+    return parsed.name
+
+
+def token_dim(model: Any) -> int | None:
+    """The width of a transformer's tokens (its ``hidden_size``), None where the diffusion model does not say."""
+    size = getattr(diffusion_model(model), "hidden_size", None)
+    return int(size) if size is not None else None
 
 
 def model_sampling(model: Any) -> Any:
@@ -120,6 +194,41 @@ class OutputBlockPatch(_ControllerPatch):
         return self.apply(h, transformer_options), hsp
 
 
+class BlockReplacePatch(_ControllerPatch):
+    """A ``patches_replace["dit"]`` block replacement: runs the block (or a replacement registered before it), then
+    passes the image tokens of its output through the controller. In Flux's single blocks ``img`` is text + image
+    tokens, the image part at ``transformer_options["img_slice"]``; Kontext's reference tokens (appended after the
+    image tokens, ``transformer_options["reference_image_num_tokens"]``) are not part of h."""
+
+    def __init__(self, controller: Controller, sampling: Any, earlier: Callable[..., dict] | None = None):
+        super().__init__(controller, sampling)
+        self.earlier = earlier
+
+    def __call__(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        out = self.earlier(args, extra) if self.earlier is not None else extra["original_block"](args)
+        options = args.get("transformer_options") or {}
+        img = out["img"]
+        start, end = (options["img_slice"] if "txt" not in args and "img_slice" in options else (0, img.shape[1]))
+        end -= sum(options.get("reference_image_num_tokens") or [])
+        h = img[:, start:end]
+        new = self.apply(h, options)
+        if new is h:
+            return out
+        return {**out, "img": torch.cat([img[:, :start], new.to(img.dtype), img[:, end:]], dim=1)}
+
+
+def _patch_transformer(model: Any, controller: Controller, kind: str, site: str) -> Any:
+    parsed = HookSite.parse(site)
+    patched = model.clone()
+    key = (TRANSFORMER_BLOCKS[kind][parsed.blocks], parsed.index)
+    options = getattr(patched, "model_options", {}).get("transformer_options", {})
+    earlier = (options.get("patches_replace") or {}).get("dit", {}).get(key)
+    sampling = timestep_schedule(patched)
+    patched.set_model_patch_replace(BlockReplacePatch(controller, sampling, earlier), "dit", *key)
+    _publish_shifts_at(patched, controller, sampling)
+    return patched
+
+
 def has_middle_block_patch(model: Any) -> bool:
     """Whether this ComfyUI's ModelPatcher offers ``set_model_middle_block_after_patch``."""
     return hasattr(model, "set_model_middle_block_after_patch")
@@ -128,15 +237,24 @@ def has_middle_block_patch(model: Any) -> bool:
 SITES = ("auto", "middle", "output0")
 
 
-def patch_model(model: Any, controller: Controller, site: str = "auto") -> Any:
-    """A clone of the MODEL whose middle-block output goes through ``controller(h, t, cond_or_uncond, flags)``.
+def patch_model(model: Any, controller: Controller, site: str = "auto", hook_site: str | None = None) -> Any:
+    """A clone of the MODEL whose h at the hook site goes through ``controller(h, t, cond_or_uncond, flags)``.
 
-    ``site``: "middle" = ``middle_block_after_patch``; "output0" = the ``output_block_patch`` fallback at block
-    ("output", 0) (same h, for ComfyUI versions without the middle patch); "auto" = the first available.
-    The input MODEL is never changed. Models without a middle block are refused with :class:`HSpaceError`.
+    ``hook_site`` (:mod:`~hspace_core.sites`; None = :func:`default_site`): a UNet's middle block, or for Flux /
+    SD3 a block output (``"double_blocks.<i>.output"``, ``"single_blocks.<i>.output"``, ``"joint_blocks.<i>.output"``,
+    hooked by a ``patches_replace["dit"]`` block replacement). ``site``, a UNet's patch point: "middle" =
+    ``middle_block_after_patch``; "output0" = the ``output_block_patch`` fallback at block ("output", 0) (same h,
+    for ComfyUI versions without the middle patch); "auto" = the first available.
+    The input MODEL is never changed. Unsupported models are refused with :class:`HSpaceError`.
     """
     if site not in SITES:
         raise HSpaceError(f"site must be one of {SITES}, got {site!r}")
+    kind = family(model)
+    if kind != "unet":
+        if site != "auto":
+            raise HSpaceError(f"site {site!r} is a UNet patch point; {kind} is hooked through patches_replace['dit']")
+        return _patch_transformer(model, controller, kind, resolve_site(model, hook_site))
+    resolve_site(model, hook_site)
     inner = check_unet(model)
     patched = model.clone()
     sampling = model_sampling(patched)
@@ -213,15 +331,26 @@ def vp_schedule(model: Any) -> Any:
     return VPSchedule(1.0 / (1.0 + sigmas ** 2))
 
 
+def timestep_schedule(model: Any) -> Any:
+    """What converts sigmas and timesteps for a MODEL: its model sampling, or for a flow model hspace's
+    :class:`~hspace_core.schedule.FlowSchedule` (timestep = 1000 sigma for every family, as in the library)."""
+    return FlowSchedule() if noise_form(model) is FLOW else model_sampling(model)
+
+
+def schedule(model: Any) -> Any:
+    """hspace_core's schedule of a MODEL: the :class:`FlowSchedule` of a flow model, else :func:`vp_schedule`."""
+    return FlowSchedule() if noise_form(model) is FLOW else vp_schedule(model)
+
+
 def timestep_to_sigma(model: Any, timestep: float | torch.Tensor) -> torch.Tensor:
-    """ComfyUI's sigma for a model timestep (log-linear interpolation between integer steps)."""
-    ms = model_sampling(model)
+    """ComfyUI's sigma for a model timestep (log-linear interpolation between integer steps; t / 1000 for flow)."""
+    ms = timestep_schedule(model)
     return ms.sigma(torch.as_tensor(timestep, dtype=torch.float32, device=_device(ms))).cpu()
 
 
 def sigma_to_timestep(model: Any, sigma: float | torch.Tensor) -> torch.Tensor:
-    """ComfyUI's model timestep for a sigma (the nearest step in log sigma)."""
-    ms = model_sampling(model)
+    """ComfyUI's model timestep for a sigma (the nearest step in log sigma; 1000 sigma for flow)."""
+    ms = timestep_schedule(model)
     return ms.timestep(torch.as_tensor(sigma, dtype=torch.float32, device=_device(ms))).cpu()
 
 

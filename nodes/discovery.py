@@ -15,6 +15,7 @@ from ..hspace_core.discovery.supervised import linear_probe_direction, mean_diff
 from ..hspace_core.embedded import load_evaluator
 from ..hspace_core.errors import HSpaceError
 from ..hspace_core.fileio import ShardedTrajectory
+from ..hspace_core.sites import MID_BLOCK
 
 from . import _comfy, _inputs, comfy_adapter
 from ._display import spectrum_chart
@@ -60,7 +61,7 @@ class HSpacePCA:
         result = pca_directions(h_source(trajectory), num_components, per_timestep=per_timestep, method=method,
                                 callback=comfy_adapter.progress_callback(chunks, unique_id))
         first = first_chunk(trajectory)
-        meta = {"fingerprint": first.meta.get("fingerprint")}
+        meta = {"fingerprint": first.meta.get("fingerprint"), "hook_site": first.meta.get("hook_site", MID_BLOCK)}
         directions = [result.to_direction(i, first.timesteps.tolist(), scaled, meta)
                       for i in range(result.num_components)]
         ratios = result.explained_variance_ratio.mean(0).tolist()
@@ -94,6 +95,10 @@ class HSpaceSupervisedDirection:
                  unique_id: str | None = None) -> tuple[DirectionSet]:
         check_choice(method, "method", SUPERVISED_METHODS)
         positive, negative = in_memory(positive), in_memory(negative)
+        sites = [t.meta.get("hook_site", MID_BLOCK) for t in (positive, negative)]
+        if sites[0] != sites[1]:
+            raise HSpaceError(f"positive and negative trajectories must come from one hook site: {sites[0]!r} and "
+                              f"{sites[1]!r}")
         if positive.num_steps != negative.num_steps or not torch.allclose(positive.timesteps, negative.timesteps):
             raise HSpaceError(f"positive and negative trajectories must share their steps: timesteps "
                               f"{positive.timesteps.tolist()} and {negative.timesteps.tolist()}")
@@ -103,7 +108,7 @@ class HSpaceSupervisedDirection:
             progress = comfy_adapter.progress_callback(100, unique_id)
             delta = linear_probe_direction(positive.h, negative.h, callback=progress)
         meta = {"method": f"supervised:{method}", "num_samples": positive.num_samples + negative.num_samples,
-                "fingerprint": positive.meta.get("fingerprint")}
+                "fingerprint": positive.meta.get("fingerprint"), "hook_site": positive.meta.get("hook_site", MID_BLOCK)}
         return ([Direction(delta, positive.timesteps.tolist(), meta)],)
 
 

@@ -48,24 +48,25 @@ class HSpaceInvertImage:
                 "eta": _inputs.eta(1.0, "eta of edit-friendly inversion (> 0; 1 = DDPM); ignored by ddim"),
                 "seed": _inputs.seed("seed of the independent noisy images of edit-friendly inversion"),
             },
-            "optional": _inputs.optional_conditioning(),
+            "optional": {**_inputs.optional_conditioning(), "site": _inputs.hook_site()},
             "hidden": _inputs.HIDDEN,
         }
 
     def invert(self, model: Any, sigmas: torch.Tensor, latent: dict[str, Any], method: str, cfg: float, eta: float,
-               seed: int, positive: list | None = None, negative: list | None = None,
+               seed: int, positive: list | None = None, negative: list | None = None, site: str | None = None,
                unique_id: str | None = None) -> tuple[Inversion, Trajectory, dict[str, Any]]:
         check_choice(method, "method", METHODS)
         check_number(eta, "eta", 0.0, 1.0)
         meta = {"source": "inversion", "method": method}
         if method == "ddim":
             x_T, value, trajectory = _sampling.capture(model, invert_ddim, inversion_sigmas(sigmas), latent,
-                                                       positive, negative, cfg, None, seed, meta, unique_id)
+                                                       positive, negative, cfg, None, seed, meta, unique_id,
+                                                       hook_site=site)
             record = Inversion(value, sigmas, None, 0.0, trajectory, method, latent["samples"])
         else:
             x_T, value, trajectory = _sampling.capture(model, invert_edit_friendly, sigmas, latent, positive,
                                                        negative, cfg, None, seed, meta, unique_id,
-                                                       {"eta": eta, "seed": seed})
+                                                       {"eta": eta, "seed": seed}, hook_site=site)
             record = Inversion(value[0], sigmas, value[1], eta, trajectory, method, latent["samples"])
         return record, trajectory, x_T
 

@@ -110,6 +110,7 @@ class HSpaceJacobianDirections:
                                      "tooltip": "iteration limit of the solver at each step"}),
             },
             "optional": {"noise": _inputs.noise_record("an inversion's record: find directions for that real image"),
+                         "site": _inputs.hook_site(),
                          **_source_and_edit("the Jacobian"),
                          "mask": ("MASK", {"tooltip": "Haas's masked Jacobian: only eps inside the mask counts "
                                                       "(resized to the latent grid), for localised edits"})},
@@ -117,7 +118,7 @@ class HSpaceJacobianDirections:
         }
 
     def discover(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, num_vectors: int,
-                 step_index: int, method: str, max_iter: int, noise: Inversion | None = None,
+                 step_index: int, method: str, max_iter: int, site: str | None = None, noise: Inversion | None = None,
                  source: list | None = None, edit: list | None = None, clip: Any = None,
                  mask: torch.Tensor | None = None, unique_id: str | None = None) -> dict[str, Any]:
         check_choice(method, "method", JACOBIAN_METHODS)
@@ -128,14 +129,15 @@ class HSpaceJacobianDirections:
         source, edit = _prompts(model, source, edit, clip)
         samples, xs, sigmas = _unedited_xs(model, sigmas, latent_image, seed, noise, source, unique_id)
         output_mask = None if mask is None else mask_to_grid(mask, xs.shape[-2], xs.shape[-1])
-        denoiser = autograd_denoiser(model, edit)
+        site = comfy_adapter.resolve_site(model, site)
+        denoiser = autograd_denoiser(model, edit, site)
         progress = comfy_adapter.progress_callback(xs.shape[0], unique_id)
         with comfy_adapter.autograd_enabled():
             result = trajectory_jacobian_directions(denoiser, xs, sigmas[:-1], num_vectors, method=method,
                                                     output_mask=output_mask, callback=progress, max_iter=max_iter)
         timesteps = comfy_adapter.sigma_to_timestep(model, sigmas[:-1]).tolist()
         meta = {"method": "jacobian", "step_index": step_index, "solver": method, "masked": mask is not None,
-                "fingerprint": _sampling.fingerprint(model, tuple(result.right.shape[2:]))}
+                "hook_site": site, "fingerprint": _sampling.fingerprint(model, tuple(result.right.shape[2:]), site)}
         directions = [Direction(result.broadcast(step_index, k), timesteps, {**meta, "component": k})
                       for k in range(result.right.shape[1])]
         warning = _comfy.solver_report("the Jacobian SVD", result, max_iter)
@@ -196,6 +198,9 @@ class HSpacePullbackEdit:
              edit: list | None = None, clip: Any = None,
              unique_id: str | None = None) -> dict[str, Any]:
         check_choice(sign, "sign", SIGNS)
+        if comfy_adapter.family(model) != "unet":
+            raise HSpaceError(f"Pullback Edit runs on UNets (Park et al.'s x-space guidance in the VP form); "
+                              f"{comfy_adapter.family(model)} is a flow-matching transformer: use Jacobian Directions")
         check_number(num_vectors, "num_vectors", 1, integer=True)
         check_number(component, "component", 0, integer=True)
         check_number(guidance_strength, "guidance_strength")

@@ -48,7 +48,7 @@ def _harness(monkeypatch, unet, pixel, wrap=None):
         value = fn(denoiser(positive), x, sigmas, disable=True, **(options or {}))
         return {"samples": value[0] if isinstance(value, tuple) else value}, value
 
-    def autograd_denoiser(model, conditioning=None):
+    def autograd_denoiser(model, conditioning=None, hook_site=None):
         calls["autograd_with"].append(conditioning)
         made = denoiser(conditioning)
         return made if wrap is None else wrap(made)
@@ -58,7 +58,8 @@ def _harness(monkeypatch, unet, pixel, wrap=None):
     monkeypatch.setattr(local_directions._sampling, "random_noise",
                         lambda latent, seed, model: torch.randn(latent["samples"].shape,
                                                                 generator=torch.Generator().manual_seed(seed)))
-    monkeypatch.setattr(local_directions._sampling, "fingerprint", lambda model, shape: {"h_shape": list(shape)})
+    monkeypatch.setattr(local_directions._sampling, "fingerprint",
+                        lambda model, shape, site=None: {"h_shape": list(shape)})
     monkeypatch.setattr(local_directions, "autograd_denoiser", autograd_denoiser)
     adapter = local_directions.comfy_adapter
     monkeypatch.setattr(adapter, "sigma_to_timestep", lambda model, s: SCHEDULE.timestep(torch.as_tensor(s).double()))
@@ -67,6 +68,8 @@ def _harness(monkeypatch, unet, pixel, wrap=None):
     monkeypatch.setattr(adapter, "model_sampling",
                         lambda model: types.SimpleNamespace(sigmas=torch.zeros(SCHEDULE.num_train_timesteps)))
     monkeypatch.setattr(adapter, "progress_callback", lambda total, node_id=None: None)
+    monkeypatch.setattr(adapter, "family", lambda model: "unet")
+    monkeypatch.setattr(adapter, "resolve_site", lambda model, site="auto": "mid_block.output")
     return calls
 
 
