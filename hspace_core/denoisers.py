@@ -111,7 +111,33 @@ def hspace_flags(model_options: dict[str, Any] | None) -> dict[str, Any]:
     return ((model_options or {}).get("transformer_options") or {}).get("hspace") or {}
 
 
-class DiffusersDenoiser:
+class GuidedDenoiser:
+    """What the diffusers denoisers share: ``x0 = x - sigma * prediction`` (the prediction is eps for the VE form
+    of a UNet, the velocity ``eps - x0`` for rectified flow: both give x0 back), and unguided calls for the
+    Jacobians (``cfg_scale`` set to 1 for their duration)."""
+
+    cfg_scale: float
+
+    def prediction(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                   model_options: dict | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, model_options: dict | None = None,
+                 **extra: Any) -> torch.Tensor:
+        sigma_rows = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).flatten()
+        sigma_rows = sigma_rows.expand(x.shape[0]) if sigma_rows.numel() == 1 else sigma_rows
+        return x - sigma_rows.view(-1, *[1] * (x.ndim - 1)) * self.prediction(x, sigma, model_options)
+
+    @contextlib.contextmanager
+    def _unguided(self) -> Iterator[None]:
+        saved, self.cfg_scale = self.cfg_scale, 1.0
+        try:
+            yield
+        finally:
+            self.cfg_scale = saved
+
+
+class DiffusersDenoiser(GuidedDenoiser):
     """``denoiser(x, sigma, **extra) -> x0_hat`` for a diffusers ``UNet2DModel`` or ``UNet2DConditionModel``.
 
     ``x = x_t / sqrt(alpha_bar)`` and the UNet sees ``x_t`` at the (fractional) timestep of ``sigma``.
@@ -242,20 +268,9 @@ class DiffusersDenoiser:
         """The (guided) noise prediction at x, sigma."""
         return self._to_eps(self._unet_output(x, sigma, hspace_flags(model_options)), x, sigma)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, model_options: dict | None = None,
-                 **extra: Any) -> torch.Tensor:
-        sigma_rows = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).flatten()
-        sigma_rows = sigma_rows.expand(x.shape[0]) if sigma_rows.numel() == 1 else sigma_rows
-        eps = self.eps(x, sigma, model_options)
-        return x - sigma_rows.view(-1, *[1] * (x.ndim - 1)) * eps
-
-    @contextlib.contextmanager
-    def _unguided(self) -> Iterator[None]:
-        saved, self.cfg_scale = self.cfg_scale, 1.0
-        try:
-            yield
-        finally:
-            self.cfg_scale = saved
+    def prediction(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                   model_options: dict | None = None) -> torch.Tensor:
+        return self.eps(x, sigma, model_options)
 
     def encode(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """h = the mid-block output at x, sigma, computed by the encoder only (the decoder never runs).

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from .bottleneck import COND, UNCOND, Bottleneck
-from .denoisers import BottleneckOverride, hspace_flags
+from .denoisers import BottleneckOverride, GuidedDenoiser, hspace_flags
 from .direction import check_finite, model_fingerprint
 from .errors import HSpaceError
 from .schedule import FLOW, FlowSchedule
@@ -46,7 +46,7 @@ def unpack_2x2(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.view(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
 
 
-class DiffusersTransformerDenoiser:
+class DiffusersTransformerDenoiser(GuidedDenoiser):
     """``denoiser(x, sigma, **extra) -> x0_hat`` for a diffusers ``FluxTransformer2DModel``,
     ``SD3Transformer2DModel`` or ``DiTTransformer2DModel`` trained for rectified flow (velocity prediction).
 
@@ -229,19 +229,9 @@ class DiffusersTransformerDenoiser:
         """The (guided) velocity ``v = eps - x0`` at x, sigma."""
         return self._velocity(x, sigma, hspace_flags(model_options))
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, model_options: dict | None = None,
-                 **extra: Any) -> torch.Tensor:
-        sigma_rows = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).flatten()
-        sigma_rows = sigma_rows.expand(x.shape[0]) if sigma_rows.numel() == 1 else sigma_rows
-        return x - sigma_rows.view(-1, *[1] * (x.ndim - 1)) * self.velocity(x, sigma, model_options)
-
-    @contextlib.contextmanager
-    def _unguided(self) -> Iterator[None]:
-        saved, self.cfg_scale = self.cfg_scale, 1.0
-        try:
-            yield
-        finally:
-            self.cfg_scale = saved
+    def prediction(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                   model_options: dict | None = None) -> torch.Tensor:
+        return self.velocity(x, sigma, model_options)
 
     def encode(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """h = the image tokens at the site for x, sigma (cond rows, unguided); the blocks after it never run."""
