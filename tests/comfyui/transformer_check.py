@@ -150,7 +150,7 @@ def main(comfy_path: str, family: str) -> None:
         record, inverted, x_T = inversion.HSpaceInvertImage().invert(model, generation, image, method, 1.0, 1.0, 0,
                                                                      positive, positive, site=site)
         back = inversion.HSpaceSampleFromNoise().sample(model, record, "ddim", 500, 0, 1.0, 0, positive,
-                                                        positive)[0]["samples"]
+                                                        positive)["result"][0]["samples"]
         result[f"{method}_inversion"] = {"site": inverted.meta["hook_site"], "steps": inverted.h.shape[1],
                                          "x_T_finite": bool(torch.isfinite(x_T["samples"]).all()),
                                          "reconstruction_error": float((back - image["samples"]).abs().max())}
@@ -158,7 +158,7 @@ def main(comfy_path: str, family: str) -> None:
             patched = apply.HSpaceApplyDirection().apply(model, [direction], 0.0, "direction", 0.0, 1.0, "both",
                                                          False)[0]
             zero = inversion.HSpaceSampleFromNoise().sample(patched, record, "asymmetric", 500, 0, 1.0, 0, positive,
-                                                            positive)[0]["samples"]
+                                                            positive)["result"][0]["samples"]
             result["asymmetric_zero_edit_is_bitwise_reconstruction"] = torch.equal(zero, back)
 
     try:
