@@ -29,7 +29,7 @@ if "hspace_pack" not in sys.modules:  # the repository root as a package, the wa
     sys.modules["hspace_pack"] = _pack
 
 from hspace_pack.nodes.pixel_model import EMBEDDED  # noqa: E402
-from hspace_pack.nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from hspace_pack.nodes.registry import NODE_CLASS_MAPPINGS  # noqa: E402
 
 OUT_DIR = ROOT / "example_workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
