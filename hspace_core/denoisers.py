@@ -117,6 +117,16 @@ class GuidedDenoiser:
     Jacobians (``cfg_scale`` set to 1 for their duration)."""
 
     cfg_scale: float
+    controller: Bottleneck | None
+
+    @contextlib.contextmanager
+    def attached(self, controller: Bottleneck) -> Iterator[Bottleneck]:
+        """Route every model call of the hook site through ``controller``."""
+        previous, self.controller = self.controller, controller
+        try:
+            yield controller
+        finally:
+            self.controller = previous
 
     def prediction(self, x: torch.Tensor, sigma: torch.Tensor | float,
                    model_options: dict | None = None) -> torch.Tensor:
@@ -179,15 +189,6 @@ class DiffusersDenoiser(GuidedDenoiser):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
-
-    @contextlib.contextmanager
-    def attached(self, controller: Bottleneck) -> Iterator[Bottleneck]:
-        """Route every model call of the block through ``controller``."""
-        previous, self.controller = self.controller, controller
-        try:
-            yield controller
-        finally:
-            self.controller = previous
 
     # -- the hook -----------------------------------------------------------------------------------
     def _hook(self, module, inputs, output):

@@ -17,8 +17,7 @@ in a single tensor the last ``N_image`` tokens: only they reach the controller, 
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -134,15 +133,6 @@ class DiffusersTransformerDenoiser(GuidedDenoiser):
         """The image tokens' grid (rows, columns), row-major in the token axis."""
         patch = 2 if self.family == "flux" else self.model.config.patch_size
         return self.latent_size[0] // patch, self.latent_size[1] // patch
-
-    @contextlib.contextmanager
-    def attached(self, controller: Bottleneck) -> Iterator[Bottleneck]:
-        """Route every model call of the block through ``controller``."""
-        previous, self.controller = self.controller, controller
-        try:
-            yield controller
-        finally:
-            self.controller = previous
 
     def shifts(self, sigma: float) -> bool:
         """Whether the attached controller changes h at this sigma: pass ``shifts=denoiser.shifts`` to

@@ -9,8 +9,8 @@ the embedded evaluator. 829 k parameters; a step at batch 64 took about 1 s on o
 21 s, ``--steps 20 --log-every 10``), so the default 3,000 steps take under an hour. Only smoke-tested so far (a
 few steps): the sample quality of a full run is not measured yet. Needs ``mlxtend`` (the ``train`` extra). Usage::
 
-    OMP_NUM_THREADS=1 nice -n 5 python scripts/train_default_dit.py --output /tmp/dit     # the full run
-    OMP_NUM_THREADS=1 python scripts/train_default_dit.py --steps 5 --output /tmp/dit-smoke --samples 8
+    OMP_NUM_THREADS=1 nice -n 5 python scripts/train_default_dit.py --output dit_run     # the full run
+    OMP_NUM_THREADS=1 python scripts/train_default_dit.py --steps 5 --output dit_smoke --samples 8
 """
 from __future__ import annotations
 
