@@ -13,8 +13,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--samples", type=int, default=256, help="generated samples captured for PCA (default 256)")
     demo.add_argument("--steps", type=int, default=20, help="DDIM steps for capture, inversion and editing")
     demo.add_argument("--out", type=Path, default=Path("hspace_report"), help="report folder")
-    demo.add_argument("--model", type=Path, default=None,
-                      help="a diffusers pixel-DDPM folder (unet/ + scheduler_config.json) instead of the embedded model")
+    demo.add_argument("--model", default=None,
+                      help="unet (the embedded UNet, default), dit (the embedded flow-matching DiT), or a diffusers "
+                           "pixel-DDPM folder (unet/ + scheduler_config.json; ./dit for a folder named dit)")
     demo.add_argument("--real-digits", type=int, default=500, help="held-out real digits to invert and edit")
     demo.add_argument("--seed", type=int, default=0)
     evaluate = commands.add_parser("evaluate", help="measure what a direction changes: its target attribute, the "
@@ -32,8 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--steps", type=int, default=20)
     evaluate.add_argument("--t-edit", type=float, default=None, help="edit the steps with t >= this (default: "
                                                                      "the direction's own window, or all)")
-    evaluate.add_argument("--model", type=Path, default=None, help="a diffusers pixel-DDPM folder instead of the "
-                                                                   "embedded model (no class figures then)")
+    evaluate.add_argument("--model", default=None, help="unet (default) or dit, the embedded models the direction "
+                                                        "was made for, or a diffusers pixel-DDPM folder (no class "
+                                                        "figures then)")
     evaluate.add_argument("--out", type=Path, default=Path("hspace_evaluation"), help="output folder")
     args = parser.parse_args(argv)
 

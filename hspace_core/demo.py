@@ -33,7 +33,7 @@ from .evaluation import ATTRIBUTES, evaluate_direction
 from .errors import HSpaceError
 from .fileio import save_direction
 from .imaging import image_grid
-from .pipeline import HSpacePipeline
+from .pipeline import HSpacePipeline, is_embedded
 from .report import bar_chart
 from .schedule import window_sigmas
 
@@ -51,7 +51,7 @@ class DemoConfig:
     samples: int = 256
     steps: int = 20
     out: Path = Path("hspace_report")
-    model: Path | None = None
+    model: str | Path | None = None  # None or "unet", "dit" (embedded), or a folder
     seed: int = 0
     components: int = 8
     t_edit_pc: int = 400
@@ -92,15 +92,15 @@ def check_config(config: DemoConfig) -> None:
     for name in ("components", "batch_size"):
         check_number(getattr(config, name), name, 1, integer=True)
     check_out_folder(config.out)
-    if config.model is not None and not Path(config.model).is_dir():
+    if not is_embedded(config.model) and not Path(config.model).is_dir():
         what = "a file" if Path(config.model).exists() else "no such folder"
-        raise HSpaceError(f"--model: a diffusers pixel-DDPM folder expected, got {config.model} ({what})")
+        raise HSpaceError(f"--model: unet, dit or a diffusers pixel-DDPM folder expected, got {config.model} ({what})")
 
 
 def _load(config: DemoConfig) -> tuple[HSpacePipeline, torch.Tensor]:
     """The model and the generation sigmas, with the settings that depend on the model checked."""
     try:
-        pipe = HSpacePipeline.default() if config.model is None else HSpacePipeline.from_pretrained(config.model)
+        pipe = HSpacePipeline.load(config.model)
     except HSpaceError as err:
         raise HSpaceError(f"--model {config.model or '(embedded)'}: {err}") from None
     try:
@@ -108,7 +108,7 @@ def _load(config: DemoConfig) -> tuple[HSpacePipeline, torch.Tensor]:
     except HSpaceError as err:
         raise HSpaceError(f"--steps {config.steps}: {err}") from None
     window_sigmas(pipe.schedule, sigmas, config.t_edit_pc)
-    if config.model is None:
+    if is_embedded(config.model):
         from .embedded import load_heldout_digits
 
         available = len(load_heldout_digits()[1])
@@ -138,7 +138,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Report:
 def _run(config: DemoConfig, pipe: HSpacePipeline, sigmas: torch.Tensor, out: Path,
          log: Callable[[str], None]) -> Report:
     report = Report({k: str(v) for k, v in asdict(config).items()})
-    embedded = config.model is None
+    embedded = is_embedded(config.model)
     evaluator = None
     if embedded:
         from .embedded import load_evaluator

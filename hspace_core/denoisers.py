@@ -11,7 +11,7 @@ from .bottleneck import COND, UNCOND, Bottleneck
 from .checks import check_loading_info, check_unet_folder, one_line, read_json
 from .direction import check_finite, model_fingerprint
 from .errors import HSpaceError
-from .schedule import VPSchedule
+from .schedule import VE, NoiseForm, VPSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -116,6 +116,7 @@ class GuidedDenoiser:
     of a UNet, the velocity ``eps - x0`` for rectified flow: both give x0 back), and unguided calls for the
     Jacobians (``cfg_scale`` set to 1 for their duration)."""
 
+    form: NoiseForm = VE
     cfg_scale: float
     controller: Bottleneck | None
 
@@ -289,13 +290,17 @@ class DiffusersDenoiser(GuidedDenoiser):
         with self._unguided(), self.override.replacing(h):
             return self._to_eps(self._unet_output(x, sigma, {}), x, sigma)
 
-    def h_shape(self) -> tuple[int, int, int]:
-        """The per-image shape of h, found with one encoder pass on a zero input."""
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one x."""
         cfg = self.unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        x = torch.zeros(1, cfg.in_channels, size, size)
+        return cfg.in_channels, size, size
+
+    def h_shape(self) -> tuple[int, int, int]:
+        """The per-image shape of h, found with one encoder pass on a zero input."""
         with torch.no_grad():
-            return tuple(self.encode(x, 1.0).shape[1:])
+            return tuple(self.encode(torch.zeros(1, *self.sample_shape), 1.0).shape[1:])
 
     def fingerprint(self) -> dict[str, Any]:
         return model_fingerprint(self.unet, type(self.unet).__name__, self.h_shape())

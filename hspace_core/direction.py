@@ -77,7 +77,8 @@ class Direction:
 
     Per-timestep directions are keyed by the model timestep, not by step index, so they apply under
     another step count: at timestep t the tensor of the nearest key is used. At a transformer hook site
-    (``meta["hook_site"]``, :mod:`~hspace_core.sites`) the tensor is [tokens, dim] or [S, tokens, dim].
+    (``meta["hook_site"]``, or the site its ``meta["fingerprint"]`` names, :mod:`~hspace_core.sites`) the tensor
+    is [tokens, dim] or [S, tokens, dim].
     """
 
     delta: torch.Tensor
@@ -86,6 +87,9 @@ class Direction:
 
     def __post_init__(self) -> None:
         self.delta = check_delta(torch.as_tensor(self.delta)).detach().float()
+        site = (self.meta.get("fingerprint") or {}).get("site")
+        if "hook_site" not in self.meta and isinstance(site, str):  # a fingerprint names the site it was taken at
+            self.meta = {**self.meta, "hook_site": site}
         rank = self.rank
         if self.delta.ndim not in (rank, rank + 1):
             axes = "C,H,W" if rank == 3 else "tokens,dim"

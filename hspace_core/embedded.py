@@ -1,5 +1,6 @@
-"""The default model shipped in ``hspace_core/default_model/``: a small unconditional pixel DDPM on
-16x16 MNIST digits, the digit classifier that judges its outputs, and 500 held-out real digits.
+"""The default models shipped in ``hspace_core/default_model/``: a small unconditional pixel DDPM (a UNet) and a
+small class-conditional flow-matching DiT on 16x16 MNIST digits, the digit classifier that judges their outputs,
+and 500 held-out real digits.
 
 Everything loads offline from package data; see ``default_model/MODEL_CARD.md`` for how it was trained
 (``scripts/train_default_model.py``, ``scripts/train_evaluator.py``).
@@ -17,7 +18,9 @@ from torch import nn
 from .errors import HSpaceError
 
 if TYPE_CHECKING:
-    from diffusers import UNet2DModel
+    from diffusers import DiTTransformer2DModel, UNet2DModel
+
+    from .transformer_denoisers import DiffusersTransformerDenoiser
 
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
@@ -44,6 +47,31 @@ def load_default_unet(device: str | torch.device = "cpu", dtype: torch.dtype = t
     unet_dir = _require(default_model_dir() / "unet")
     unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
     return unet.to(device=device).eval()
+
+
+def load_default_dit(device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> "DiTTransformer2DModel":
+    """The shipped diffusers ``DiTTransformer2DModel`` (rectified flow, velocity prediction, 16x16x1, 2x2 patches,
+    classes 0..9 and the null class 10), in eval mode."""
+    from diffusers import DiTTransformer2DModel
+
+    dit_dir = _require(default_model_dir() / "dit")
+    dit = DiTTransformer2DModel.from_pretrained(dit_dir, local_files_only=True, torch_dtype=dtype,
+                                                low_cpu_mem_usage=False)
+    return dit.to(device=device).eval()
+
+
+def default_dit_denoiser(device: str | torch.device = "cpu", site: str | None = None,
+                         digit: int | None = None) -> "DiffusersTransformerDenoiser":
+    """The shipped DiT as a denoiser: unconditional (the null class, as the UNet: the noise picks the digit) or
+    conditioned on ``digit``; h at ``site`` (by default its middle block's output)."""
+    from .transformer_denoisers import DiffusersTransformerDenoiser
+
+    if digit is not None and not 0 <= int(digit) <= 9:
+        raise HSpaceError(f"a digit 0..9 (or None, unconditional) expected, got {digit}")
+    label = NUM_CLASSES if digit is None else int(digit)
+    return DiffusersTransformerDenoiser(load_default_dit(device), site=site,
+                                        cond={"class_labels": torch.tensor([label], device=device)})
 
 
 def load_default_scheduler_config() -> dict:

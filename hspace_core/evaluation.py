@@ -271,19 +271,19 @@ def evaluate_on_model(direction: Direction, target: str, model: str | None = Non
                       first_seed: int = 100000, steps: int = 20, strengths: Sequence[float] = (-2.0, -1.0, 1.0, 2.0),
                       random_directions: int = 2, t_edit: float | None = None,
                       allow_foreign: bool = False) -> EvaluationResult:
-    """:func:`evaluate_direction` on seeds ``first_seed..`` of the embedded digit model (judged by the shipped
-    classifier) or of a diffusers pixel-DDPM folder ``model`` (no class figures: nan)."""
-    from .pipeline import HSpacePipeline
+    """:func:`evaluate_direction` on seeds ``first_seed..`` of an embedded digit model (``None`` or ``"unet"``,
+    ``"dit"``; judged by the shipped classifier) or of a diffusers pixel-DDPM folder ``model`` (no class figures:
+    nan)."""
+    from .pipeline import HSpacePipeline, is_embedded
 
     check_number(samples, "samples", 2, integer=True)
     check_number(first_seed, "first_seed", 0, integer=True)
     classifier = None
-    if model is None:
+    pipe = HSpacePipeline.load(model)
+    if is_embedded(model):
         from .embedded import load_evaluator
 
-        pipe, classifier = HSpacePipeline.default(), load_evaluator()
-    else:
-        pipe = HSpacePipeline.from_pretrained(model)
+        classifier = load_evaluator()
     sigmas = pipe.sigmas(steps)
     x_T = pipe.noise(range(first_seed, first_seed + samples), sigmas)
     return evaluate_direction(pipe, direction, x_T, sigmas, target, classifier=classifier, strengths=strengths,

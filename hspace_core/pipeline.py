@@ -1,4 +1,5 @@
-"""A diffusers UNet ready for h-space work: generate, capture, invert, edit. The library's front door."""
+"""A diffusers UNet or flow-matching transformer ready for h-space work: generate, capture, invert, edit.
+The library's front door."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,27 +9,46 @@ import torch
 
 from .bottleneck import Bottleneck, EditSpec
 from .checks import check_batch, check_number
-from .denoisers import DiffusersDenoiser, load_diffusers_folder
+from .denoisers import DiffusersDenoiser, GuidedDenoiser, load_diffusers_folder
 from .direction import Direction, Inversion, Trajectory
 from .errors import HSpaceError
 from .samplers import invert_ddim, invert_edit_friendly, sample_asyrp, sample_ddim
-from .schedule import VPSchedule, asyrp_timesteps, inversion_sigmas, leading_timesteps, window_sigmas
+from .schedule import FlowSchedule, VPSchedule, asyrp_timesteps, inversion_sigmas, leading_timesteps, window_sigmas
 
 GRIDS = {"asyrp": asyrp_timesteps, "leading": leading_timesteps}
+EMBEDDED_MODELS = ("unet", "dit")  # the names :meth:`HSpacePipeline.load` gives the shipped models
+
+
+def is_embedded(model: str | Path | None) -> bool:
+    """Whether ``model`` names a shipped model (None is the embedded UNet) rather than a folder."""
+    return model is None or str(model) in EMBEDDED_MODELS
 
 
 class HSpacePipeline:
-    """Capture h, invert real images and sample with h shifted, on a diffusers UNet.
+    """Capture h, invert real images and sample with h shifted, on a diffusers UNet (VP, DDIM) or a flow-matching
+    transformer (rectified flow, :class:`~hspace_core.transformer_denoisers.DiffusersTransformerDenoiser`).
 
     >>> pipe = HSpacePipeline.default()                       # the embedded MNIST model
     >>> traj, images = pipe.capture(seeds=range(64), steps=20)
+    >>> dit = HSpacePipeline.default_dit()                    # the embedded flow-matching DiT
     """
 
     def __init__(self, unet: torch.nn.Module, schedule: VPSchedule, prediction_type: str = "epsilon",
                  **denoiser_kwargs):
-        self.denoiser = DiffusersDenoiser(unet, schedule, prediction_type, **denoiser_kwargs)
-        self.schedule = schedule
+        self._use(DiffusersDenoiser(unet, schedule, prediction_type, **denoiser_kwargs))
+
+    def _use(self, denoiser: GuidedDenoiser) -> None:
+        self.denoiser = denoiser
+        self.schedule: VPSchedule | FlowSchedule = denoiser.schedule
         self._fingerprint: dict | None = None
+
+    @classmethod
+    def for_denoiser(cls, denoiser: GuidedDenoiser) -> "HSpacePipeline":
+        """A pipeline on a denoiser already set up, e.g. a ``DiffusersTransformerDenoiser`` (its site, its
+        conditioning and guidance)."""
+        pipe = cls.__new__(cls)
+        pipe._use(denoiser)
+        return pipe
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "HSpacePipeline":
@@ -44,6 +64,24 @@ class HSpacePipeline:
 
         return cls.from_pretrained(default_model_dir(), device)
 
+    @classmethod
+    def default_dit(cls, device: str = "cpu", site: str | None = None) -> "HSpacePipeline":
+        """The small flow-matching DiT that ships with hspace, sampled unconditionally (its null class), h at
+        ``site`` (by default the output of its middle block, ``transformer_blocks.2.output``)."""
+        from .embedded import default_dit_denoiser
+
+        return cls.for_denoiser(default_dit_denoiser(device, site))
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, device: str = "cpu") -> "HSpacePipeline":
+        """``None`` or ``"unet"``: the embedded UNet; ``"dit"``: the embedded DiT; otherwise a diffusers pixel-DDPM
+        folder (``./dit`` for a folder of that name)."""
+        if model is None or str(model) == "unet":
+            return cls.default(device)
+        if str(model) == "dit":
+            return cls.default_dit(device)
+        return cls.from_pretrained(model, device)
+
     @property
     def fingerprint(self) -> dict:
         if self._fingerprint is None:
@@ -52,28 +90,38 @@ class HSpacePipeline:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        cfg = self.denoiser.unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        return cfg.in_channels, size, size
+        return self.denoiser.sample_shape
+
+    @property
+    def flow(self) -> bool:
+        return isinstance(self.schedule, FlowSchedule)
 
     def _shape_check(self) -> tuple[int, tuple[int, int]]:
         """(channels, (height, width)) every image and x_T of this model must have."""
         channels, height, width = self.image_shape
         return channels, (height, width)
 
-    def sigmas(self, steps: int, grid: str = "asyrp") -> torch.Tensor:
-        """Generation sigmas (ending in 0) on Asyrp's grid or diffusers' leading DDIM grid."""
+    def sigmas(self, steps: int, grid: str | None = None) -> torch.Tensor:
+        """Generation sigmas (ending in 0): for a UNet on Asyrp's grid (default) or diffusers' leading DDIM grid,
+        for a flow model on its schedule's (shifted) uniform grid from 1 to 0 (``grid="flow"``, the only one)."""
         check_number(steps, "steps", 1, integer=True)
+        if self.flow:
+            if grid not in (None, "flow"):
+                raise HSpaceError(f"a flow-matching model samples on grid 'flow' only, got {grid!r}")
+            return self.schedule.sigmas(steps)
+        grid = grid or "asyrp"
         if grid not in GRIDS:
             raise HSpaceError(f"grid must be one of {sorted(GRIDS)}, got {grid!r}")
         return self.schedule.sigmas_for(GRIDS[grid](steps))
 
     def noise(self, seeds: Sequence[int], sigmas: torch.Tensor) -> torch.Tensor:
-        """x_T ~ N(0, I) per seed, in the k-diffusion scaling of the first sigma."""
+        """x_T ~ N(0, I) per seed, scaled to the first sigma's noise level (k-diffusion's sqrt(1 + sigma^2),
+        1 for a flow model at sigma = 1)."""
         if not len(seeds):
             raise HSpaceError("at least one seed expected, got none")
         seeds = [check_number(s, "a seed", integer=True) for s in seeds]
-        scale = float((1 + sigmas[0] ** 2).sqrt())
+        a, b = self.denoiser.form.coefficients(sigmas[0])
+        scale = float((a ** 2 + b ** 2).sqrt())
         z = torch.stack([torch.randn(self.image_shape, generator=torch.Generator().manual_seed(int(s)))
                          for s in seeds])
         return (z * scale).to(self.denoiser.device)
@@ -83,7 +131,7 @@ class HSpacePipeline:
             yield slice(start, min(total, start + batch_size))
 
     @torch.no_grad()
-    def capture(self, seeds: Sequence[int], steps: int = 20, batch_size: int = 64, grid: str = "asyrp",
+    def capture(self, seeds: Sequence[int], steps: int = 20, batch_size: int = 64, grid: str | None = None,
                 progress: Callable[[int, int], None] | None = None) -> tuple[Trajectory, torch.Tensor]:
         """Sample one image per seed with plain DDIM, recording h at every step. Returns (trajectory, images)."""
         seeds = list(seeds)
@@ -103,7 +151,7 @@ class HSpacePipeline:
         return trajectory, torch.cat(images)
 
     @torch.no_grad()
-    def invert(self, images: torch.Tensor, steps: int = 20, method: str = "ddim", grid: str = "asyrp",
+    def invert(self, images: torch.Tensor, steps: int = 20, method: str = "ddim", grid: str | None = None,
                seed: int = 0, capture: bool = True, progress: bool = False) -> Inversion:
         """DDIM inversion (deterministic; h captured along the way) or exact edit-friendly DDPM inversion."""
         if method not in ("ddim", "edit_friendly"):

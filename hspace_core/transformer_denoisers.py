@@ -233,11 +233,15 @@ class DiffusersTransformerDenoiser(GuidedDenoiser):
         with self._unguided(), self.override.replacing(h):
             return self._velocity(x, sigma, {})
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one latent x (Flux's packed tokens hold 4 channels each)."""
+        return self.model.config.in_channels // (4 if self.family == "flux" else 1), *self.latent_size
+
     def h_shape(self) -> tuple[int, int]:
         """The per-image shape of h, ``(image tokens, dim)``, found with one pass up to the site."""
-        channels = self.model.config.in_channels // (4 if self.family == "flux" else 1)
         with torch.no_grad():
-            return tuple(self.encode(torch.zeros(1, channels, *self.latent_size), 1.0).shape[1:])
+            return tuple(self.encode(torch.zeros(1, *self.sample_shape), 1.0).shape[1:])
 
     def fingerprint(self) -> dict[str, Any]:
         """The model fingerprint with the hook site and the image tokens' grid (the token layout)."""

@@ -53,13 +53,20 @@ def sample_digits(model: DiTTransformer2DModel, labels: torch.Tensor, steps: int
 
 
 def evaluate(model: DiTTransformer2DModel, output: Path, count: int, seed: int) -> None:
+    """Conditional samples (the asked class) and unconditional ones (the null class), judged by the evaluator."""
+    model.eval()
     labels = torch.arange(count) % NUM_CLASSES
-    images = sample_digits(model.eval(), labels, steps=20, seed=seed)
-    image_grid(images, ncols=NUM_CLASSES, upscale=4).save(output / "samples.png")
-    predicted, confidence = load_evaluator().predict(images)
-    confident = (confidence >= CONFIDENCE_THRESHOLD).float().mean().item()
-    correct = (predicted == labels).float().mean().item()
-    print(f"20 flow steps, {count} samples: confident {confident:.3f}, of the asked class {correct:.3f}", flush=True)
+    for name, asked in (("conditional", labels), ("unconditional", torch.full_like(labels, NUM_CLASSES))):
+        images = sample_digits(model, asked, steps=20, seed=seed)
+        image_grid(images, ncols=NUM_CLASSES, upscale=4).save(output / f"samples_{name}.png")
+        predicted, confidence = load_evaluator().predict(images)
+        confident = (confidence >= CONFIDENCE_THRESHOLD).float().mean().item()
+        line = f"{name}, 20 flow steps, {count} samples: confident {confident:.3f}"
+        if name == "conditional":
+            line += f", of the asked class {(predicted == labels).float().mean().item():.3f}"
+        else:
+            line += f", classes {torch.bincount(predicted, minlength=NUM_CLASSES).tolist()}"
+        print(line, flush=True)
 
 
 def train(args: argparse.Namespace) -> DiTTransformer2DModel:
@@ -78,7 +85,9 @@ def train(args: argparse.Namespace) -> DiTTransformer2DModel:
         sigma = torch.sigmoid(torch.randn(args.batch_size, generator=generator))  # logit-normal(0, 1)
         s = sigma.view(-1, 1, 1, 1)
         noisy = (1 - s) * clean + s * noise
-        velocity = model(noisy, timestep=1000 * sigma, class_labels=labels[batch], return_dict=False)[0]
+        dropped = torch.rand(args.batch_size, generator=generator) < args.label_dropout
+        class_labels = torch.where(dropped, NUM_CLASSES, labels[batch])
+        velocity = model(noisy, timestep=1000 * sigma, class_labels=class_labels, return_dict=False)[0]
         loss = F.mse_loss(velocity, noise - clean)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, min(args.warmup_steps, args.steps))
@@ -93,6 +102,8 @@ def train(args: argparse.Namespace) -> DiTTransformer2DModel:
             print(f"step {step + 1}/{args.steps}: loss {running / done:.4f}, {time.perf_counter() - start:.0f} s",
                   flush=True)
             running = 0.0
+        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+            ema.save_pretrained(args.output / f"checkpoint-{step + 1}", safe_serialization=True)
     args.output.mkdir(parents=True, exist_ok=True)
     ema.save_pretrained(args.output, safe_serialization=True)
     print(f"trained {args.steps} steps x batch {args.batch_size} in {time.perf_counter() - start:.0f} s, "
@@ -103,13 +114,17 @@ def train(args: argparse.Namespace) -> DiTTransformer2DModel:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="the diffusers model folder to write")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--label-dropout", type=float, default=0.5,
+                        help="share of training digits shown with the null class, so that unconditional sampling "
+                             "(the class left to the noise, as on the UNet) is as good as conditional")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="save the EMA weights every N steps too")
     parser.add_argument("--samples", type=int, default=100, help="digits sampled and judged after training")
     args = parser.parse_args()
     torch.set_num_threads(1)

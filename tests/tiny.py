@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from diffusers import UNet2DConditionModel, UNet2DModel
+from diffusers import DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
 
 from hspace_core.denoisers import DiffusersDenoiser
 from hspace_core.schedule import VPSchedule
@@ -47,3 +47,11 @@ class GaussianOracle:
     def __call__(self, x, sigma, **extra):
         sigma = sigma.view(-1, *[1] * (x.ndim - 1))
         return self.mu + self.std ** 2 / (self.std ** 2 + sigma ** 2) * (x - self.mu)
+
+
+def tiny_dit(seed: int = 0, channels: int = 1, size: int = 8, num_layers: int = 2) -> DiTTransformer2DModel:
+    """A class-conditional DiT (classes 0..9, null class 10), 2x2 patches."""
+    torch.manual_seed(seed)
+    return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=channels,
+                                 out_channels=channels, num_layers=num_layers, sample_size=size, patch_size=2,
+                                 num_embeds_ada_norm=10, norm_num_groups=1).eval()
