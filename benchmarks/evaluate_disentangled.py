@@ -18,7 +18,7 @@ evaluate_direction. Variants:
 Every variant gets the cheap |cos| with the x_T-statistic directions; ``--evaluate`` names those edited and
 measured (each costs about 2 minutes on 2 shared CPU cores at 32 samples).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/evaluate_disentangled.py
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/evaluate_disentangled.py [--model dit]
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("unet", "dit"), default="unet", help="the embedded model measured")
     parser.add_argument("--fit-samples", type=int, default=1024)
     parser.add_argument("--test-samples", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--test-seed", type=int, default=100000)
     args = parser.parse_args()
 
-    pipe, classifier = HSpacePipeline.default(), load_evaluator()
+    pipe, classifier = HSpacePipeline.load(args.model), load_evaluator()
     sigmas = pipe.sigmas(args.steps)
     start = time.perf_counter()
     seeds = range(args.fit_seed, args.fit_seed + args.fit_samples)

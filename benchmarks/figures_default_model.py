@@ -1,10 +1,13 @@
-"""The figures of the embedded model, measured in one run (the README's "Measured on the embedded model").
+"""The figures of an embedded model, measured in one run (the README's "Measured on the embedded model").
 
 Prints: DDIM inversion reconstruction error and exact (edit-friendly) regeneration error on real held-out
 digits; class-to-class edit success vs a random direction of the same per-step norm (asymmetric and
 symmetric); the effect vs strength; the top PCs' class-change rate vs random; timings.
 
-    python benchmarks/figures_default_model.py [--steps 20] [--digits 500] [--samples 400]
+    python benchmarks/figures_default_model.py [--model unet|dit] [--steps 20] [--digits 500] [--samples 400]
+
+``--model dit`` measures the embedded flow-matching DiT (unconditional, h at its middle block's output, flow
+sampler on the uniform grid) with the same calls.
 """
 from __future__ import annotations
 
@@ -23,13 +26,15 @@ from hspace_core.pipeline import HSpacePipeline
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("unet", "dit"), default="unet")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--digits", type=int, default=500)
     parser.add_argument("--samples", type=int, default=400)
     args = parser.parse_args()
     torch.manual_seed(0)
-    pipe, evaluator = HSpacePipeline.default(), load_evaluator()
-    print(f"embedded model, {args.steps} DDIM steps, {torch.get_num_threads()} threads")
+    pipe, evaluator = HSpacePipeline.load(args.model), load_evaluator()
+    print(f"embedded {args.model} (h at {pipe.fingerprint.get('site', 'mid_block.output')}), {args.steps} "
+          f"{'flow' if pipe.flow else 'DDIM'} steps, {torch.get_num_threads()} threads")
 
     digits, labels = load_heldout_digits()
     subset = balanced_subset(labels, args.digits)

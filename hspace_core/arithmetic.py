@@ -65,7 +65,7 @@ def norm(a: Direction) -> float:
 def normalize(a: Direction, per_timestep: bool = False) -> Direction:
     """Unit norm over the whole tensor, or for each timestep's slice separately."""
     if per_timestep and a.per_timestep:
-        norms = a.delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        norms = a.delta.flatten(1).norm(dim=1).view(-1, *[1] * a.rank)
     else:
         norms = a.delta.norm()
     if (norms == 0).any():
@@ -146,7 +146,7 @@ def random_like(a: Direction, seed: int = 0) -> Direction:
     noise = torch.randn(a.delta.shape, generator=torch.Generator().manual_seed(seed))
     if a.per_timestep:
         scale = a.delta.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1)
-        noise = noise * scale.view(-1, 1, 1, 1)
+        noise = noise * scale.view(-1, *[1] * a.rank)
     else:
         noise = noise * a.delta.norm() / noise.norm()
     return a.with_delta(noise, method="random", seed=seed)

@@ -71,6 +71,12 @@ def check_site(site: str, model: dict[str, Any], what: str) -> None:
                           f"{model.get('site', HOOK_SITE)!r}: capture and edit at the same site")
 
 
+def recorded_site(meta: dict[str, Any]) -> str | None:
+    """The hook site a direction's or trajectory's meta names: its ``hook_site``, else its fingerprint's ``site``."""
+    site = meta.get("hook_site", (meta.get("fingerprint") or {}).get("site"))
+    return site if isinstance(site, str) else None
+
+
 @dataclass
 class Direction:
     """A shift of the bottleneck: one tensor [C,H,W] (global) or [S,C,H,W] keyed by timestep.
@@ -87,8 +93,8 @@ class Direction:
 
     def __post_init__(self) -> None:
         self.delta = check_delta(torch.as_tensor(self.delta)).detach().float()
-        site = (self.meta.get("fingerprint") or {}).get("site")
-        if "hook_site" not in self.meta and isinstance(site, str):  # a fingerprint names the site it was taken at
+        site = recorded_site(self.meta)
+        if site is not None:
             self.meta = {**self.meta, "hook_site": site}
         rank = self.rank
         if self.delta.ndim not in (rank, rank + 1):

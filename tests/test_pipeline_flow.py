@@ -38,9 +38,9 @@ def test_zero_edit_is_bitwise_plain_and_a_pc_edit_changes_the_images(pipe):
     trajectory, images = pipe.capture(range(6), steps=6)
     sigmas = pipe.sigmas(6)
     x_T = pipe.noise(range(6), sigmas)
-    pc = pca_directions(trajectory, num_components=1).to_direction(0, trajectory.timesteps,
-                                                                  meta={"fingerprint": pipe.fingerprint})
-    zero = Direction(torch.zeros_like(pc.delta), pc.timesteps, pc.meta)
+    pc = pca_directions(trajectory, num_components=1).to_direction(0, trajectory.timesteps)
+    assert pc.meta["hook_site"] == "transformer_blocks.1.output"  # from the trajectory's fingerprint
+    zero = Direction(torch.zeros_like(pc.delta), pc.timesteps, {"fingerprint": pipe.fingerprint})
     assert torch.equal(pipe.edit(x_T, sigmas, [(zero, 1.0)]), images)
     assert (pipe.edit(x_T, sigmas, [(pc, 3.0)]) - images).abs().max() > 1e-2
 
@@ -56,3 +56,32 @@ def test_inversions_on_the_flow_form(pipe):
     assert float((regenerated - images).norm() / images.norm()) < 1e-6
     ddim = pipe.invert(images, 8)
     assert ddim.trajectory.h.shape[:2] == (2, 7) and ddim.trajectory.sigmas[0] > ddim.trajectory.sigmas[-1]
+
+
+def test_pca_of_a_sharded_transformer_capture_keeps_its_site(pipe, tmp_path):
+    from hspace_core.fileio import ShardedTrajectory, TrajectoryWriter
+
+    trajectory, _ = pipe.capture(range(4), steps=4)
+    writer = TrajectoryWriter(tmp_path / "capture")
+    for rows in (slice(0, 2), slice(2, 4)):
+        writer.append(trajectory.select(torch.arange(4)[rows]))
+    writer.close()
+    pca = pca_directions(ShardedTrajectory(tmp_path / "capture"), num_components=1)
+    assert pca.to_direction(0, trajectory.timesteps).meta["hook_site"] == "transformer_blocks.1.output"
+
+
+def test_direction_arithmetic_on_per_timestep_token_directions():
+    from hspace_core import arithmetic
+
+    meta = {"hook_site": "transformer_blocks.0.output"}
+    generator = torch.Generator().manual_seed(0)
+    a = Direction(torch.randn(3, 16, 8, generator=generator), [999.0, 500.0, 0.0], meta)
+    b = Direction(torch.randn(3, 16, 8, generator=generator), [999.0, 500.0, 0.0], meta)
+    random = arithmetic.random_like(a, 1)
+    assert torch.allclose(random.delta.flatten(1).norm(dim=1), a.delta.flatten(1).norm(dim=1))
+    unit = arithmetic.normalize(a, per_timestep=True)
+    assert torch.allclose(unit.delta.flatten(1).norm(dim=1), torch.ones(3))
+    for result in (arithmetic.add(a, b), arithmetic.slerp(a, b, 0.5), arithmetic.project_out(a, [b]),
+                   *arithmetic.orthogonalize([a, b])):
+        assert result.h_shape == (16, 8) and result.per_timestep
+    assert abs(arithmetic.cosine(arithmetic.project_out(a, [b]), b)) < 1e-5

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 
 import torch
 
-from ..direction import Direction, Trajectory, check_finite
+from ..direction import Direction, Trajectory, check_finite, recorded_site
 from ..errors import HSpaceError
 
 METHODS = ("auto", "gram", "svd", "covariance", "randomized")
@@ -72,6 +72,7 @@ class PCAResult:
         converged: whether ``"randomized"`` met ``tol`` before ``max_iter`` (the exact methods: True);
         residual: the largest reached ‖C v_i − λ_i v_i‖ / λ_1 over the k components and groups (0 for
         the exact methods), to compare with ``tol``.
+        hook_site: the site the trajectory names (its meta), carried into :meth:`to_direction`; None for a tensor.
     """
 
     components: torch.Tensor
@@ -87,6 +88,7 @@ class PCAResult:
     iterations: int = 0
     converged: bool = True
     residual: float = 0.0
+    hook_site: str | None = None
 
     @property
     def explained_variance(self) -> torch.Tensor:
@@ -118,6 +120,8 @@ class PCAResult:
                 "strength_range": [-5.0, 5.0] if scaled else [-1.0, 1.0],  # Haas et al. sweep -5 ... +5 std
                 "num_samples": self.num_samples, "algorithm": self.method, "units": "std" if scaled else "unit",
                 "explained_variance_ratio": self.explained_variance_ratio[:, index].tolist()}
+        if self.hook_site is not None:
+            info["hook_site"] = self.hook_site
         return Direction(self.direction(index, scaled), timesteps, {**info, **(meta or {})})
 
 
@@ -177,7 +181,7 @@ def pca_directions(data: HData, num_components: int = 25, per_timestep: bool = T
                      explained_variance_ratio=variances / totals.clamp(min=torch.finfo(torch.float64).tiny)[:, None],
                      total_variance=totals / n_dof, mean=mean.to(source.dtype), h_shape=source.h_shape,
                      num_steps=source.num_steps, num_samples=n, per_timestep=per_timestep, method=method,
-                     iterations=iterations, converged=converged, residual=residual)
+                     iterations=iterations, converged=converged, residual=residual, hook_site=source.hook_site)
 
 
 # -- input handling ---------------------------------------------------------------------------------
@@ -191,6 +195,7 @@ class _ChunkSource:
         self._first: torch.Tensor | None = None
         self._shape: tuple[int, ...] | None = None
         self.dtype = torch.float32
+        self.hook_site = recorded_site(getattr(data, "meta", None) or {})
         if isinstance(data, Trajectory):
             data = data.h
         if isinstance(data, torch.Tensor):
@@ -223,6 +228,8 @@ class _ChunkSource:
         if self._first is None:
             iterator = iter(self._factory()) if self._factory else self._one_shot
             for chunk in iterator:
+                if self.hook_site is None and isinstance(chunk, Trajectory):  # e.g. the shards of a capture
+                    self.hook_site = recorded_site(chunk.meta)
                 self._first = _check_chunk(chunk, None)
                 break
             else:
