@@ -76,6 +76,18 @@ def class_transfer_groups(pipe: HSpacePipeline, inversion: Inversion, labels: to
     return groups
 
 
+def class_transfer_hit_rate(pipe: HSpacePipeline, classifier: Any, inversion: Inversion, labels: torch.Tensor,
+                            strength: float = 1.0, fit: tuple[Trajectory, torch.Tensor] | None = None,
+                            baseline_seed: int | None = None) -> float:
+    """Every inverted sample edited towards another class (:func:`cyclic_targets`) by the class-mean difference
+    (fitted on ``fit``, see :func:`class_transfer_groups`), or by a random direction of the same per-step norm
+    (``baseline_seed``): the share the classifier assigns to the target class."""
+    targets = cyclic_targets(labels)
+    groups = class_transfer_groups(pipe, inversion, labels, targets, fit=fit)
+    edited = edit_groups(pipe, inversion.x_T, inversion.sigmas, groups, strength, baseline_seed=baseline_seed)
+    return hit_rate(classifier, edited, targets)
+
+
 def hit_rate(classifier: Any, images: torch.Tensor, targets: torch.Tensor) -> float:
     """The fraction of images the classifier assigns to their target class."""
     return float((classifier.predict(images)[0] == targets).float().mean())

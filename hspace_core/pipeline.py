@@ -202,7 +202,7 @@ class HSpacePipeline:
         sigma_edit, sigma_boost = window_sigmas(self.schedule, sigmas, t_edit or 0.0, t_boost)
         if not edits:  # no batched shifted/unshifted calls: bitwise the plain run
             sigma_edit = float("inf")
-        window = None if t_edit is None else (float(t_edit), float(self.schedule.num_train_timesteps - 1))
+        window = None if t_edit is None else (float(t_edit), self.schedule.max_timestep)
         controller = Bottleneck(edits, window=window)
         with self.denoiser.attached(controller):
             return sample_asyrp(self.denoiser, x_T.to(self.denoiser.device), sigmas, mode=mode,

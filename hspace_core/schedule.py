@@ -107,6 +107,11 @@ class VPSchedule:
     def num_train_timesteps(self) -> int:
         return self.alphas_cumprod.numel()
 
+    @property
+    def max_timestep(self) -> float:
+        """The timestep of the noisiest state, where an edit window [t_edit, T] ends."""
+        return float(self.num_train_timesteps - 1)
+
     def sigma(self, timestep: torch.Tensor | float) -> torch.Tensor:
         """Sigma at a (possibly fractional) timestep, log-linear between integer timesteps."""
         t = torch.as_tensor(timestep, dtype=torch.float64).clamp(0, self.num_train_timesteps - 1)
@@ -161,6 +166,11 @@ class FlowSchedule:
     @property
     def num_train_timesteps(self) -> int:
         return int(self.multiplier)
+
+    @property
+    def max_timestep(self) -> float:
+        """The timestep of pure noise (sigma = 1), where an edit window [t_edit, T] ends."""
+        return self.multiplier
 
     def sigma(self, timestep: torch.Tensor | float) -> torch.Tensor:
         return (torch.as_tensor(timestep, dtype=torch.float64) / self.multiplier).clamp(0, 1)

@@ -85,3 +85,12 @@ def test_direction_arithmetic_on_per_timestep_token_directions():
                    *arithmetic.orthogonalize([a, b])):
         assert result.h_shape == (16, 8) and result.per_timestep
     assert abs(arithmetic.cosine(arithmetic.project_out(a, [b]), b)) < 1e-5
+
+
+def test_a_t_edit_window_includes_the_first_flow_step_at_sigma_1(pipe):
+    """The window [t_edit, T] ends at the flow model's pure-noise timestep 1000, not 999 (a VP model's last)."""
+    trajectory, images = pipe.capture(range(2), steps=4)
+    sigmas = pipe.sigmas(4)  # t = 1000, 750, 500, 250
+    pc = pca_directions(trajectory, num_components=1).to_direction(0, trajectory.timesteps)
+    only_first = pipe.edit(pipe.noise(range(2), sigmas), sigmas, [(pc, 3.0)], t_edit=900)
+    assert (only_first - images).abs().max() > 1e-3

@@ -12,8 +12,7 @@ from hspace_core.arithmetic import random_like
 from hspace_core.direction import Direction
 from hspace_core.discovery.pca import pca_directions
 from hspace_core.embedded import load_evaluator, load_heldout_digits
-from hspace_core.experiments import (change_rate, class_transfer_groups, cyclic_targets, edit_groups,
-                                     hit_rate)
+from hspace_core.experiments import change_rate, class_transfer_hit_rate
 from hspace_core.pipeline import HSpacePipeline
 
 STEPS = 20
@@ -65,11 +64,8 @@ def test_edit_friendly_inversion_regenerates_the_input_exactly(pipe, real):
 
 
 def transfer(pipe, real, evaluator, strength, fit, baseline_seed=None):
-    digits, labels, inversion = real
-    targets = cyclic_targets(labels)
-    groups = class_transfer_groups(pipe, inversion, labels, targets, fit=fit)
-    edited = edit_groups(pipe, inversion.x_T, inversion.sigmas, groups, strength, baseline_seed=baseline_seed)
-    return hit_rate(evaluator, edited, targets)
+    _, labels, inversion = real
+    return class_transfer_hit_rate(pipe, evaluator, inversion, labels, strength, fit, baseline_seed)
 
 
 @pytest.fixture(scope="module")
