@@ -123,7 +123,7 @@ NODE_CLASS_MAPPINGS = {
     "HSpaceUnconditional": HSpaceUnconditional,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "HSpacePixelModelLoader": "Load Pixel DDPM (hspace)",
+    "HSpacePixelModelLoader": "Load Pixel Model (hspace)",
     "HSpacePixelLatentToImage": "Pixel Latent to Image (hspace)",
     "HSpaceImageToPixelLatent": "Image to Pixel Latent (hspace)",
     "HSpaceUnconditional": "Unconditional (hspace)",
