@@ -80,8 +80,8 @@ class DiffusersUNetWrapper(torch.nn.Module):
 
 
 def _replaced(block: torch.nn.Module, replacement: Callable[..., dict], options: dict[str, Any]) -> Callable:
-    """Block ``block`` run through a ComfyUI block replacement, which gets the block's image tokens and calls
-    ``original_block`` to run the block itself (with what it passes as ``"img"``)."""
+    """``block`` run through a ComfyUI block replacement: the replacement gets the block's image tokens and calls
+    ``original_block`` to run the block itself on what it passes as ``"img"``."""
     def run(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         def original_block(block_args: dict[str, Any]) -> dict[str, torch.Tensor]:
             return {"img": block(block_args["img"], *args, **kwargs)}

@@ -124,7 +124,8 @@ def test_patched_model_runs_the_controller_at_the_site_and_a_zero_edit_is_bitwis
     assert not torch.equal(call(patched, x, 0.25), plain)
     assert controller.calls == [((2, TOKENS, DIM), 250.0, [0], 0.25)]  # timestep 1000 sigma, as trained
     zero = Direction(torch.zeros(TOKENS, DIM), meta={"hook_site": "transformer_blocks.1.output"})
-    edited = comfy_adapter.patch_model(model, Bottleneck([EditSpec(zero, 1.0)]), hook_site="transformer_blocks.1.output")
+    edited = comfy_adapter.patch_model(model, Bottleneck([EditSpec(zero, 1.0)]),
+                                       hook_site="transformer_blocks.1.output")
     assert torch.equal(call(edited, x, 0.25), plain)
 
 

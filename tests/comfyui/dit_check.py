@@ -95,7 +95,8 @@ def main(comfy_path: str) -> None:
 
     def edited(strength: float, edit=direction, sampler=asyrp) -> torch.Tensor:
         patched = apply.HSpaceApplyDirection().apply(model, [edit], strength, "direction", 0.0, 1.0, "both", False)[0]
-        result["replacements"] = sorted(map(list, patched.model_options["transformer_options"]["patches_replace"]["dit"]))
+        replacements = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+        result["replacements"] = sorted(map(list, replacements))
         return _sampling.run_comfy_sampler(patched, sampler, comfy_sigmas, latent, empty, empty, 1.0, noise,
                                            SEED)["samples"]
 
@@ -119,7 +120,8 @@ def main(comfy_path: str) -> None:
     result["library_direction_change"] = float((edited(3.0, library_direction) - plain).abs().max())
 
     jacobian = local_directions.HSpaceJacobianDirections().discover(
-        model, comfy.samplers.calculate_sigmas(sampling, "simple", 3), comfy_nodes.EmptyLatentImage().generate(16, 16, 1)[0], 3, 2, 0, "subspace", 3,
+        model, comfy.samplers.calculate_sigmas(sampling, "simple", 3),
+        comfy_nodes.EmptyLatentImage().generate(16, 16, 1)[0], 3, 2, 0, "subspace", 3,
         "transformer_blocks.1.output")["result"][0]
     result["jacobian"] = {"count": len(jacobian), "site": jacobian[0].meta["hook_site"],
                           "shape": list(jacobian[0].delta.shape), "norm": float(jacobian[0].delta[0].norm())}
