@@ -4,7 +4,8 @@ hspace_core's Jacobian code needs ``encode(x, sigma) -> h`` (the encoder up to t
 ``decode_from(x, sigma, h) -> eps`` (the UNet with its middle-block output replaced), both differentiable;
 Park's x-space guidance needs ``eps(x, sigma)``.
 
-- Pixel DDPMs (the pack's loader) hold a diffusers UNet: hspace_core's ``DiffusersDenoiser`` runs on it.
+- Pixel DDPMs (the pack's loader) hold a diffusers UNet: hspace_core's ``DiffusersDenoiser`` runs on it; the
+  pack's DiT holds a diffusers DiT: hspace_core's ``DiffusersTransformerDenoiser`` (``decode_from`` gives the velocity).
 - Other ComfyUI UNets go through :class:`ComfyUNetDenoiser`: an autograd-capable copy of the MODEL, patched
   with hspace_core's ``BottleneckOverride`` (the stop/replace that ``DiffusersDenoiser`` uses), called through
   ``apply_model`` unguided with one prompt (SD1.x / SD2.x: cross-attention conditioning only). Flux and SD3 go
@@ -70,6 +71,13 @@ class ComfyUNetDenoiser:
             return self._call(x, sigma)
 
 
+def _load_on_sampling_device(model: Any) -> None:
+    """A pixel model onto the device ComfyUI samples on (it waits on the offload device)."""
+    management = _comfy.optional("comfy.model_management")
+    if management is not None:
+        management.load_models_gpu([model])
+
+
 def autograd_denoiser(model: Any, positive: list | None = None, hook_site: str | None = None) -> Any:
     """The denoiser the Jacobian code needs, for a pixel DDPM, a ComfyUI UNet MODEL or a Flux / SD3 transformer
     (hooked at ``hook_site``; None = the model's default)."""
@@ -78,12 +86,13 @@ def autograd_denoiser(model: Any, positive: list | None = None, hook_site: str |
         raise HSpaceError("Jacobian directions are not supported on SD3: ComfyUI runs every MMDiT joint block under "
                           "torch.utils.checkpoint (mmdit.block_mixing), which torch.func's products cannot "
                           "differentiate through (saved tensor hooks)")
+    if isinstance(comfy_adapter.diffusion_model(model), pixel_model.DiffusersDiTWrapper):
+        _load_on_sampling_device(model)
+        return comfy_adapter.diffusion_model(model).denoiser(comfy_adapter.resolve_site(model, hook_site))
     if kind != "unet":
         return ComfyUNetDenoiser(model, positive, hook_site)
     inner = comfy_adapter.check_unet(model)
     if isinstance(inner, pixel_model.DiffusersUNetWrapper):
-        management = _comfy.optional("comfy.model_management")
-        if management is not None:  # onto the device ComfyUI samples on (the UNet waits on the offload device)
-            management.load_models_gpu([model])
+        _load_on_sampling_device(model)
         return DiffusersDenoiser(inner.unet, comfy_adapter.vp_schedule(model), comfy_adapter.prediction_type(model))
     return ComfyUNetDenoiser(model, positive)

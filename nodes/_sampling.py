@@ -27,8 +27,8 @@ SamplerFn = Callable[..., Any]
 
 
 def is_pixel_model(model: Any) -> bool:
-    """Whether a MODEL is a pixel DDPM of the pack's loader (a diffusers UNet, unconditional)."""
-    return isinstance(comfy_adapter.diffusion_model(model), pixel_model.DiffusersUNetWrapper)
+    """Whether a MODEL is a pixel model of the pack's loader (a diffusers UNet or DiT, unconditional)."""
+    return isinstance(comfy_adapter.diffusion_model(model), pixel_model.PIXEL_WRAPPERS)
 
 
 def conditioning(model: Any, value: list | None, which: str) -> list:
@@ -53,7 +53,11 @@ def pixel_preview(model: Any, edited: torch.Tensor, original: torch.Tensor | Non
 
 def fingerprint(model: Any, h_shape: tuple[int, ...], hook_site: str | None = None) -> dict[str, Any]:
     """hspace's model fingerprint of a ComfyUI MODEL (architecture, h shape, sampled weights hash; a transformer's
-    hook site, which a UNet's middle block leaves out as the default)."""
+    hook site, which a UNet's middle block leaves out as the default). The pack's DiT gets the library's own
+    fingerprint of that DiT, so direction files go both ways between the library and ComfyUI."""
+    inner = comfy_adapter.diffusion_model(model)
+    if isinstance(inner, pixel_model.DiffusersDiTWrapper):
+        return inner.denoiser(comfy_adapter.resolve_site(model, hook_site)).fingerprint()
     arch = type(comfy_adapter.base_model(model)).__name__
     if comfy_adapter.family(model) == "unet":
         comfy_adapter.resolve_site(model, hook_site)

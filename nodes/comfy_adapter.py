@@ -30,15 +30,18 @@ Controller = Callable[..., torch.Tensor]
 
 FLAGS_KEY = "hspace"
 MIDDLE_PATCH = "middle_block_after_patch"
-NON_UNET_REASON = ("hspace hooks the output of a UNet's middle block, or a block of a Flux or SD3 transformer "
+NON_UNET_REASON = ("hspace hooks the output of a UNet's middle block, or a block of a Flux or SD3 transformer (or "
+                   "of the pack's embedded DiT) "
                    "through ComfyUI's patches_replace['dit']; this model has no diffusion_model.middle_block and "
                    "is none of those transformer families (other DiT/MMDiT families such as PixArt, WAN, Chroma "
                    "and Stable Cascade's stages are not supported)")
 # The transformer families whose forward honours patches_replace["dit"] block replacements (checked in
 # comfy/ldm/flux/model.py and comfy/ldm/modules/diffusionmodules/mmdit.py): ComfyUI's BaseModel class name ->
 # {block list attribute of the diffusion model: the replacement's block name}.
+# The pack's embedded DiT (PixelFlowDiT, nodes/pixel_model.py) honours them the same way.
 TRANSFORMER_BLOCKS = {"Flux": {"double_blocks": "double_block", "single_blocks": "single_block"},
-                      "SD3": {"joint_blocks": "double_block"}}
+                      "SD3": {"joint_blocks": "double_block"},
+                      "PixelFlowDiT": {"transformer_blocks": "double_block"}}
 
 
 # -- model inspection -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from ..hspace_core.errors import HSpaceError
 from . import _comfy
 from ._display import enlarged
 from .pixel_latents import image_to_latent, latent_to_image
-from .pixel_model import EMBEDDED, load_pixel_model
+from .pixel_model import EMBEDDED, EMBEDDED_DIT, load_pixel_model
 
 PIXEL_CATEGORY = "hspace/pixel"
 
@@ -19,16 +19,16 @@ PIXEL_CATEGORY = "hspace/pixel"
 def _diffusers_choices() -> list[str]:
     folder_paths = _comfy.optional("folder_paths")
     if folder_paths is None:
-        return [EMBEDDED]
+        return [EMBEDDED, EMBEDDED_DIT]
     names = []
     for root in folder_paths.get_folder_paths("diffusers"):
         if os.path.isdir(root):
             names += sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    return [EMBEDDED, *names]
+    return [EMBEDDED, EMBEDDED_DIT, *names]
 
 
 def _resolve_choice(name: str) -> str:
-    if name == EMBEDDED or os.path.isdir(name):
+    if name in (EMBEDDED, EMBEDDED_DIT) or os.path.isdir(name):
         return name
     folder_paths = _comfy.require("folder_paths")
     for root in folder_paths.get_folder_paths("diffusers"):
@@ -38,19 +38,21 @@ def _resolve_choice(name: str) -> str:
 
 
 class HSpacePixelModelLoader:
-    """Load a pixel-space DDPM (diffusers UNet2DModel) as a MODEL for KSampler, SamplerCustom and the hspace nodes."""
+    """Load a pixel-space model as a MODEL for KSampler, SamplerCustom and the hspace nodes: a DDPM (diffusers
+    UNet2DModel), or the embedded flow-matching DiT (unconditional; sample it with euler and the simple scheduler)."""
 
     DESCRIPTION = __doc__
     CATEGORY = PIXEL_CATEGORY
     RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("the pixel DDPM as a ComfyUI MODEL (KSampler and the hspace nodes take it)",)
-    SEARCH_ALIASES = ["ddpm", "diffusers unet", "mnist model", "celeba"]
+    OUTPUT_TOOLTIPS = ("the pixel model as a ComfyUI MODEL (KSampler and the hspace nodes take it)",)
+    SEARCH_ALIASES = ["ddpm", "diffusers unet", "mnist model", "celeba", "dit", "flow matching"]
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"model_name": (_diffusers_choices(), {
-            "tooltip": "the embedded 16x16 MNIST model, or a folder under models/diffusers"})}}
+            "tooltip": "the embedded 16x16 MNIST DDPM (a UNet) or flow-matching DiT (a transformer, hooked at a block "
+                       "output), or a DDPM folder under models/diffusers"})}}
 
     def load(self, model_name: str) -> tuple[Any]:
         return (load_pixel_model(_resolve_choice(model_name)),)
@@ -121,7 +123,7 @@ NODE_CLASS_MAPPINGS = {
     "HSpaceUnconditional": HSpaceUnconditional,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "HSpacePixelModelLoader": "Load Pixel DDPM (hspace)",
+    "HSpacePixelModelLoader": "Load Pixel Model (hspace)",
     "HSpacePixelLatentToImage": "Pixel Latent to Image (hspace)",
     "HSpaceImageToPixelLatent": "Image to Pixel Latent (hspace)",
     "HSpaceUnconditional": "Unconditional (hspace)",

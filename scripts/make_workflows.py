@@ -28,7 +28,7 @@ if "hspace_pack" not in sys.modules:  # the repository root as a package, the wa
     _pack.__path__ = [str(ROOT)]
     sys.modules["hspace_pack"] = _pack
 
-from hspace_pack.nodes.pixel_model import EMBEDDED  # noqa: E402
+from hspace_pack.nodes.pixel_model import EMBEDDED, EMBEDDED_DIT  # noqa: E402
 from hspace_pack.nodes.registry import NODE_CLASS_MAPPINGS  # noqa: E402
 
 OUT_DIR = ROOT / "example_workflows"
@@ -232,6 +232,31 @@ WORKFLOWS = [
         N(10, "HSpaceApplyDirection", model=(2, 0), direction=(7, 0), strength=1.0),
         N(11, "HSpaceSampleFromNoise", model=(10, 0), noise=(6, 0), mode="asymmetric", t_edit=500),
         *save_pixels(12, (11, 0), "hspace/asyrp_trained"),
+    ]),
+    Workflow("dit_pca_asyrp_embedded", "PCA directions and Asyrp edit on a transformer (embedded digit DiT)", [
+        note(1, "Needs nothing to download: the embedded 16x16 digit flow-matching DiT, a transformer hooked at the "
+                "output of its middle block (transformer_blocks.2, 64 image tokens of width 96) through ComfyUI's "
+                "block replacements; CPU, under a minute. Capture h of 32 samples, PCA per timestep, sweep "
+                "component 0 from -3 to +3 standard deviations, and sample with it through the Asyrp Sampler (edit "
+                "for t >= 500) beside the unedited digits. Flow models sample on the simple scheduler."),
+        N(2, "HSpacePixelModelLoader", model_name=EMBEDDED_DIT),
+        N(3, "BasicScheduler", model=(2, 0), scheduler="simple", steps=20, denoise=1.0),
+        *capture_and_pca(4, 2, 3, 32, 4),
+        N(7, "HSpacePickDirection", directions=(6, 0), index=0),
+        empty_pixels(8, 4),
+        N(9, "HSpaceStrengthSweep", model=(2, 0), direction=(7, 0), sigmas=(3, 0), latent_image=(8, 0), seed=1,
+          strength_min=-3.0, strength_max=3.0, count=5),
+        N(10, "SaveImage", images=(9, 0), filename_prefix="hspace/dit_pca_sweep"),
+        N(11, "HSpaceApplyDirection", model=(2, 0), direction=(7, 0), strength=3.0),
+        N(12, "HSpaceAsyrpSampler", model=(2, 0), mode="asymmetric", t_edit=500, t_boost=0),
+        N(13, "HSpaceUnconditional"),
+        empty_pixels(14, 4),
+        N(15, "SamplerCustom", model=(11, 0), add_noise=True, noise_seed=42, cfg=1.0, positive=(13, 0),
+          negative=(13, 0), sampler=(12, 0), sigmas=(3, 0), latent_image=(14, 0)),
+        *save_pixels(16, (15, 0), "hspace/dit_asyrp_edited"),
+        N(18, "SamplerCustom", model=(2, 0), add_noise=True, noise_seed=42, cfg=1.0, positive=(13, 0),
+          negative=(13, 0), sampler=(12, 0), sigmas=(3, 0), latent_image=(14, 0)),
+        *save_pixels(19, (18, 0), "hspace/dit_original"),
     ]),
     Workflow("asyrp_sd15", "Asyrp sampler on Stable Diffusion 1.5", [
         note(1, "Needs v1-5-pruned-emaonly.safetensors in models/checkpoints. Capture h of 8 samples, take PCA "
