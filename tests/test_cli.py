@@ -35,6 +35,17 @@ def test_demo_on_the_embedded_model(tmp_path):
     assert (out / "class_transfer.png").is_file()
 
 
+def test_demo_on_the_embedded_dit(tmp_path):
+    """The main job on the flow-matching DiT, small: every experiment but the disentanglement one (64 samples)."""
+    out = tmp_path / "report"
+    assert main(["demo", "--model", "dit", "--samples", "16", "--steps", "4", "--real-digits", "10",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["numbers"]["edit_friendly_relative_error"] < 1e-5
+    assert {"class_transfer_hit_rate", "pc0_class_change_rate", "ink_change_disentangled_x2"} <= set(summary["numbers"])
+    assert (out / "class_transfer.png").is_file() and (out / "pc0_sweep.png").is_file()
+
+
 def test_an_interrupted_demo_ends_with_one_line(tmp_path, capsys, monkeypatch):
     def interrupted(config):
         raise KeyboardInterrupt
