@@ -91,6 +91,13 @@ def main(comfy_path: str) -> None:
         return OnceDifferentiableAttention.apply(split(q), split(k), split(v)).transpose(1, 2).reshape(b, n, inner)
 
     attention.optimized_attention = attention.optimized_attention_masked = attention_once_differentiable
+    if not hasattr(model, "set_model_optimized_attention"):  # ComfyUI before the per-model attention override
+        try:
+            sigmas("reverse")
+        except comfy_adapter.HSpaceError as err:
+            result["refused"] = str(err)
+        print(json.dumps(result))
+        return
     result["switched_reverse"], result["switched_forward"] = sigmas("reverse"), sigmas("forward")
     comfy_adapter.differentiable_attention = lambda patcher: patcher  # the pack without its switch
     result["unswitched_reverse"] = sigmas("reverse")

@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 CHECK = r"""
-import importlib, json, sys, types
+import importlib, json, os, sys, tempfile, types
 comfy_path, repo = sys.argv[1:3]
 sys.argv = [sys.argv[0], "--cpu"]
 sys.path.insert(0, comfy_path)
@@ -30,10 +30,12 @@ DirectionalCLIPLoss = importlib.import_module("hspace_pack.hspace_core.discovery
 
 report = {}
 with torch.inference_mode():  # as ComfyUI's loader nodes run
-    vision = comfy.clip_vision.ClipVisionModel({
-        "hidden_act": "quick_gelu", "hidden_size": 32, "image_size": 28, "intermediate_size": 64,
-        "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3,
-        "num_hidden_layers": 2, "patch_size": 14, "projection_dim": 16})
+    config_file = os.path.join(tempfile.mkdtemp(), "clip_vision.json")  # older ComfyUI takes a path only
+    with open(config_file, "w") as f:
+        json.dump({"hidden_act": "quick_gelu", "hidden_size": 32, "image_size": 28, "intermediate_size": 64,
+                   "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_attention_heads": 2,
+                   "num_channels": 3, "num_hidden_layers": 2, "patch_size": 14, "projection_dim": 16}, f)
+    vision = comfy.clip_vision.ClipVisionModel(config_file)
     vision.load_sd({k: torch.randn_like(v) * 0.05 for k, v in vision.get_sd().items()})
     target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
     tiny_text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}

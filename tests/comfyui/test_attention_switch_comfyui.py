@@ -20,6 +20,9 @@ def test_jacobian_path_switches_to_pytorch_attention(comfyui_dir):
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    if "switched_reverse" not in result:  # this ComfyUI has no per-model attention override (0.19.3)
+        assert "--use-pytorch-cross-attention" in result["refused"]  # refused before any product runs
+        return
     for mode in ("switched_reverse", "switched_forward"):
         assert result[mode] == pytest.approx(result["reference"], rel=1e-5), mode
     # without the switch, torch.func differentiates through the once-differentiable backward as if it were
