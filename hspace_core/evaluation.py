@@ -21,6 +21,7 @@ from .bottleneck import EditSpec
 from .checks import check_finite, check_number
 from .direction import Direction
 from .errors import HSpaceError
+from .sites import MID_BLOCK
 
 Measure = Callable[[torch.Tensor], torch.Tensor]
 
@@ -265,6 +266,12 @@ def evaluate_direction(pipe: Any, direction: Direction, x_T: torch.Tensor, sigma
             class_kept=kept(run), random_class_kept=sum(kept(r) for r in random_runs) / random_directions,
             other_changes={k: float(change(run, k).abs().mean()) for k in measures if k != target}))
     return result
+
+
+def embedded_model_of(direction: Direction) -> str:
+    """The embedded model a direction was made on, by its hook site: ``"dit"`` at a transformer site, else
+    ``"unet"`` (the middle block)."""
+    return "unet" if direction.meta.get("hook_site", MID_BLOCK) == MID_BLOCK else "dit"
 
 
 def evaluate_on_model(direction: Direction, target: str, model: str | None = None, samples: int = 128,

@@ -1,4 +1,4 @@
-"""Measuring a direction: what it changes besides its target (embedded digit model only)."""
+"""Measuring a direction: what it changes besides its target (embedded digit models only)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,18 +7,19 @@ import numpy as np
 import torch
 
 from ..hspace_core.checks import check_choice, check_number
-from ..hspace_core.evaluation import ATTRIBUTES, evaluate_on_model
+from ..hspace_core.evaluation import ATTRIBUTES, embedded_model_of, evaluate_on_model
 
 from . import _comfy, _inputs
 from ._types import DirectionSet, single
 
 
 class HSpaceEvaluateDirection:
-    """Measure what a direction changes, on the embedded digit model only (the shipped digit classifier judges its
-    16x16 digits): held-out seeds are edited at -2, -1, +1, +2; per strength, the share of samples whose target
-    attribute moved the intended way, its change against random directions of the same norm, the class kept, the
-    change of every other attribute, and the linearity (effect at x2 over x1). The direction must come from h of
-    the embedded model (e.g. Capture h with the hspace Pixel Model Loader's embedded model)."""
+    """Measure what a direction changes, on an embedded digit model only (the UNet, or the DiT for a direction made
+    at a transformer block; the shipped digit classifier judges their 16x16 digits): held-out seeds are edited at
+    -2, -1, +1, +2; per strength, the share of samples whose target attribute moved the intended way, its change
+    against random directions of the same norm, the class kept, the change of every other attribute, and the
+    linearity (effect at x2 over x1). The direction must come from h of an embedded model (e.g. Capture h on one
+    of the embedded models of Load Pixel Model)."""
 
     DESCRIPTION = __doc__
     CATEGORY = "hspace/directions"
@@ -36,7 +37,7 @@ class HSpaceEvaluateDirection:
                                 "tooltip": "held-out samples edited (each costs 9 runs with 2 random directions)"}),
             "first_seed": ("INT", {"default": 100000, "min": 0, "max": 2 ** 31 - 1,
                                    "tooltip": "seeds first_seed.. are edited: keep them apart from the fitting seeds"}),
-            "steps": ("INT", {"default": 20, "min": 2, "max": 1000, "tooltip": "DDIM steps of the edited runs"}),
+            "steps": ("INT", {"default": 20, "min": 2, "max": 1000, "tooltip": "sampling steps of the edited runs (DDIM on the UNet, flow on the DiT)"}),
             "random_directions": ("INT", {"default": 2, "min": 1, "max": 16,
                                           "tooltip": "random directions of the same norm to compare with"}),
             "allow_foreign": ("BOOLEAN", {"default": False,
@@ -47,8 +48,10 @@ class HSpaceEvaluateDirection:
                  random_directions: int, allow_foreign: bool) -> dict[str, Any]:
         check_choice(target, "target", list(ATTRIBUTES))
         check_number(steps, "steps", 2, integer=True)
-        result = evaluate_on_model(single(direction), target, samples=samples, first_seed=first_seed, steps=steps,
-                                   random_directions=random_directions, allow_foreign=allow_foreign)
+        direction = single(direction)
+        result = evaluate_on_model(direction, target, embedded_model_of(direction), samples=samples,
+                                   first_seed=first_seed, steps=steps, random_directions=random_directions,
+                                   allow_foreign=allow_foreign)
         chart = torch.from_numpy(np.asarray(result.chart().convert("RGB"), dtype=np.float32) / 255.0)[None]
         report = result.report()
         return {"ui": {"text": [report], "images": _comfy.preview_images(chart)}, "result": (report, chart)}

@@ -153,6 +153,17 @@ WORKFLOWS = [
         N(10, "SaveImage", images=(9, 0), filename_prefix="hspace/pca_sweep"),
         N(11, "HSpaceSaveTrajectory", trajectory=(5, 0), filename_prefix="hspace_trajectories/embedded_64"),
     ]),
+    Workflow("evaluate_direction_embedded", "Measuring what a direction changes (embedded digits)", [
+        note(1, "Needs nothing to download: the embedded 16x16 digit DDPM and the shipped digit classifier (CPU, "
+                "a few minutes). PCA component 0 of 64 captured samples, then Evaluate Direction edits 16 "
+                "held-out seeds at -2, -1, +1, +2 and reports, per strength, how often slant moved the intended "
+                "way, the effect against random directions of the same norm, the class kept and every other "
+                "attribute's change. Raise samples for firmer numbers."),
+        embedded_loader(2), ddim_schedule(3, 2, 10), *capture_and_pca(4, 2, 3, 64, 4),
+        N(7, "HSpacePickDirection", directions=(6, 0), index=0),
+        N(8, "HSpaceEvaluateDirection", direction=(7, 0), target="slant", samples=16, first_seed=100000, steps=10,
+          random_directions=1, allow_foreign=False),
+    ]),
     Workflow("real_image_inversion_edit", "Real image inversion and Asyrp edit (embedded digits)", [
         note(1, "Needs nothing to download (the embedded digit DDPM and its held-out digits; CPU). Invert real held-out digits exactly (edit-friendly DDPM inversion), reconstruct them, and edit "
                 "them along PCA component 0 with Asyrp's asymmetric process (edit for t >= t_edit)."),

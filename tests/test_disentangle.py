@@ -177,9 +177,12 @@ def test_evaluate_direction_node_shows_the_library_report_and_chart(monkeypatch)
     report, chart = out["result"]
     assert report == known_result().report() and out["ui"]["text"] == [report]
     assert chart.shape == (1, 360, 720, 3) and 0 <= float(chart.min()) <= float(chart.max()) <= 1
-    (args, kwargs), = calls
-    assert args == (direction, "thickness") and kwargs == {"samples": 16, "first_seed": 5, "steps": 10,
-                                                            "random_directions": 3, "allow_foreign": True}
+    token_direction = Direction(torch.ones(64, 96), meta={"hook_site": "transformer_blocks.2.output"})
+    NODE_CLASS_MAPPINGS["HSpaceEvaluateDirection"]().evaluate([token_direction], "thickness", 16, 5, 10, 3, True)
+    (args, kwargs), (dit_args, _) = calls
+    assert args == (direction, "thickness", "unet") and kwargs == {
+        "samples": 16, "first_seed": 5, "steps": 10, "random_directions": 3, "allow_foreign": True}
+    assert dit_args == (token_direction, "thickness", "dit")  # a direction made at a DiT block: the embedded DiT
     with pytest.raises(HSpaceError, match="target"):
         NODE_CLASS_MAPPINGS["HSpaceEvaluateDirection"]().evaluate([direction], "size", 16, 5, 10, 3, True)
 

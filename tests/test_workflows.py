@@ -59,7 +59,7 @@ def test_there_are_the_promised_examples():
     ids = {load(p)["extra"]["hspace_id"] for p in WORKFLOWS}
     assert {"pca_edit_embedded", "real_image_inversion_edit", "supervised_disentangle", "jacobian_edit",
             "pullback_edit", "asyrp_sd15", "direction_arithmetic_save_load", "asyrp_train_embedded",
-            "dit_pca_asyrp_embedded"} <= ids
+            "dit_pca_asyrp_embedded", "evaluate_direction_embedded"} <= ids
 
 
 def test_file_names_are_readable_titles():
