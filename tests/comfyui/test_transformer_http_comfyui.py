@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_transformer import file_name
 
 HERE = Path(__file__).resolve().parent
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -30,18 +31,19 @@ STEPS, BATCH, TOKENS, WIDTH = 4, 2, 16, 128  # 64 px: an 8x8 latent in 2x2 patch
 SAMPLED = ("plain", "zero", "edited", "euler", "captured")
 
 
-def build_model(comfy, family: str) -> str:
-    """The tiny model of a family in models/diffusion_models; its file name."""
+@pytest.fixture(scope="module")
+def model_files(comfy) -> dict[str, str]:
+    """family -> the file name of its tiny model in models/diffusion_models (both built in one call)."""
     folder = comfy.root / "base" / "models" / "diffusion_models"
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"hspace_tiny_{family}.safetensors"
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
-    out = subprocess.run([python, str(HERE / "tiny_transformer.py"), str(comfy.comfy_dir), family, str(folder / name)],
+    out = subprocess.run([python, str(HERE / "tiny_transformer.py"), str(comfy.comfy_dir), str(folder)],
                          cwd=comfy.comfy_dir, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and (folder / name).is_file(), out.stderr[-3000:]
-    return name
+    names = {family: file_name(family) for family in FAMILIES}
+    assert out.returncode == 0 and all((folder / n).is_file() for n in names.values()), out.stderr[-3000:]
+    return names
 
 
 def with_defaults(prompt: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
@@ -98,9 +100,9 @@ def edit_prompt(family: str, unet_name: str, checkpoint: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def run(request, comfy) -> dict[str, Any]:
+def run(request, comfy, model_files) -> dict[str, Any]:
     family = request.param
-    prompt = with_defaults(edit_prompt(family, build_model(comfy, family), comfy.checkpoint), comfy.client.object_info())
+    prompt = with_defaults(edit_prompt(family, model_files[family], comfy.checkpoint), comfy.client.object_info())
     start = time.monotonic()
     outputs = comfy.client.run(prompt, timeout_s=600)
     seconds = time.monotonic() - start
