@@ -7,6 +7,7 @@ import torch
 
 from ..hspace_core.bottleneck import ROW_CHOICES, Bottleneck, EditSpec
 from ..hspace_core.checks import check_choice, check_number
+from ..hspace_core.denoisers import hspace_flags
 from ..hspace_core.errors import HSpaceError
 from ..hspace_core.samplers import MODES, sample_asyrp, sample_ddim
 from ..hspace_core.schedule import FLOW, at_or_above, check_sigmas
@@ -143,10 +144,14 @@ class HSpaceAsyrpSampler:
 
 def _asyrp_in_window(model: Any, x: torch.Tensor, sigmas: torch.Tensor, *args: Any, sigma_edit: float,
                      **options: Any) -> torch.Tensor:
-    """sample_asyrp, refusing a schedule whose steps all lie below the edit window (nothing would be edited)."""
+    """sample_asyrp, refusing a schedule whose steps all lie below the edit window (nothing would be edited). A
+    model without an hspace patch (none published ``shifts_at``) shifts nothing: its steps are the plain sampler's
+    single passes, as after a zero edit (not the batched [x; x] call, whose doubled batch can change the last bits)."""
     if not at_or_above(sigmas[:-1].max(), sigma_edit):
         raise HSpaceError(f"no step of this schedule reaches t_edit: its largest sigma {float(sigmas[:-1].max()):.4g} "
                           f"is below the window's {sigma_edit:.4g}; lower t_edit or use more of the schedule")
+    if "shifts_at" not in hspace_flags((options.get("extra_args") or {}).get("model_options")):
+        options.setdefault("shifts", lambda sigma: False)
     return sample_asyrp(model, x, sigmas, *args, sigma_edit=sigma_edit, **options)
 
 

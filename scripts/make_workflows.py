@@ -53,6 +53,13 @@ CORE_NODES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, Any]], list[t
                       [("add_noise", True), ("noise_seed", 0), ("cfg", 8.0)],
                       [("output", "LATENT"), ("denoised_output", "LATENT")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], [("IMAGE", "IMAGE")]),
+    "UNETLoader": ([], [("unet_name", "flux1-dev.safetensors"), ("weight_dtype", "default")], [("MODEL", "MODEL")]),
+    "DualCLIPLoader": ([], [("clip_name1", "clip_l.safetensors"), ("clip_name2", "t5xxl_fp16.safetensors"),
+                            ("type", "flux"), ("device", "default")], [("CLIP", "CLIP")]),
+    "VAELoader": ([], [("vae_name", "ae.safetensors")], [("VAE", "VAE")]),
+    "FluxGuidance": ([("conditioning", "CONDITIONING")], [("guidance", 3.5)], [("CONDITIONING", "CONDITIONING")]),
+    "ConditioningZeroOut": ([("conditioning", "CONDITIONING")], [], [("CONDITIONING", "CONDITIONING")]),
+    "EmptySD3LatentImage": ([], [("width", 1024), ("height", 1024), ("batch_size", 1)], [("LATENT", "LATENT")]),
     "SaveImage": ([("images", "IMAGE")], [("filename_prefix", "ComfyUI")], []),
     NOTE: ([], [("text", "")], []),
 }
@@ -94,7 +101,7 @@ def interface(node_type: str) -> Interface:
 class N:
     """One node: its id, type, and keyword values: ``(node_id, output_slot)`` for sockets, else widget values."""
 
-    def __init__(self, id: int, type: str, **values: Any):
+    def __init__(self, id: int, type: str, /, **values: Any):  # positional: a widget may be named type
         self.id, self.type, self.values = id, type, values
 
 
@@ -139,6 +146,34 @@ def save_pixels(id: int, samples: tuple[int, int], prefix: str) -> list[N]:
     return [N(id, "HSpacePixelLatentToImage", samples=samples),
             N(id + 1, "SaveImage", images=(id, 0), filename_prefix=prefix)]
 
+
+def asyrp_edit_beside_plain(first: int, model: int, sigmas: int, latent: int, positive: tuple[int, int],
+                            negative: tuple[int, int], vae: tuple[int, int], cfg: float, prefix: str) -> list[N]:
+    """Capture h of 8 samples, PCA, component 0 applied at strength 3 and sampled with the Asyrp Sampler (edit for
+    t >= 500) beside the same noise sampled unedited, both decoded and saved."""
+    conditioning = {"positive": positive, "negative": negative}
+    return [
+        N(first, "HSpaceCaptureH", model=(model, 0), sigmas=(sigmas, 0), latent_image=(latent, 0), num_samples=8,
+          seed=0, cfg=cfg, **conditioning),
+        N(first + 1, "HSpacePCA", trajectory=(first, 0), num_components=4),
+        N(first + 2, "HSpacePickDirection", directions=(first + 1, 0), index=0),
+        N(first + 3, "HSpaceApplyDirection", model=(model, 0), direction=(first + 2, 0), strength=3.0),
+        N(first + 4, "HSpaceAsyrpSampler", model=(model, 0), mode="asymmetric", t_edit=500, t_boost=0),
+        N(first + 5, "SamplerCustom", model=(first + 3, 0), add_noise=True, noise_seed=42, cfg=cfg,
+          sampler=(first + 4, 0), sigmas=(sigmas, 0), latent_image=(latent, 0), **conditioning),
+        N(first + 6, "VAEDecode", samples=(first + 5, 0), vae=vae),
+        N(first + 7, "SaveImage", images=(first + 6, 0), filename_prefix=f"{prefix}_edited"),
+        N(first + 8, "SamplerCustom", model=(model, 0), add_noise=True, noise_seed=42, cfg=cfg,
+          sampler=(first + 4, 0), sigmas=(sigmas, 0), latent_image=(latent, 0), **conditioning),
+        N(first + 9, "VAEDecode", samples=(first + 8, 0), vae=vae),
+        N(first + 10, "SaveImage", images=(first + 9, 0), filename_prefix=f"{prefix}_original"),
+    ]
+
+
+TRANSFORMER_SIZES = ("Sized for a GPU: 512 x 512, 20 steps, 8 captured samples (h of the capture: about {gb} GB of "
+                     "RAM; at 1024 x 1024, the model's native size, 4x that); a CPU is far too slow for a model this "
+                     "size. Capture h and both samplers share the one Empty SD3 Latent Image and BasicScheduler: a "
+                     "direction holds a vector per step and image token, so change the size or steps there only.")
 
 WORKFLOWS = [
     Workflow("pca_edit_embedded", "PCA directions and strength sweep (embedded digits)", [
@@ -295,6 +330,39 @@ WORKFLOWS = [
           negative=(4, 0), sampler=(11, 0), sigmas=(5, 0), latent_image=(12, 0)),
         N(17, "VAEDecode", samples=(16, 0), vae=(2, 2)),
         N(18, "SaveImage", images=(17, 0), filename_prefix="hspace/asyrp_original"),
+    ]),
+    Workflow("asyrp_flux", "PCA direction and Asyrp edit on Flux", [
+        note(1, "Needs the files of ComfyUI's own Flux example: flux1-dev.safetensors in models/diffusion_models, "
+                "clip_l.safetensors and t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn_scaled.safetensors) in "
+                "models/text_encoders, ae.safetensors in models/vae (flux1-schnell.safetensors also works: 4 steps). "
+                "Capture h at the middle double block (auto: double_blocks.9.output, the image tokens), take PCA "
+                "component 0, patch the model with it and sample with the Asyrp Sampler (edit for t >= 500) beside "
+                "the unedited image. Flux is guidance-distilled: cfg 1 with Flux Guidance 3.5 and the negative "
+                "zeroed, as in ComfyUI's example; flow steps on the simple scheduler. "
+                + TRANSFORMER_SIZES.format(gb="2.0")),
+        N(2, "UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="default"),
+        N(3, "DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux"),
+        N(4, "VAELoader", vae_name="ae.safetensors"),
+        N(5, "CLIPTextEncode", clip=(3, 0), text="a portrait photo of a person, studio light"),
+        N(6, "FluxGuidance", conditioning=(5, 0), guidance=3.5),
+        N(7, "ConditioningZeroOut", conditioning=(5, 0)),
+        N(8, "BasicScheduler", model=(2, 0), scheduler="simple", steps=20, denoise=1.0),
+        N(9, "EmptySD3LatentImage", width=512, height=512, batch_size=1),
+        *asyrp_edit_beside_plain(10, 2, 8, 9, (6, 0), (7, 0), (4, 0), 1.0, "hspace/flux"),
+    ]),
+    Workflow("asyrp_sd35", "PCA direction and Asyrp edit on SD3.5", [
+        note(1, "Needs sd3.5_large_fp8_scaled.safetensors (text encoders included; the checkpoint of ComfyUI's own "
+                "SD3.5 example) in models/checkpoints; any SD3 / SD3.5 checkpoint with its text encoders works the "
+                "same. Capture h at the middle joint block (auto: joint_blocks.19.output for SD3.5 Large, the image "
+                "tokens), take PCA component 0, patch the model with it and sample with the Asyrp Sampler (edit for "
+                "t >= 500) beside the unedited image; cfg 4 and flow steps on the sgm_uniform scheduler, as in "
+                "ComfyUI's example. " + TRANSFORMER_SIZES.format(gb="1.6")),
+        N(2, "CheckpointLoaderSimple", ckpt_name="sd3.5_large_fp8_scaled.safetensors"),
+        N(3, "CLIPTextEncode", clip=(2, 1), text="a portrait photo of a person, studio light"),
+        N(4, "CLIPTextEncode", clip=(2, 1), text=""),
+        N(5, "BasicScheduler", model=(2, 0), scheduler="sgm_uniform", steps=20, denoise=1.0),
+        N(6, "EmptySD3LatentImage", width=512, height=512, batch_size=1),
+        *asyrp_edit_beside_plain(7, 2, 5, 6, (3, 0), (4, 0), (2, 2), 4.0, "hspace/sd35"),
     ]),
     Workflow("direction_arithmetic_save_load", "Direction arithmetic and saving (embedded digits)", [
         note(1, "Needs nothing to download (the embedded digit DDPM; CPU). Capture h to disk "

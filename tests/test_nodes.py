@@ -347,6 +347,27 @@ def test_the_asyrp_sampler_refuses_a_schedule_below_its_edit_window():
         _asyrp_in_window(None, torch.zeros(1, 1, 2, 2), torch.tensor([1.0, 0.5, 0.0]), sigma_edit=5.0)
 
 
+def test_the_asyrp_sampler_runs_plain_passes_on_a_model_without_an_hspace_patch():
+    """Nothing shifts without a patch: one call per step on the batch as given, bitwise hspace's plain DDIM; a patched
+    model (its patch publishes shifts_at) gets the batched [x; x] call in the edit window."""
+    from hspace_core.samplers import sample_ddim, with_hspace_flags
+    from nodes.apply import _asyrp_in_window
+
+    batches = []
+
+    def model(x, sigma, **kwargs):
+        batches.append(x.shape[0])
+        return 0.5 * x
+
+    x, sigmas = torch.randn(2, 1, 2, 2), torch.tensor([2.0, 1.0, 0.0])
+    plain = _asyrp_in_window(model, x, sigmas, extra_args={}, sigma_edit=0.5, mode="asymmetric")
+    assert batches == [2, 2] and torch.equal(plain, sample_ddim(model, x, sigmas))
+    batches.clear()
+    _asyrp_in_window(model, x, sigmas, extra_args=with_hspace_flags({}, shifts_at=lambda sigma: True), sigma_edit=0.5,
+                     mode="asymmetric")
+    assert batches == [4, 4]
+
+
 def test_supervised_direction_is_the_mean_difference_keyed_by_timestep():
     generator = torch.Generator().manual_seed(1)
     positive = Trajectory(torch.randn(5, 2, 4, 2, 2, generator=generator) + 1.0, [800.0, 400.0], [2.0, 0.5])

@@ -26,6 +26,12 @@ CORE = {
                        "sampler": "SAMPLER", "sigmas": "SIGMAS", "latent_image": "LATENT"},
                       ["add_noise", "noise_seed", "cfg"], ["LATENT", "LATENT"]),
     "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, [], ["IMAGE"]),
+    "UNETLoader": ({}, ["unet_name", "weight_dtype"], ["MODEL"]),
+    "DualCLIPLoader": ({}, ["clip_name1", "clip_name2", "type", "device"], ["CLIP"]),
+    "VAELoader": ({}, ["vae_name"], ["VAE"]),
+    "FluxGuidance": ({"conditioning": "CONDITIONING"}, ["guidance"], ["CONDITIONING"]),
+    "ConditioningZeroOut": ({"conditioning": "CONDITIONING"}, [], ["CONDITIONING"]),
+    "EmptySD3LatentImage": ({}, ["width", "height", "batch_size"], ["LATENT"]),
     "SaveImage": ({"images": "IMAGE"}, ["filename_prefix"], []),
     "Note": ({}, ["text"], []),
 }
@@ -59,7 +65,7 @@ def test_there_are_the_promised_examples():
     ids = {load(p)["extra"]["hspace_id"] for p in WORKFLOWS}
     assert {"pca_edit_embedded", "real_image_inversion_edit", "supervised_disentangle", "jacobian_edit",
             "pullback_edit", "asyrp_sd15", "direction_arithmetic_save_load", "asyrp_train_embedded",
-            "dit_pca_asyrp_embedded", "evaluate_direction_embedded"} <= ids
+            "dit_pca_asyrp_embedded", "evaluate_direction_embedded", "asyrp_flux", "asyrp_sd35"} <= ids
 
 
 def test_file_names_are_readable_titles():

@@ -4,12 +4,18 @@ The UI-format files are converted to API prompts here, with the widget order tak
 control_after_generate value after seed widgets skipped), and shrunk for a CPU: 4 steps, few samples, 64 px,
 the tiny SD1.5-layout checkpoint of the harness in place of v1-5-pruned-emaonly.safetensors, and a tiny
 random CLIP (built here with transformers) in place of CLIP ViT-B/16.
+
+An example whose weight files have no stand-in here (Flux's and SD3.5's: their text encoders and VAE cannot be
+shrunk for ComfyUI's loaders) is not run: the server validates its prompt, unshrunk, and must refuse it only for
+the absent weight files its first Note names. test_transformer_http_comfyui.py runs the same node chain on tiny
+Flux and SD3 models.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
+import urllib.error
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,8 @@ from hspace_core.fileio import save_direction
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+STAND_INS = {"v1-5-pruned-emaonly.safetensors"}  # weight files the harness replaces with a tiny model of its layout
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEEDS = {"seed", "noise_seed"}
 EMBEDDED_H_SHAPE = (64, 4, 4)
@@ -60,8 +68,10 @@ def widget_names(info: dict[str, Any]) -> list[tuple[str, bool]]:
     return names
 
 
-def ui_to_api(graph: dict[str, Any], object_info: dict[str, Any], replace: dict[str, Any]) -> dict[str, Any]:
-    """The API prompt of a UI-format workflow, shrunk (SHRINK) and with some widget values replaced."""
+def ui_to_api(graph: dict[str, Any], object_info: dict[str, Any], replace: dict[str, Any],
+              shrink: bool = True) -> dict[str, Any]:
+    """The API prompt of a UI-format workflow, shrunk (SHRINK, unless not ``shrink``) and with some widget values
+    replaced."""
     links = {link[0]: link for link in graph["links"]}
     prompt = {}
     for node in graph["nodes"]:
@@ -73,7 +83,7 @@ def ui_to_api(graph: dict[str, Any], object_info: dict[str, Any], replace: dict[
             value = next(values)
             if control:
                 next(values)
-            inputs[name] = replace.get(name, SHRINK[name](value) if name in SHRINK else value)
+            inputs[name] = replace.get(name, SHRINK[name](value) if shrink and name in SHRINK else value)
         for socket in node["inputs"]:
             if socket.get("link") is not None:
                 _, source, slot, *_ = links[socket["link"]]
@@ -124,7 +134,17 @@ def replacements(comfy) -> dict[str, Any]:
     return {"ckpt_name": comfy.checkpoint, "clip_model": clip}
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def weight_files(graph: dict[str, Any]) -> set[str]:
+    """The weight files a workflow's loaders name."""
+    return {value for node in graph["nodes"] if node["type"] not in FRONTEND_ONLY for value in node["widgets_values"]
+            if isinstance(value, str) and value.endswith(WEIGHT_SUFFIXES)}
+
+
+RUN_HERE = [p for p in WORKFLOWS if weight_files(json.loads(p.read_text())) <= STAND_INS]
+NEED_WEIGHTS = [p for p in WORKFLOWS if p not in RUN_HERE]
+
+
+@pytest.mark.parametrize("path", RUN_HERE, ids=lambda p: p.stem)
 def test_example_workflow_executes(comfy, object_info, fresh_models, replacements, path):
     graph = json.loads(path.read_text())
     missing = {n["type"] for n in graph["nodes"]} - set(object_info) - FRONTEND_ONLY
@@ -141,6 +161,34 @@ def test_example_workflow_executes(comfy, object_info, fresh_models, replacement
             assert outputs[node_id]["hspace_spectrum"][0]["explained_variance_ratio"]
         if node["class_type"] == "HSpaceStrengthSweep":
             assert outputs[node_id]["images"] and outputs[node_id]["hspace_sweep"]
+
+
+def refusal(comfy, prompt: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI's answer to a prompt it refuses at validation (POST /prompt answers 400 with the node errors)."""
+    try:
+        comfy.client._request("/prompt", {"prompt": prompt, "client_id": comfy.client.client_id})
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+    raise AssertionError("ComfyUI queued the prompt although its weight files are absent")
+
+
+@pytest.mark.parametrize("path", NEED_WEIGHTS, ids=lambda p: p.stem)
+def test_an_example_needing_weights_is_refused_only_for_them(comfy, object_info, path):
+    """On a fresh install every node type, link and widget value passes the server's validation except the weight
+    files, which the first Note names."""
+    graph = json.loads(path.read_text())
+    missing = {n["type"] for n in graph["nodes"]} - set(object_info) - FRONTEND_ONLY
+    assert not missing, f"ComfyUI does not know {missing}"
+    needed = weight_files(graph)
+    first_note = min((n for n in graph["nodes"] if n["type"] == "Note"), key=lambda n: n["id"])["widgets_values"][0]
+    assert all(name in first_note for name in needed), (needed, first_note)
+    answer = refusal(comfy, ui_to_api(graph, object_info, {}, shrink=False))
+    refused = set()
+    for node_id, entry in answer["node_errors"].items():
+        for error in entry["errors"]:
+            assert error["type"] == "value_not_in_list", (node_id, entry["class_type"], error)
+            refused.add(error["extra_info"]["received_value"])
+    assert refused == needed
 
 
 def test_jacobian_and_pullback_on_a_checkpoint(comfy):

@@ -37,22 +37,24 @@ def random_state(module: torch.nn.Module, generator: torch.Generator) -> dict[st
     return out
 
 
-def build(family: str) -> torch.nn.Module:
+def build(family: str, context_dim: int = 32, pooled_dim: int = 16, guidance_embed: bool = False) -> torch.nn.Module:
+    """The tiny network; ``context_dim`` / ``pooled_dim``: the width of the text tokens and of the pooled text
+    embedding it takes, ``guidance_embed``: Flux's distilled-guidance input (flux1-dev has it, schnell not)."""
     import comfy.ops
 
     if family == "flux":
         from comfy.ldm.flux.model import Flux
 
-        return Flux(in_channels=16, out_channels=16, vec_in_dim=16, context_in_dim=32, hidden_size=128,
-                    mlp_ratio=4.0, num_heads=1, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56], theta=10000,
-                    patch_size=2, qkv_bias=True, guidance_embed=False, txt_ids_dims=[], device="cpu",
-                    operations=comfy.ops.disable_weight_init)
+        return Flux(in_channels=16, out_channels=16, vec_in_dim=pooled_dim, context_in_dim=context_dim,
+                    hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56],
+                    theta=10000, patch_size=2, qkv_bias=True, guidance_embed=guidance_embed, txt_ids_dims=[],
+                    device="cpu", operations=comfy.ops.disable_weight_init)
     from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 
     return OpenAISignatureMMDITWrapper(
-        patch_size=2, in_channels=16, out_channels=16, depth=2, adm_in_channels=16, pos_embed_max_size=8,
+        patch_size=2, in_channels=16, out_channels=16, depth=2, adm_in_channels=pooled_dim, pos_embed_max_size=8,
         num_patches=64, context_embedder_config={"target": "torch.nn.Linear",
-                                                 "params": {"in_features": 32, "out_features": 128}},
+                                                 "params": {"in_features": context_dim, "out_features": 128}},
         device="cpu", operations=comfy.ops.disable_weight_init)
 
 
