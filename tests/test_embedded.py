@@ -22,8 +22,9 @@ torch.set_num_threads(1)
 MIN_HELDOUT_ACCURACY = 0.95
 MIN_SAMPLE_CONFIDENT_FRACTION = 0.55
 MIN_SAMPLE_CLASSES = 8
-# measured (MODEL_CARD.md): unconditional flow samples of the DiT, 20 Euler steps, 64, seed 0: confident DIT_CONFIDENT
-MIN_DIT_CONFIDENT_FRACTION = DIT_FLOOR
+# measured (MODEL_CARD.md): unconditional flow samples of the DiT, 20 Euler steps, 64, seed 0: confident 0.406, 9
+# classes among them (seeds 1-4: 0.30-0.39); conditional samples are far cleaner (0.81 confident, 0.91 of the class)
+MIN_DIT_CONFIDENT_FRACTION = 0.3
 
 
 @pytest.fixture(scope="module")
