@@ -6,7 +6,6 @@ figures measured with ``benchmarks/figures_default_model.py --model dit`` (READM
 models"), with headroom; the class means of an edit are fitted on other digits than the ones it edits.
 """
 import pytest
-import torch
 
 from hspace_core.arithmetic import random_like
 from hspace_core.discovery.pca import pca_directions
@@ -15,6 +14,10 @@ from hspace_core.experiments import change_rate, class_transfer_hit_rate
 from hspace_core.pipeline import HSpacePipeline
 
 STEPS = 20
+# measured on this test's digits and samples (figures of the benchmark, on all 500 digits, in the README):
+MAE_BOUND = 0.035  # flow inversion + reconstruction: 0.0222 (benchmark 0.0225)
+TRANSFER_FLOOR = 0.18  # out-of-sample class edits at strength 1: 27.2% (0.5: 20.0%); random, seeds 0-2: 0.8-3.2%
+PC_FLOOR = 0.4  # PC0 / PC1 at +1 std, t >= 400: 58% / 72% of classes changed; random of the same norm 15-19%
 pytestmark = pytest.mark.slow
 
 
@@ -60,7 +63,7 @@ def transfer_rates(pipe, halves, evaluator):
 
 def test_class_mean_edits_fitted_on_other_digits_reach_the_target_class_far_more_than_random(transfer_rates):
     edited, random = transfer_rates[1.0], transfer_rates["random"]
-    assert edited >= TRANSFER_FLOOR and edited >= 8 * max(random, 1 / 125)
+    assert edited >= TRANSFER_FLOOR and edited >= 5 * max(random, 1 / 125)
 
 
 def test_class_edit_effect_grows_with_strength(transfer_rates):
@@ -80,4 +83,4 @@ def test_top_pcs_change_the_class_far_more_than_random(pipe, evaluator):
     pcs = [pca.to_direction(k, trajectory.timesteps) for k in (0, 1)]
     edited = sum(rate(d) for d in pcs) / 2
     random = sum(rate(random_like(d, 0)) for d in pcs) / 2
-    assert edited >= PC_FLOOR and edited >= 3 * max(random, 1 / 100)
+    assert edited >= PC_FLOOR and edited >= 2.5 * max(random, 1 / 100)
