@@ -49,6 +49,11 @@ def model_fingerprint(module: torch.nn.Module, arch: str, h_shape: Sequence[int]
     return {"arch": arch, "h_shape": [int(s) for s in h_shape], "weights": digest.hexdigest()[:16]}
 
 
+# What hspace's ComfyUI nodes recorded as the architecture of a pixel DDPM before they used the library's
+# fingerprint of the diffusers UNet inside it.
+LEGACY_PIXEL_ARCH = "PixelDDPM"
+
+
 def check_fingerprint(mine: dict[str, Any] | None, model: dict[str, Any] | None, what: str,
                       allow_foreign: bool = False) -> None:
     """Refuse something made for another model (architecture or weights differ) unless allowed or unknown, and
@@ -60,6 +65,10 @@ def check_fingerprint(mine: dict[str, Any] | None, model: dict[str, Any] | None,
         return
     for key in ("arch", "weights"):
         if mine.get(key) != model.get(key):
+            if mine.get("arch") == LEGACY_PIXEL_ARCH:
+                raise HSpaceError(f"{what} was made by an earlier hspace's ComfyUI nodes on a pixel model, whose "
+                                  "fingerprint was ComfyUI's wrapper's and cannot be compared with this one: if it "
+                                  "was made on this model, allow foreign ones to apply it (and save it again)")
             raise HSpaceError(f"{what} was made for another model ({key} {mine.get(key)!r}, this model "
                               f"{model.get(key)!r}); allow foreign ones to apply it anyway")
 

@@ -53,14 +53,17 @@ def pixel_preview(model: Any, edited: torch.Tensor, original: torch.Tensor | Non
 
 def fingerprint(model: Any, h_shape: tuple[int, ...], hook_site: str | None = None) -> dict[str, Any]:
     """hspace's model fingerprint of a ComfyUI MODEL (architecture, h shape, sampled weights hash; a transformer's
-    hook site, which a UNet's middle block leaves out as the default). The pack's DiT gets the library's own
-    fingerprint of that DiT, so direction files go both ways between the library and ComfyUI."""
+    hook site, which a UNet's middle block leaves out as the default). The pack's pixel models (the embedded UNet
+    and DiT, diffusers pixel DDPMs) get the library's own fingerprint of that network, so direction files go both
+    ways between the library and ComfyUI."""
     inner = comfy_adapter.diffusion_model(model)
     if isinstance(inner, pixel_model.DiffusersDiTWrapper):
         return inner.denoiser(comfy_adapter.resolve_site(model, hook_site)).fingerprint()
     arch = type(comfy_adapter.base_model(model)).__name__
     if comfy_adapter.family(model) == "unet":
         comfy_adapter.resolve_site(model, hook_site)
+        if isinstance(inner, pixel_model.DiffusersUNetWrapper):  # the library's fingerprint of that diffusers UNet
+            return model_fingerprint(inner.unet, type(inner.unet).__name__, h_shape)
         return model_fingerprint(comfy_adapter.check_unet(model), arch, h_shape)
     return {**model_fingerprint(comfy_adapter.diffusion_model(model), arch, h_shape),
             "site": comfy_adapter.resolve_site(model, hook_site)}

@@ -166,3 +166,21 @@ def test_the_loader_offers_the_embedded_dit():
     assert pixel_nodes._resolve_choice(pixel_model.EMBEDDED_DIT) == pixel_model.EMBEDDED_DIT
     with pytest.raises(HSpaceError, match="DiTTransformer2DModel"):
         pixel_model.DiffusersDiTWrapper(torch.nn.Linear(1, 1))
+
+
+def test_a_pixel_unets_fingerprint_is_the_librarys_and_an_old_comfyui_one_gets_the_advice():
+    from tiny import tiny_unet
+
+    from hspace_core.denoisers import DiffusersDenoiser
+    from hspace_core.direction import model_fingerprint
+    from hspace_core.schedule import VPSchedule
+
+    wrapper = pixel_model.DiffusersUNetWrapper(tiny_unet(channels=1))
+    model = FakePatcher(PixelFlowDiT(wrapper))  # only its diffusion model matters for a UNet's fingerprint
+    library = DiffusersDenoiser(tiny_unet(channels=1), VPSchedule.linear()).fingerprint()
+    assert _sampling.fingerprint(model, tuple(library["h_shape"])) == library
+    old = model_fingerprint(wrapper, "PixelDDPM", library["h_shape"])  # what earlier nodes recorded
+    direction = Direction(torch.ones(*library["h_shape"]), meta={"fingerprint": old})
+    with pytest.raises(HSpaceError, match="earlier hspace's ComfyUI nodes on a pixel model"):
+        direction.check_model(library)
+    direction.check_model(library, allow_foreign=True)
