@@ -198,6 +198,7 @@ WORKFLOWS = [
         N(7, "HSpacePickDirection", directions=(6, 0), index=0),
         N(8, "HSpaceEvaluateDirection", direction=(7, 0), target="slant", samples=16, first_seed=100000, steps=10,
           random_directions=1, allow_foreign=False),
+        N(9, "SaveImage", images=(8, 1), filename_prefix="hspace/evaluation_chart"),
     ]),
     Workflow("real_image_inversion_edit", "Real image inversion and Asyrp edit (embedded digits)", [
         note(1, "Needs nothing to download (the embedded digit DDPM and its held-out digits; CPU). Invert real held-out digits exactly (edit-friendly DDPM inversion), reconstruct them, and edit "
