@@ -61,17 +61,23 @@ def load_default_dit(device: str | torch.device = "cpu",
     return dit.to(device=device).eval()
 
 
-def default_dit_denoiser(device: str | torch.device = "cpu", site: str | None = None,
-                         digit: int | None = None) -> "DiffusersTransformerDenoiser":
-    """The shipped DiT as a denoiser: unconditional (the null class, as the UNet: the noise picks the digit) or
+def dit_denoiser(dit: "DiTTransformer2DModel", site: str | None = None,
+                 digit: int | None = None) -> "DiffusersTransformerDenoiser":
+    """A digit DiT as a denoiser: unconditional (its null class, as the UNet: the noise picks the digit) or
     conditioned on ``digit``; h at ``site`` (by default its middle block's output)."""
     from .transformer_denoisers import DiffusersTransformerDenoiser
 
     if digit is not None and not 0 <= int(digit) <= 9:
         raise HSpaceError(f"a digit 0..9 (or None, unconditional) expected, got {digit}")
-    label = NUM_CLASSES if digit is None else int(digit)
-    return DiffusersTransformerDenoiser(load_default_dit(device), site=site,
-                                        cond={"class_labels": torch.tensor([label], device=device)})
+    label = int(dit.config.num_embeds_ada_norm) if digit is None else int(digit)  # diffusers' null class: the last
+    device = next(dit.parameters()).device
+    return DiffusersTransformerDenoiser(dit, site=site, cond={"class_labels": torch.tensor([label], device=device)})
+
+
+def default_dit_denoiser(device: str | torch.device = "cpu", site: str | None = None,
+                         digit: int | None = None) -> "DiffusersTransformerDenoiser":
+    """The shipped DiT as a denoiser (:func:`dit_denoiser`)."""
+    return dit_denoiser(load_default_dit(device), site, digit)
 
 
 def load_default_scheduler_config() -> dict:

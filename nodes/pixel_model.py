@@ -147,10 +147,9 @@ class DiffusersDiTWrapper(torch.nn.Module):
     def denoiser(self, site: str | None = None) -> "DiffusersTransformerDenoiser":
         """hspace_core's denoiser over this DiT at the same class, h at ``site``: the library's fingerprint and
         autograd products of the model ComfyUI samples."""
-        from ..hspace_core.transformer_denoisers import DiffusersTransformerDenoiser
+        from ..hspace_core.embedded import dit_denoiser
 
-        labels = torch.tensor([self.class_label], device=next(self.dit.parameters()).device)
-        return DiffusersTransformerDenoiser(self.dit, site=site, cond={"class_labels": labels})
+        return dit_denoiser(self.dit, site)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: Any = None, y: Any = None,
                 control: Any = None, transformer_options: dict[str, Any] | None = None, **kwargs: Any) -> torch.Tensor:

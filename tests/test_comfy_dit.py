@@ -175,8 +175,12 @@ def test_a_pixel_unets_fingerprint_is_the_librarys_and_an_old_comfyui_one_gets_t
     from hspace_core.direction import model_fingerprint
     from hspace_core.schedule import VPSchedule
 
+    class PixelDDPM:  # named like the loader's BaseModel; a UNet's fingerprint reads only its diffusion model
+        def __init__(self, inner: torch.nn.Module):
+            self.diffusion_model = inner
+
     wrapper = pixel_model.DiffusersUNetWrapper(tiny_unet(channels=1))
-    model = FakePatcher(PixelFlowDiT(wrapper))  # only its diffusion model matters for a UNet's fingerprint
+    model = FakePatcher(PixelDDPM(wrapper))
     library = DiffusersDenoiser(tiny_unet(channels=1), VPSchedule.linear()).fingerprint()
     assert _sampling.fingerprint(model, tuple(library["h_shape"])) == library
     old = model_fingerprint(wrapper, "PixelDDPM", library["h_shape"])  # what earlier nodes recorded
