@@ -9,10 +9,11 @@ from ..hspace_core.direction import Direction
 from ..hspace_core.errors import HSpaceError
 from ..hspace_core.fileio import load_directions, save_directions
 
-from . import _folders
+from . import _folders, _v3
 from ._types import DIRECTION, DirectionSet, as_set, single
 
 CATEGORY = "hspace/directions"
+JOIN_MIN, JOIN_MAX = 2, 16
 INFO_KEYS = ("method", "component", "units", "per_timestep", "num_samples", "default_strength", "strength_range",
              "edit_window", "hook_site",
              "version")
@@ -174,24 +175,26 @@ class HSpacePickDirection:
         return ([items[index]],)
 
 
-class HSpaceJoinDirections:
-    """Join two directions or sets into one set (e.g. the conditions for Project Out)."""
-
-    DESCRIPTION = __doc__
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (DIRECTION,)
-    RETURN_NAMES = ("directions",)
-    OUTPUT_TOOLTIPS = ("one set holding all connected directions, in order",)
-    SEARCH_ALIASES = ["combine directions", "merge"]
-    FUNCTION = "join"
+class HSpaceJoinDirections(_v3.ComfyNode):
+    """Join directions or sets into one set, in socket order (e.g. the conditions for Project Out); a new socket
+    appears as each one is connected."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"a": _direction_input("first direction or set"),
-                             "b": _direction_input("second direction or set, appended after a")}}
+    def define_schema(cls) -> Any:
+        return _v3.schema(
+            cls, DISPLAY_NAMES[cls.__name__], CATEGORY, ["combine directions", "merge"],
+            inputs=[_v3.growing("directions", _direction_input("a direction or set, appended after the ones above"),
+                                "direction", JOIN_MIN, JOIN_MAX, "the directions or sets to join, in order")],
+            outputs=_v3.as_outputs((DIRECTION,), ("directions",), ("one set holding all connected directions, in "
+                                                                   "order",)))
 
-    def join(self, a: DirectionSet, b: DirectionSet) -> tuple[DirectionSet]:
-        return (as_set(a) + as_set(b),)
+    @classmethod
+    def execute(cls, directions: dict[str, DirectionSet]) -> tuple[DirectionSet]:
+        connected = sorted((int(name.removeprefix("direction")), value) for name, value in directions.items()
+                           if value is not None)
+        if len(connected) < JOIN_MIN:
+            raise HSpaceError(f"Join Directions needs at least {JOIN_MIN} directions connected, got {len(connected)}")
+        return ([item for _, value in connected for item in as_set(value)],)
 
 
 class HSpaceAddDirections:

@@ -9,10 +9,14 @@ order and output types come from the node declarations of this pack (nodes/regis
 nodes, from CORE_NODES, so the files stay consistent with the code. Run from anywhere:
 
     python scripts/make_workflows.py
+
+The V3 nodes' declarations need ComfyUI's comfy_api: run inside ComfyUI's Python with ``COMFYUI_PATH`` set
+and the script also rewrites scripts/v3_node_info.json, the copy it reads where ComfyUI is absent.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 import uuid
@@ -23,15 +27,20 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("COMFYUI_PATH"):  # ComfyUI's comfy_api gives the V3 nodes' schemas
+    sys.path.insert(0, os.environ["COMFYUI_PATH"])
 if "hspace_pack" not in sys.modules:  # the repository root as a package, the way ComfyUI imports the pack folder
     _pack = types.ModuleType("hspace_pack")
     _pack.__path__ = [str(ROOT)]
     sys.modules["hspace_pack"] = _pack
 
+from hspace_pack.nodes import _v3  # noqa: E402
 from hspace_pack.nodes.pixel_model import EMBEDDED, EMBEDDED_DIT  # noqa: E402
-from hspace_pack.nodes.registry import NODE_CLASS_MAPPINGS  # noqa: E402
+from hspace_pack.nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 OUT_DIR = ROOT / "example_workflows"
+V3_INFO = ROOT / "scripts" / "v3_node_info.json"
+DYNAMIC_COMBO, AUTOGROW = "COMFY_DYNAMICCOMBO_V3", "COMFY_AUTOGROW_V3"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 SEED_NAMES = {"seed", "noise_seed"}
 NOTE = "Note"  # a frontend-only node holding text
@@ -76,25 +85,76 @@ class Interface:
     outputs: list[tuple[str, str]]
 
 
-def interface(node_type: str) -> Interface:
-    if node_type in CORE_NODES:
-        sockets, widgets, outputs = CORE_NODES[node_type]
-        return Interface(list(sockets), [(n, d, n in SEED_NAMES) for n, d in widgets], list(outputs))
+INFO_KEYS = ("input", "output", "output_name", "output_tooltips", "display_name", "category", "description",
+             "search_aliases")
+
+
+def node_info(node_type: str) -> dict[str, Any]:
+    """A pack node's declaration in /object_info's form (INFO_KEYS; ``input`` holds sections of V1 specs, a V3 node's
+    dynamic inputs as COMFY_DYNAMICCOMBO_V3 / COMFY_AUTOGROW_V3). A V3 node's comes from its schema inside ComfyUI,
+    otherwise from V3_INFO, the copy written when this script last ran there."""
     cls = NODE_CLASS_MAPPINGS[node_type]
-    spec = cls.INPUT_TYPES()
-    sockets, widgets = [], []
+    if not _v3.is_v3(cls):
+        return {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
+                "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+                "output_tooltips": list(getattr(cls, "OUTPUT_TOOLTIPS", [])),
+                "display_name": NODE_DISPLAY_NAME_MAPPINGS[node_type], "category": cls.CATEGORY,
+                "description": cls.DESCRIPTION, "search_aliases": list(getattr(cls, "SEARCH_ALIASES", []))}
+    if _v3.io is not None:
+        info = cls.GET_NODE_INFO_V1()
+        return {key: info.get(key) for key in INFO_KEYS}
+    saved = json.loads(V3_INFO.read_text()) if V3_INFO.exists() else {}
+    if node_type not in saved:
+        raise SystemExit(f"{node_type} is a V3 node missing from {V3_INFO.name}: run this script with ComfyUI "
+                         "importable (COMFYUI_PATH=<ComfyUI checkout>, in ComfyUI's Python)")
+    return saved[node_type]
+
+
+def v3_info() -> dict[str, dict[str, Any]]:
+    """Every V3 node's declaration (needs ComfyUI), the content of V3_INFO."""
+    return {name: node_info(name) for name, cls in sorted(NODE_CLASS_MAPPINGS.items()) if _v3.is_v3(cls)}
+
+
+def _expand(spec: dict[str, Any], values: dict[str, Any], prefix: str, face: Interface) -> None:
+    """Sockets and widgets of input sections in the frontend's order: a DynamicCombo's widget, then the inputs of
+    its chosen option (``<combo>.<input>``); an Autogrow's connected sockets (``<name>.<prefix><i>``) and one
+    empty one after them, at least its minimum."""
     for section in ("required", "optional"):
         for name, declaration in spec.get(section, {}).items():
             kind, options = declaration[0], (declaration[1] if len(declaration) > 1 else {})
-            if isinstance(kind, (list, tuple)):
-                widgets.append((name, options.get("default", kind[0] if kind else ""), False))
+            full = f"{prefix}{name}"
+            if kind == DYNAMIC_COMBO:
+                keys = [option["key"] for option in options["options"]]
+                face.widgets.append((full, keys[0], False))
+                choice = values.get(full, keys[0])
+                _expand(options["options"][keys.index(choice)]["inputs"], values, f"{full}.", face)
+            elif kind == AUTOGROW:
+                template = options["template"]
+                (slot_kind, *_), = [d for section in template["input"].values() for d in section.values()]
+                names = [f"{full}.{template['prefix']}{i}" for i in range(template["max"])]
+                used = [i for i, n in enumerate(names) if n in values]
+                shown = min(len(names), max(template["min"], used[-1] + 2 if used else 1))
+                face.sockets += [(n, slot_kind) for n in names[:shown]]
+            elif isinstance(kind, (list, tuple)) or kind == "COMBO":
+                choices = kind if isinstance(kind, (list, tuple)) else options.get("options", [])
+                face.widgets.append((full, options.get("default", choices[0] if choices else ""), False))
             elif kind in WIDGET_TYPES:
                 control = bool(options.get("control_after_generate")) or name in SEED_NAMES
-                widgets.append((name, options.get("default"), control))
+                face.widgets.append((full, options.get("default"), control))
             else:
-                sockets.append((name, kind))
-    names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
-    return Interface(sockets, widgets, list(zip(names, cls.RETURN_TYPES)))
+                face.sockets.append((full, kind))
+
+
+def interface(node_type: str, values: dict[str, Any] | None = None) -> Interface:
+    """A node's sockets, widgets and outputs; ``values`` (the node's) pick a DynamicCombo's option and say how many
+    of an Autogrow's sockets are connected."""
+    if node_type in CORE_NODES:
+        sockets, widgets, outputs = CORE_NODES[node_type]
+        return Interface(list(sockets), [(n, d, n in SEED_NAMES) for n, d in widgets], list(outputs))
+    info = node_info(node_type)
+    face = Interface([], [], list(zip(info["output_name"], info["output"])))
+    _expand(info["input"], values or {}, "", face)
+    return face
 
 
 # -- compact descriptions ------------------------------------------------------------------------------------
@@ -206,13 +266,14 @@ WORKFLOWS = [
         embedded_loader(2), ddim_schedule(3, 2, 20),
         N(4, "HSpaceEmbeddedDigits", digit="3", count=4, offset=0),
         N(5, "HSpaceImageToPixelLatent", image=(4, 0), model=(2, 0)),
-        N(6, "HSpaceInvertImage", model=(2, 0), sigmas=(3, 0), latent=(5, 0), method="edit_friendly", seed=0),
+        N(6, "HSpaceInvertImage", model=(2, 0), sigmas=(3, 0), latent=(5, 0), method="edit_friendly",
+          **{"method.seed": 0}),
         N(7, "HSpaceSampleFromNoise", model=(2, 0), noise=(6, 0), mode="ddim"),
         *save_pixels(8, (7, 0), "hspace/reconstruction"),
         *capture_and_pca(10, 2, 3, 64, 4),
         N(13, "HSpacePickDirection", directions=(12, 0), index=0),
         N(14, "HSpaceApplyDirection", model=(2, 0), direction=(13, 0), strength=5.0),
-        N(15, "HSpaceSampleFromNoise", model=(14, 0), noise=(6, 0), mode="asymmetric", t_edit=400),
+        N(15, "HSpaceSampleFromNoise", model=(14, 0), noise=(6, 0), mode="asymmetric", **{"mode.t_edit": 400}),
         *save_pixels(16, (15, 0), "hspace/edited"),
     ]),
     Workflow("supervised_disentangle", "Supervised direction disentangled by projection (embedded digits)", [
@@ -230,7 +291,7 @@ WORKFLOWS = [
         *capture_and_pca(11, 2, 3, 48, 4),
         N(14, "HSpacePickDirection", directions=(13, 0), index=0),
         N(20, "HSpaceDigitClassifierDirection", trajectory=(12, 0), samples=(12, 1), digit="0", k=8),
-        N(21, "HSpaceJoinDirections", a=(14, 0), b=(20, 0)),
+        N(21, "HSpaceJoinDirections", **{"directions.direction0": (14, 0), "directions.direction1": (20, 0)}),
         N(15, "HSpaceProjectOutDirections", direction=(10, 0), conditions=(21, 0)),
         N(16, "HSpaceDirectionInfo", direction=(15, 0)),
         N(22, "HSpaceCompareDirections", a=(15, 0), b=(20, 0)),
@@ -244,8 +305,8 @@ WORKFLOWS = [
                 "that same sample (same seed). The direction is the unit vector times each step's singular value, "
                 "small for this model (about 0.02-0.15), hence strengths in the hundreds."),
         embedded_loader(2), ddim_schedule(3, 2, 10), empty_pixels(4, 1),
-        N(5, "HSpaceJacobianDirections", model=(2, 0), sigmas=(3, 0), latent_image=(4, 0), seed=7, num_vectors=3,
-          max_iter=30),
+        N(5, "HSpaceJacobianDirections", model=(2, 0), sigmas=(3, 0), start="seed",
+          **{"start.latent_image": (4, 0), "start.seed": 7}, num_vectors=3, max_iter=30),
         N(6, "HSpacePickDirection", directions=(5, 0), index=0),
         N(7, "HSpaceStrengthSweep", model=(2, 0), direction=(6, 0), sigmas=(3, 0), latent_image=(4, 0), seed=7,
           strength_min=-600.0, strength_max=600.0, count=5),
@@ -277,7 +338,7 @@ WORKFLOWS = [
         N(8, "HSpaceDirectionInfo", direction=(7, 0)),
         N(9, "HSpaceSaveDirection", direction=(7, 0), filename="hspace_examples/asyrp_bold", overwrite=True),
         N(10, "HSpaceApplyDirection", model=(2, 0), direction=(7, 0), strength=1.0),
-        N(11, "HSpaceSampleFromNoise", model=(10, 0), noise=(6, 0), mode="asymmetric", t_edit=500),
+        N(11, "HSpaceSampleFromNoise", model=(10, 0), noise=(6, 0), mode="asymmetric", **{"mode.t_edit": 500}),
         *save_pixels(12, (11, 0), "hspace/asyrp_trained"),
     ]),
     Workflow("dit_pca_asyrp_embedded", "PCA directions and Asyrp edit on a transformer (embedded digit DiT)", [
@@ -378,7 +439,7 @@ WORKFLOWS = [
         N(9, "HSpaceSlerpDirections", a=(7, 0), b=(8, 0), t=0.5),
         N(10, "HSpaceNormalizeDirection", direction=(9, 0)),
         N(11, "HSpaceScaleDirection", direction=(10, 0), factor=3.0),
-        N(12, "HSpaceJoinDirections", a=(7, 0), b=(8, 0)),
+        N(12, "HSpaceJoinDirections", **{"directions.direction0": (7, 0), "directions.direction1": (8, 0)}),
         N(13, "HSpaceOrthogonalizeDirections", directions=(12, 0)),
         N(14, "HSpacePickDirection", directions=(13, 0), index=1),
         N(15, "HSpaceAddDirections", a=(11, 0), b=(14, 0)),
@@ -431,7 +492,7 @@ def _depths(nodes: list[N]) -> dict[int, int]:
 
 
 def build(workflow: Workflow) -> dict[str, Any]:
-    faces = {n.id: interface(n.type) for n in workflow.nodes}
+    faces = {n.id: interface(n.type, n.values) for n in workflow.nodes}
     depths = _depths(workflow.nodes)
     order = sorted(workflow.nodes, key=lambda n: (depths[n.id], n.id))
     links: list[list[Any]] = []
@@ -552,6 +613,9 @@ def main() -> None:
         thumbnail(graph, workflow.title).save(OUT_DIR / f"{workflow.file_stem}.jpg", quality=90)
         print(f"wrote {workflow.file_stem}.json and .jpg ({len(graph['nodes'])} nodes, {len(graph['links'])} links)")
     (OUT_DIR / "README.md").write_text(readme())
+    if _v3.io is not None:
+        V3_INFO.write_text(json.dumps(v3_info(), indent=1) + "\n")
+        print(f"wrote {V3_INFO.name} from ComfyUI's V3 schemas")
 
 
 if __name__ == "__main__":

@@ -474,8 +474,10 @@ def test_windows_are_checked_at_validation():
         assert nodes[name].VALIDATE_INPUTS(start_percent=0.2, end_percent=0.8) is True
         assert nodes[name].VALIDATE_INPUTS(start_percent=None, end_percent=0.2) is True  # linked: known later
     assert "must not exceed" in nodes["HSpaceAsyrpSampler"].VALIDATE_INPUTS(t_edit=300, t_boost=400)
-    assert "must not exceed" in nodes["HSpaceSampleFromNoise"].VALIDATE_INPUTS(mode="asymmetric", t_edit=3, t_boost=4)
-    assert nodes["HSpaceSampleFromNoise"].VALIDATE_INPUTS(mode="ddim", t_edit=3, t_boost=4) is True
+    validate = nodes["HSpaceSampleFromNoise"].validate_inputs  # ComfyUI passes a DynamicCombo's value nested
+    assert "must not exceed" in validate(mode={"mode": "asymmetric", "t_edit": 3, "t_boost": 4}, cfg=1.0)
+    assert validate(mode={"mode": "symmetric", "t_edit": 4, "t_boost": 3}) is True
+    assert validate(mode={"mode": "ddim"}) is True and validate(mode=None) is True  # None: linked, known later
 
 
 def test_a_solver_that_stopped_at_its_limit_is_reported_with_the_tolerance_it_reached(caplog):

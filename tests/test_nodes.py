@@ -11,7 +11,7 @@ from hspace_core import arithmetic
 from hspace_core.direction import Direction, Trajectory
 from hspace_core.errors import HSpaceError
 from modules import load_module
-from nodes import _folders, _grid
+from nodes import _folders, _grid, _v3
 from nodes._types import DIRECTION, NOISE, TRAJECTORY
 from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
@@ -26,10 +26,36 @@ def node(name: str):
     return NODE_CLASS_MAPPINGS[name]()
 
 
-def declared_inputs(cls) -> dict[str, tuple]:
-    spec = cls.INPUT_TYPES()
+GENERATOR = load_module("make_workflows", ROOT / "scripts" / "make_workflows.py")  # reads V3 schemas' saved copy
+
+
+def info(name: str) -> dict:
+    """The node's declaration as /object_info serves it (a V3 node's from scripts/v3_node_info.json here)."""
+    return GENERATOR.node_info(name)
+
+
+def top_inputs(spec: dict) -> dict[str, tuple]:
     assert set(spec) <= {"required", "optional", "hidden"}
     return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def every_input(spec: dict) -> dict[str, tuple]:
+    """All inputs, with those inside a DynamicCombo's options and an Autogrow's template (by their own names)."""
+    found = {}
+    for name, declaration in top_inputs(spec).items():
+        found[name] = declaration
+        options = declaration[1] if len(declaration) > 1 else {}
+        if declaration[0] == GENERATOR.DYNAMIC_COMBO:
+            for option in options["options"]:
+                found.update(every_input(option["inputs"]))
+        elif declaration[0] == GENERATOR.AUTOGROW:
+            found.update(every_input(options["template"]["input"]))
+    return found
+
+
+def entry_point(cls):
+    """What ComfyUI calls: a V3 node's classmethod execute, a V1 node's FUNCTION (unbound, self first)."""
+    return cls.execute if _v3.is_v3(cls) else getattr(cls, cls.FUNCTION)
 
 
 def socket_type(declaration: tuple) -> str:
@@ -39,39 +65,45 @@ def socket_type(declaration: tuple) -> str:
 
 @pytest.mark.parametrize("name,cls", NODES)
 def test_declaration_is_consistent(name, cls):
+    declared = info(name)
     assert cls.__name__ == name and name.startswith("HSpace")
-    assert callable(getattr(cls, cls.FUNCTION))
-    assert cls.CATEGORY.startswith("hspace/")
-    assert isinstance(cls.RETURN_TYPES, tuple)
-    assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
-    assert cls.DESCRIPTION.strip()
-    assert name in NODE_DISPLAY_NAME_MAPPINGS
-    tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None)  # one per output where given (ComfyUI shows them by index)
-    assert tooltips is None or (len(tooltips) == len(cls.RETURN_TYPES) and all(t.strip() for t in tooltips))
-    assert all(isinstance(a, str) and a.strip() for a in getattr(cls, "SEARCH_ALIASES", []))
+    assert callable(entry_point(cls))
+    assert declared["category"].startswith("hspace/")
+    assert len(declared["output_name"]) == len(declared["output"])
+    assert declared["description"].strip() and declared["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[name]
+    tooltips = declared["output_tooltips"]  # one per output where given (ComfyUI shows them by index)
+    assert not tooltips or (len(tooltips) == len(declared["output"]) and all(t.strip() for t in tooltips))
+    assert all(isinstance(a, str) and a.strip() for a in declared["search_aliases"] or [])
+    if _v3.is_v3(cls):  # the saved copy of the schema is as fresh as the docstring (regenerate it if not)
+        assert declared["description"] == cls.__doc__, "rerun scripts/make_workflows.py inside ComfyUI"
 
 
 @pytest.mark.parametrize("name,cls", NODES)
 def test_every_input_has_a_tooltip_and_the_method_takes_it(name, cls):
-    parameters = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
-    hidden = cls.INPUT_TYPES().get("hidden", {})
-    for input_name, declaration in declared_inputs(cls).items():
+    spec = info(name)["input"]
+    parameters = dict(inspect.signature(entry_point(cls)).parameters)
+    if not _v3.is_v3(cls):
+        parameters.pop(next(iter(parameters)))  # self
+    hidden = {} if _v3.is_v3(cls) else spec.get("hidden", {})  # a V3 node reads its id from cls.hidden
+    for input_name, declaration in every_input(spec).items():
         assert len(declaration) == 2 and declaration[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
-        assert input_name in parameters, f"{name}.{cls.FUNCTION} lacks the parameter {input_name}"
-    for input_name in hidden:
-        assert input_name in parameters
-    optional = set(cls.INPUT_TYPES().get("optional", {})) | set(hidden)
-    for parameter in list(parameters.values())[1:]:
-        assert parameter.name in declared_inputs(cls) or parameter.name in hidden
+    for input_name in [*top_inputs(spec), *hidden]:
+        assert input_name in parameters, f"{name}'s entry point lacks the parameter {input_name}"
+    optional = set(spec.get("optional", {})) | set(hidden)
+    for parameter in parameters.values():
+        assert parameter.name in top_inputs(spec) or parameter.name in hidden
         if parameter.name in optional:
             assert parameter.default is None, f"{name}: optional input {parameter.name} needs a default"
 
 
 @pytest.mark.parametrize("name,cls", NODES)
 def test_socket_types_are_core_or_hspace(name, cls):
-    types = [socket_type(d) for d in declared_inputs(cls).values()] + list(cls.RETURN_TYPES)
+    declared = info(name)
+    dynamic = {GENERATOR.DYNAMIC_COMBO, GENERATOR.AUTOGROW}
+    types = [socket_type(d) for d in every_input(declared["input"]).values()] + declared["output"]
     for kind in types:
-        assert kind == "COMBO" or kind in CORE_TYPES or kind in {DIRECTION, TRAJECTORY, NOISE}, f"{name}: {kind}"
+        assert kind in dynamic or kind == "COMBO" or kind in CORE_TYPES or kind in {DIRECTION, TRAJECTORY, NOISE}, \
+            f"{name}: {kind}"
 
 
 @pytest.mark.parametrize("name,cls", NODES)
@@ -79,7 +111,7 @@ def test_every_node_has_a_doc_page(name, cls):
     page = ROOT / "web" / "docs" / f"{name}.md"
     assert page.is_file(), f"missing {page}"
     text = page.read_text()
-    for input_name in declared_inputs(cls):
+    for input_name in every_input(info(name)["input"]):
         assert f"`{input_name}`" in text, f"{page.name} does not document {input_name}"
 
 
@@ -112,7 +144,7 @@ def test_arithmetic_nodes_match_the_library():
 
 
 def test_sets_join_pick_orthogonalize_and_project_out():
-    (joined,) = node("HSpaceJoinDirections").join(per_step(1), per_step(2) + per_step(3))
+    (joined,) = node("HSpaceJoinDirections").execute({"direction0": per_step(1), "direction1": per_step(2) + per_step(3)})
     assert len(joined) == 3
     (picked,) = node("HSpacePickDirection").pick(joined, 2)
     assert picked[0] is joined[2]
@@ -288,7 +320,8 @@ def test_sample_from_noise_boosts_a_ddim_record_with_eta_one_like_the_library(mo
         return {"samples": fn(oracle, start, sigmas_, disable=True, **options)}, None
 
     monkeypatch.setattr(_sampling, "run_sampler", run_in_model_space)
-    (boosted,) = node("HSpaceSampleFromNoise").sample(model, record, "asymmetric", 400, 300, 1.0, 7)["result"]
+    mode = {"mode": "asymmetric", "t_edit": 400, "t_boost": 300, "seed": 7}
+    (boosted,) = node("HSpaceSampleFromNoise").execute(model, record, mode, 1.0)["result"]
     sigma_edit, sigma_boost = float(schedule.sigma(400)), float(schedule.sigma(300))
     library = sample_asyrp(oracle, record.x_T, sigmas, sigma_edit=sigma_edit, sigma_boost=sigma_boost, seed=7,
                            disable=True)  # what HSpacePipeline.edit runs: eta_boost = 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -38,23 +39,64 @@ CORE = {
 SEEDS = {"seed", "noise_seed"}
 
 
-def declaration(node_type: str) -> tuple[dict[str, str], list[str], list[str], int]:
-    """(socket inputs name -> type, widget names, output types, number of control_after_generate values)."""
-    if node_type in CORE:
-        sockets, widgets, outputs = CORE[node_type]
-        return sockets, widgets, outputs, sum(w in SEEDS for w in widgets)
-    cls = NODE_CLASS_MAPPINGS[node_type]
-    spec = cls.INPUT_TYPES()
-    sockets, widgets, controls = {}, [], 0
+GENERATOR = load_module("make_workflows", ROOT / "scripts" / "make_workflows.py")
+
+
+@dataclass
+class Decoded:
+    """A UI node read against its declaration: sockets (name -> (type, required)), widgets (name -> (value,
+    declaration)), output types, and the widget values left over."""
+    sockets: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    widgets: dict[str, tuple[object, tuple]] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    left: list = field(default_factory=list)
+
+
+def _walk(spec: dict, node: dict, values: list, prefix: str, out: Decoded) -> None:
+    """The frontend's order: a widget takes the next value (a seed also its control value); a DynamicCombo's value
+    picks the option whose inputs follow it (named <combo>.<input>); an Autogrow holds the node's sockets named
+    <name>.<prefix><i>."""
     for section in ("required", "optional"):
-        for name, (kind, *rest) in spec.get(section, {}).items():
-            options = rest[0] if rest else {}
-            if isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES:
-                widgets.append(name)
-                controls += bool(options.get("control_after_generate")) or name in SEEDS
+        for name, declaration in spec.get(section, {}).items():
+            kind, options = declaration[0], (declaration[1] if len(declaration) > 1 else {})
+            full = prefix + name
+            if kind == GENERATOR.AUTOGROW:
+                template = options["template"]
+                (slot_kind, *_), = [d for part in template["input"].values() for d in part.values()]
+                grown = [i["name"] for i in node["inputs"] if i["name"].startswith(f"{full}.")]
+                assert grown == [f"{full}.{template['prefix']}{i}" for i in range(len(grown))], grown
+                assert template["min"] <= len(grown) <= template["max"], grown
+                out.sockets.update({n: (slot_kind, i < template["min"]) for i, n in enumerate(grown)})
+            elif isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES or kind in ("COMBO", GENERATOR.DYNAMIC_COMBO):
+                assert values, f"node {node['id']} ({node['type']}): no value left for {full}"
+                out.widgets[full] = (values.pop(0), declaration)
+                if options.get("control_after_generate") or name in SEEDS:
+                    assert values.pop(0) in ("fixed", "increment", "decrement", "randomize"), full
+                if kind == GENERATOR.DYNAMIC_COMBO:
+                    chosen = [o for o in options["options"] if o["key"] == out.widgets[full][0]]
+                    assert chosen, f"{node['type']}.{full}: {out.widgets[full][0]!r} is no option"
+                    _walk(chosen[0]["inputs"], node, values, f"{full}.", out)
             else:
-                sockets[name] = kind
-    return sockets, widgets, list(cls.RETURN_TYPES), controls
+                out.sockets[full] = (kind, section == "required")
+
+
+def decode(node: dict) -> Decoded:
+    if node["type"] in CORE:
+        sockets, widgets, outputs = CORE[node["type"]]
+        values = list(node["widgets_values"])
+        decoded = Decoded({n: (k, True) for n, k in sockets.items()}, {}, list(outputs))
+        for name in widgets:
+            decoded.widgets[name] = (values.pop(0) if values else None, ("CORE", {}))
+            if name in SEEDS and values:
+                values.pop(0)
+        decoded.left = values
+        return decoded
+    info = GENERATOR.node_info(node["type"])
+    decoded = Decoded(outputs=list(info["output"]))
+    values = list(node["widgets_values"])
+    _walk(info["input"], node, values, "", decoded)
+    decoded.left = values
+    return decoded
 
 
 def load(path: Path) -> dict:
@@ -88,13 +130,12 @@ def test_the_first_note_says_what_the_example_needs(path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_notes_fit_their_boxes(path):
-    module = load_module("make_workflows", ROOT / "scripts" / "make_workflows.py")
     for node in load(path)["nodes"]:
         if node["type"] == "Note":
             width, height = node["size"]
             chars_per_line = width / 9  # a generous glyph width for the frontend's note font
             lines = sum(-(-max(len(line), 1) // int(chars_per_line)) for line in node["widgets_values"][0].split("\n"))
-            assert height >= 30 + module.NOTE_LINE_HEIGHT * lines, (node["id"], node["size"])
+            assert height >= 30 + GENERATOR.NOTE_LINE_HEIGHT * lines, (node["id"], node["size"])
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -119,10 +160,11 @@ def test_workflow_is_ui_format_with_a_thumbnail(path):
 def test_nodes_exist_and_widgets_match(path):
     for node in load(path)["nodes"]:
         assert node["type"] in CORE or node["type"] in NODE_CLASS_MAPPINGS, f"unknown node type {node['type']}"
-        sockets, widgets, outputs, controls = declaration(node["type"])
-        assert len(node["widgets_values"]) == len(widgets) + controls, f"node {node['id']} ({node['type']})"
-        assert [(i["name"], i["type"]) for i in node["inputs"]] == list(sockets.items())
-        assert [o["type"] for o in node["outputs"]] == outputs
+        decoded = decode(node)
+        assert not decoded.left, f"node {node['id']} ({node['type']}): widget values {decoded.left} left over"
+        assert None not in [v for v, _ in decoded.widgets.values()] or node["type"] == "Note"
+        assert [(i["name"], i["type"]) for i in node["inputs"]] == [(n, k) for n, (k, _) in decoded.sockets.items()]
+        assert [o["type"] for o in node["outputs"]] == decoded.outputs
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -130,17 +172,16 @@ def test_links_type_check(path):
     graph = load(path)
     nodes = {n["id"]: n for n in graph["nodes"]}
     for link_id, src, src_slot, dst, dst_slot, kind in graph["links"]:
-        _, _, outputs, _ = declaration(nodes[src]["type"])
-        sockets, _, _, _ = declaration(nodes[dst]["type"])
-        assert outputs[src_slot] == kind, f"link {link_id}: {nodes[src]['type']} output {src_slot} is not {kind}"
+        assert decode(nodes[src]).outputs[src_slot] == kind, f"link {link_id}: {nodes[src]['type']} output {src_slot}"
         target = nodes[dst]["inputs"][dst_slot]
-        assert sockets[target["name"]] == kind and target["link"] == link_id, f"link {link_id} into {target}"
+        assert decode(nodes[dst]).sockets[target["name"]][0] == kind and target["link"] == link_id, \
+            f"link {link_id} into {target}"
         assert link_id in nodes[src]["outputs"][src_slot]["links"]
     for node in nodes.values():
+        sockets = decode(node).sockets
         for socket in node["inputs"]:
-            required = socket["name"] in NODE_CLASS_MAPPINGS.get(node["type"], object).INPUT_TYPES()["required"] \
-                if node["type"] in NODE_CLASS_MAPPINGS else True
-            assert socket["link"] is not None or not required, f"node {node['id']}: {socket['name']} is unconnected"
+            assert socket["link"] is not None or not sockets[socket["name"]][1], \
+                f"node {node['id']}: {socket['name']} is unconnected"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -148,23 +189,15 @@ def test_combo_values_are_allowed(path):
     for node in load(path)["nodes"]:
         if node["type"] not in NODE_CLASS_MAPPINGS or node["type"] == "HSpaceLoadDirection":
             continue  # LoadDirection lists the files present; the real-ComfyUI test covers it
-        spec = NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()
-        values = iter(node["widgets_values"])
-        for section in ("required", "optional"):
-            for name, (kind, *rest) in spec.get(section, {}).items():
-                options = rest[0] if rest else {}
-                if isinstance(kind, (list, tuple)):
-                    assert next(values) in kind, f"{node['type']}.{name}"
-                elif kind in WIDGET_TYPES:
-                    value = next(values)
-                    if kind in ("INT", "FLOAT"):
-                        assert options.get("min", value) <= value <= options.get("max", value), f"{node['type']}.{name}"
-                    if options.get("control_after_generate") or name in SEEDS:
-                        next(values)
+        for name, (value, (kind, *rest)) in decode(node).widgets.items():
+            options = rest[0] if rest else {}
+            if isinstance(kind, (list, tuple)) or kind == "COMBO":
+                assert value in (kind if isinstance(kind, (list, tuple)) else options["options"]), f"{node['type']}.{name}"
+            elif kind in ("INT", "FLOAT"):
+                assert options.get("min", value) <= value <= options.get("max", value), f"{node['type']}.{name}"
 
 
 def test_the_generator_reproduces_the_files():
-    module = load_module("make_workflows", ROOT / "scripts" / "make_workflows.py")
-    for workflow in module.WORKFLOWS:
-        assert load(ROOT / "example_workflows" / f"{workflow.file_stem}.json") == module.build(workflow)
-    assert (ROOT / "example_workflows" / "README.md").read_text() == module.readme()
+    for workflow in GENERATOR.WORKFLOWS:
+        assert load(ROOT / "example_workflows" / f"{workflow.file_stem}.json") == GENERATOR.build(workflow)
+    assert (ROOT / "example_workflows" / "README.md").read_text() == GENERATOR.readme()

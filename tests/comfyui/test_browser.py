@@ -23,7 +23,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = ["PCA directions and strength sweep (embedded digits)", "Direction arithmetic and saving (embedded digits)"]
+EXAMPLES = ["PCA directions and strength sweep (embedded digits)", "Direction arithmetic and saving (embedded digits)",
+            "Real image inversion and Asyrp edit (embedded digits)", "Jacobian directions of one image (embedded digits)"]
+# what the frontend made of the V3 nodes' saved widget values (a DynamicCombo's option inputs) and sockets
+V3_WIDGETS = {
+    "Real image inversion and Asyrp edit (embedded digits)": {
+        "HSpaceInvertImage": [("method", "edit_friendly"), ("method.eta", 1.0), ("method.seed", 0)],
+        "HSpaceSampleFromNoise": [("mode", "ddim"), ("mode", "asymmetric"), ("mode.t_edit", 400)]},
+    "Jacobian directions of one image (embedded digits)": {
+        "HSpaceJacobianDirections": [("start", "seed"), ("start.seed", 7)]},
+}
+V3_SOCKETS = {"HSpaceJacobianDirections": ["start.latent_image"],
+              "HSpaceJoinDirections": ["directions.direction0", "directions.direction1"]}
 
 
 def chromium() -> str | None:
@@ -91,6 +102,8 @@ OUTPUTS = """(() => app.graph._nodes.filter((n) => n.type.startsWith("HSpace")).
   type: n.type, images: (n.imgs ?? []).length,
   text: n.hspaceReport?.element?.textContent ?? "",
   textVisible: !!n.hspaceReport?.element && n.hspaceReport.element.getClientRects().length > 0,
+  widgets: (n.widgets ?? []).map((w) => [w.name, w.value]),
+  linked: (n.inputs ?? []).filter((i) => i.link != null).map((i) => i.name),
 })))()"""
 
 
@@ -161,6 +174,12 @@ def test_examples_show_their_outputs_in_both_renderers(comfy, tmp_path):
                 by_type.setdefault(node["type"], []).append(node)
             if "HSpacePCA" in by_type:
                 assert by_type["HSpacePCA"][0]["images"] >= 1 or mode == "vue", (name, mode, by_type["HSpacePCA"])
+            for node_type, expected in V3_WIDGETS.get(name, {}).items():
+                shown = [tuple(w) for node in by_type[node_type] for w in node["widgets"]]
+                assert set(expected) <= set(shown), (name, mode, node_type, shown)
+            for node_type, sockets in V3_SOCKETS.items():
+                for node in by_type.get(node_type, []):
+                    assert set(sockets) <= set(node["linked"]), (name, mode, node_type, node["linked"])
             if "HSpaceDirectionInfo" in by_type:
                 info = by_type["HSpaceDirectionInfo"][0]
                 assert "h_shape" in info["text"] and info["textVisible"], (name, mode, info)

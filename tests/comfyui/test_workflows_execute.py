@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -33,6 +33,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 STAND_INS = {"v1-5-pruned-emaonly.safetensors"}  # weight files the harness replaces with a tiny model of its layout
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEEDS = {"seed", "noise_seed"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 EMBEDDED_H_SHAPE = (64, 4, 4)
 # widget -> value (or a function of the value) that keeps each run to seconds on a CPU
 SHRINK = {
@@ -54,36 +55,41 @@ def is_widget(spec: list) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
 
 
-def widget_names(info: dict[str, Any]) -> list[tuple[str, bool]]:
-    """The widget inputs of a node type in frontend order, each with "has a control_after_generate value"."""
-    inputs = info["input"]
-    order = info.get("input_order") or {k: list(v) for k, v in inputs.items() if k != "hidden"}
-    names = []
+def widget_values(spec: dict[str, Any], order: dict[str, list[str]] | None, values: Iterator[Any],
+                  prefix: str = "") -> dict[str, Any]:
+    """Widget name -> value of one node, taking ``values`` (its widgets_values) in frontend order: a seed's
+    control_after_generate value after it is skipped; a DynamicCombo's value is followed by the widgets of the
+    option it picks, named ``<combo>.<input>`` as in the API prompt."""
+    found: dict[str, Any] = {}
     for section in ("required", "optional"):
-        for name in order.get(section, []):
-            spec = inputs[section][name]
-            if is_widget(spec):
-                options = spec[1] if len(spec) > 1 else {}
-                names.append((name, bool(options.get("control_after_generate")) or name in SEEDS))
-    return names
+        for name in (order or {}).get(section, spec.get(section, {})):
+            declaration = spec[section][name]
+            options = declaration[1] if len(declaration) > 1 else {}
+            if declaration[0] != DYNAMIC_COMBO and not is_widget(declaration):
+                continue
+            found[prefix + name] = value = next(values)
+            if options.get("control_after_generate") or name in SEEDS:
+                next(values)
+            if declaration[0] == DYNAMIC_COMBO:
+                chosen = next(o for o in options["options"] if o["key"] == value)
+                found.update(widget_values(chosen["inputs"], None, values, f"{prefix}{name}."))
+    return found
 
 
 def ui_to_api(graph: dict[str, Any], object_info: dict[str, Any], replace: dict[str, Any],
               shrink: bool = True) -> dict[str, Any]:
     """The API prompt of a UI-format workflow, shrunk (SHRINK, unless not ``shrink``) and with some widget values
-    replaced."""
+    replaced (both by a widget's own name, the last part of a dotted one)."""
     links = {link[0]: link for link in graph["links"]}
     prompt = {}
     for node in graph["nodes"]:
         if node["type"] in FRONTEND_ONLY:
             continue
+        info = object_info[node["type"]]
         inputs: dict[str, Any] = {}
-        values = iter(node["widgets_values"])
-        for name, control in widget_names(object_info[node["type"]]):
-            value = next(values)
-            if control:
-                next(values)
-            inputs[name] = replace.get(name, SHRINK[name](value) if shrink and name in SHRINK else value)
+        for name, value in widget_values(info["input"], info.get("input_order"), iter(node["widgets_values"])).items():
+            own = name.rsplit(".", 1)[-1]
+            inputs[name] = replace.get(own, SHRINK[own](value) if shrink and own in SHRINK else value)
         for socket in node["inputs"]:
             if socket.get("link") is not None:
                 _, source, slot, *_ = links[socket["link"]]
@@ -200,8 +206,9 @@ def test_jacobian_and_pullback_on_a_checkpoint(comfy):
                                                          "denoise": 1.0}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
         "5": {"class_type": "HSpaceJacobianDirections", "inputs": {
-            "model": ["1", 0], "sigmas": ["3", 0], "latent_image": ["4", 0], "seed": 0, "num_vectors": 1,
-            "step_index": 0, "method": "subspace", "max_iter": 2, "edit": ["2", 0], "clip": ["1", 1]}},
+            "model": ["1", 0], "sigmas": ["3", 0], "start": "seed", "start.latent_image": ["4", 0], "start.seed": 0,
+            "num_vectors": 1, "step_index": 0, "method": "subspace", "max_iter": 2, "edit": ["2", 0],
+            "clip": ["1", 1]}},
         "6": {"class_type": "HSpaceDirectionInfo", "inputs": {"direction": ["5", 0]}},
         "7": {"class_type": "HSpacePullbackEdit", "inputs": {
             "model": ["1", 0], "sigmas": ["3", 0], "latent_image": ["4", 0], "seed": 0, "t_edit": 800,
@@ -241,6 +248,19 @@ def test_the_frontend_extension_and_node_docs_are_served(comfy, object_info):
     assert len(sample["output_tooltips"]) == len(sample["output"]) and "ddim inversion" in sample["search_aliases"]
 
 
+def test_the_saved_copy_of_the_v3_schemas_is_what_comfyui_serves(object_info):
+    """scripts/v3_node_info.json stands in for the V3 nodes' schemas where ComfyUI is absent (the workflow
+    generator, the plain tests): it must be what this ComfyUI serves."""
+    saved = json.loads((REPO / "scripts" / "v3_node_info.json").read_text())
+    assert {"HSpaceInvertImage", "HSpaceSampleFromNoise", "HSpaceJacobianDirections", "HSpaceJoinDirections"} <= \
+        set(saved)
+    for name, info in saved.items():
+        assert {key: object_info[name].get(key) for key in info} == info, f"{name}: rerun scripts/make_workflows.py"
+    modes = object_info["HSpaceSampleFromNoise"]["input"]["required"]["mode"]
+    assert modes[0] == DYNAMIC_COMBO and [o["key"] for o in modes[1]["options"]] == ["ddim", "asymmetric", "symmetric"]
+    assert object_info["HSpaceJoinDirections"]["input"]["required"]["directions"][0] == "COMFY_AUTOGROW_V3"
+
+
 def execution_error(comfy, prompt: dict[str, Any], timeout_s: float = 120.0) -> str:
     """The exception message ComfyUI reports for a prompt that fails while executing."""
     prompt_id = comfy.client.queue_prompt(prompt)
@@ -266,17 +286,51 @@ def test_bad_input_fails_with_a_clear_message(comfy):
         "3": {"class_type": "HSpaceEmbeddedDigits", "inputs": {"digit": "3", "count": 1, "offset": 0}},
         "4": {"class_type": "HSpaceImageToPixelLatent", "inputs": {"image": ["3", 0], "model": ["1", 0]}},
         "5": {"class_type": "HSpaceInvertImage", "inputs": {
-            "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 0], "method": "ddim", "cfg": 1.0, "eta": 1.0,
-            "seed": 0}},
+            "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 0], "method": "ddim", "cfg": 1.0}},
         "6": {"class_type": "HSpaceLoadDirection", "inputs": {"direction_name": "foreign.safetensors"}},
         "7": {"class_type": "HSpaceApplyDirection", "inputs": {
             "model": ["1", 0], "direction": ["6", 0], "strength": 1.0, "window": "direction", "start_percent": 0.0,
             "end_percent": 1.0, "rows": "cond", "allow_foreign": False}},
         "8": {"class_type": "HSpaceSampleFromNoise", "inputs": {
-            "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "t_edit": 900, "t_boost": 0, "cfg": 1.0,
-            "seed": 0}},
+            "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "mode.t_edit": 900, "mode.t_boost": 0,
+            "mode.seed": 0, "cfg": 1.0}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "hspace/bad"}},
     }
     assert "lies outside this schedule" in execution_error(comfy, base)
-    foreign_prompt = {**base, "8": {**base["8"], "inputs": {**base["8"]["inputs"], "model": ["7", 0], "t_edit": 400}}}
+    foreign_prompt = {**base, "8": {**base["8"], "inputs": {**base["8"]["inputs"], "model": ["7", 0], "mode.t_edit": 400}}}
     assert "made for another model" in execution_error(comfy, foreign_prompt)
+
+
+def test_v3_nodes_take_their_mode_inputs_and_grow(comfy):
+    """The V3 nodes through ComfyUI's own execution: a DynamicCombo's inputs arrive under their option (an
+    impossible boosting window refused at validation, before anything runs), Jacobian Directions starts from an
+    inversion's record, Join Directions joins three sockets in order."""
+    base = {
+        "1": {"class_type": "HSpacePixelModelLoader", "inputs": {"model_name": "hspace-mnist-16 (embedded)"}},
+        "2": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": 3,
+                                                         "denoise": 1.0}},
+        "3": {"class_type": "HSpaceEmbeddedDigits", "inputs": {"digit": "3", "count": 1, "offset": 0}},
+        "4": {"class_type": "HSpaceImageToPixelLatent", "inputs": {"image": ["3", 0], "model": ["1", 0]}},
+        "5": {"class_type": "HSpaceInvertImage", "inputs": {
+            "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 0], "method": "edit_friendly",
+            "method.eta": 1.0, "method.seed": 3, "cfg": 1.0}},
+        "6": {"class_type": "HSpaceSampleFromNoise", "inputs": {
+            "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "mode.t_edit": 300, "mode.t_boost": 400,
+            "mode.seed": 0, "cfg": 1.0}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "hspace/v3"}},
+    }
+    answer = refusal(comfy, base)
+    assert "must not exceed" in json.dumps(answer["node_errors"]["6"]), answer
+    joined = {
+        **{k: base[k] for k in ("1", "2", "3", "4", "5")},
+        "6": {"class_type": "HSpaceJacobianDirections", "inputs": {
+            "model": ["1", 0], "sigmas": ["2", 0], "start": "inversion", "start.noise": ["5", 0], "num_vectors": 2,
+            "step_index": 0, "method": "subspace", "max_iter": 2}},
+        "7": {"class_type": "HSpacePickDirection", "inputs": {"directions": ["6", 0], "index": 1}},
+        "8": {"class_type": "HSpaceJoinDirections", "inputs": {
+            "directions.direction0": ["7", 0], "directions.direction1": ["6", 0], "directions.direction2": ["7", 0]}},
+        "9": {"class_type": "HSpaceDirectionInfo", "inputs": {"direction": ["8", 0]}},
+    }
+    text = comfy.client.run(joined, timeout_s=300)["9"]["text"][0]
+    assert [line for line in text.splitlines() if line.startswith("[")] == ["[0]", "[1]", "[2]", "[3]"]
+    assert text.count("method: jacobian") == 4 and text.count("component: 1") == 3
