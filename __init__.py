@@ -7,10 +7,11 @@ folder's names (``nodes``, ``tests``, ...) can shadow ComfyUI's modules or anoth
 WEB_DIRECTORY = "./web"
 
 if __package__:
-    from .nodes import _folders
-    from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes import _folders, registry
 
     _folders.register()
+    _COMFYUI = registry.for_comfyui(registry.LOADED)
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = _COMFYUI.classes, _COMFYUI.display_names
 else:  # imported as a plain module, not as ComfyUI imports a pack (pytest collecting a checkout whose folder
     # name is not a Python name, e.g. "hspace-main"): there is no package to load the nodes from
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}

@@ -16,21 +16,16 @@ from ._types import NOISE, TRAJECTORY
 CATEGORY = "hspace/inversion"
 
 
-INVERSION_OPTIONS = {
-    "ddim": {},
-    "edit_friendly": {
-        "eta": _inputs.eta(1.0, "eta of edit-friendly inversion (> 0; 1 = DDPM)"),
-        "seed": _inputs.seed("seed of the independent noisy images of edit-friendly inversion"),
-    },
-}
+# The seeds stay outside the DynamicCombo options: the frontend (1.49) leaves a seed's control_after_generate
+# widget behind when the option holding it is switched away, which shifts every saved widget value after it.
+INVERSION_OPTIONS = {"ddim": {}, "edit_friendly": {"eta": _inputs.eta(1.0, "eta of edit-friendly inversion (> 0; 1 = "
+                                                                           "DDPM)")}}
 RESAMPLE_OPTIONS = {
     "ddim": {},
     **{mode: {
         "t_edit": _inputs.timestep(400, "edit at timesteps >= t_edit"),
         "t_boost": _inputs.timestep(0, "below t_boost no edit and eta = 1 steps (Asyrp's quality boosting, after "
                                        "DDIM inversion too); 0 = off"),
-        "seed": _inputs.seed("seed of the eta = 1 noise below t_boost where the record has no noise terms (a DDIM "
-                             "inversion)"),
     } for mode in MODES},
 }
 
@@ -51,7 +46,8 @@ class HSpaceInvertImage(_v3.ComfyNode):
                         "latent": _inputs.latent("the image to invert (VAEEncode, or Image to Pixel Latent)")}),
                     _v3.mode_combo("method", INVERSION_OPTIONS, "ddim: deterministic, approximate; edit_friendly: "
                                                                 "exact, stores a noise map per step"),
-                    *_v3.as_inputs({"cfg": _inputs.cfg()},
+                    *_v3.as_inputs({"cfg": _inputs.cfg(),
+                                    "seed": _inputs.seed("edit_friendly: seed of the independent noisy images")},
                                    {**_inputs.optional_conditioning(), "site": _inputs.hook_site()})],
             outputs=_v3.as_outputs((NOISE, TRAJECTORY, "LATENT"), ("noise", "trajectory", "x_T"), (
                 "the noise record that regenerates the image: x_T, the schedule, noise terms",
@@ -60,7 +56,7 @@ class HSpaceInvertImage(_v3.ComfyNode):
 
     @classmethod
     def execute(cls, model: Any, sigmas: torch.Tensor, latent: dict[str, Any], method: dict[str, Any] | str,
-                cfg: float, positive: list | None = None, negative: list | None = None,
+                cfg: float, seed: int, positive: list | None = None, negative: list | None = None,
                 site: str | None = None) -> tuple[Inversion, Trajectory, dict[str, Any]]:
         method, options = _v3.chosen(method, "method", INVERSION_OPTIONS)
         meta = {"source": "inversion", "method": method}
@@ -73,8 +69,8 @@ class HSpaceInvertImage(_v3.ComfyNode):
         else:
             check_number(options["eta"], "eta", 0.0, 1.0)
             x_T, value, trajectory = _sampling.capture(model, invert_edit_friendly, sigmas, latent, positive,
-                                                       negative, cfg, None, options["seed"], meta, unique_id,
-                                                       options, hook_site=site)
+                                                       negative, cfg, None, seed, meta, unique_id,
+                                                       {**options, "seed": seed}, hook_site=site)
             record = Inversion(value[0], sigmas, value[1], options["eta"], trajectory, method, latent["samples"])
         return record, trajectory, x_T
 
@@ -96,7 +92,11 @@ class HSpaceSampleFromNoise(_v3.ComfyNode):
                     _v3.mode_combo("mode", RESAMPLE_OPTIONS, "ddim: the patched model edits every allowed step; "
                                                              "asymmetric (Asyrp) / symmetric: edit only for t >= "
                                                              "t_edit, boost below t_boost"),
-                    *_v3.as_inputs({"cfg": _inputs.cfg()}, _inputs.optional_conditioning())],
+                    *_v3.as_inputs({"cfg": _inputs.cfg(),
+                                    "seed": _inputs.seed("asymmetric/symmetric: seed of the eta = 1 noise below "
+                                                         "t_boost where the record has no noise terms (a DDIM "
+                                                         "inversion)")},
+                                   _inputs.optional_conditioning())],
             outputs=_v3.as_outputs(("LATENT",), ("samples",),
                                    ("the regenerated (with Apply Direction's model: edited) image's latent",)))
 
@@ -107,10 +107,10 @@ class HSpaceSampleFromNoise(_v3.ComfyNode):
         return _inputs.timestep_window_problem(mode.get("t_edit"), mode.get("t_boost"))
 
     @classmethod
-    def execute(cls, model: Any, noise: Inversion, mode: dict[str, Any] | str, cfg: float,
+    def execute(cls, model: Any, noise: Inversion, mode: dict[str, Any] | str, cfg: float, seed: int,
                 positive: list | None = None, negative: list | None = None) -> dict[str, Any]:
         mode, chosen = _v3.chosen(mode, "mode", RESAMPLE_OPTIONS)
-        options: dict[str, Any] = {"eta": noise.eta, "noises": noise.noises, "seed": chosen.get("seed", 0)}
+        options: dict[str, Any] = {"eta": noise.eta, "noises": noise.noises, "seed": seed}
         fn = sample_ddim
         if mode != "ddim":
             fn = sample_asyrp

@@ -74,8 +74,8 @@ def _source_and_edit(which: str) -> dict[str, Any]:
                                          "edit (text-conditioned models)"})}
 
 
-START_OPTIONS = {
-    "seed": {"latent_image": _inputs.latent("an empty latent of batch size 1"), "seed": _inputs.seed()},
+START_OPTIONS = {  # the seed stays outside the options (see INVERSION_OPTIONS in inversion.py)
+    "sample": {"latent_image": _inputs.latent("an empty latent of batch size 1")},
     "inversion": {"noise": _inputs.noise_record("an inversion's record: find directions for that real image "
                                                 "(regenerated with the source prompt)")},
 }
@@ -92,9 +92,10 @@ class HSpaceJacobianDirections(_v3.ComfyNode):
         return _v3.schema(
             cls, DISPLAY_NAMES[cls.__name__], CATEGORY, ["svd", "image specific direction", "jacobian"],
             inputs=[*_v3.as_inputs({"model": _inputs.model(), "sigmas": _inputs.sigmas()}),
-                    _v3.mode_combo("start", START_OPTIONS, "seed: sample the image from the seed's noise; inversion: "
+                    _v3.mode_combo("start", START_OPTIONS, "sample: sample the image from the seed's noise; inversion: "
                                                            "regenerate an inverted image from its noise record"),
                     *_v3.as_inputs({
+                        "seed": _inputs.seed("sample: random seed of the start noise"),
                         "num_vectors": ("INT", {"default": 3, "min": 1, "max": 64,
                                                 "tooltip": "how many singular vectors (directions) to find"}),
                         "step_index": ("INT", {"default": 0, "min": 0, "max": 1000,
@@ -112,11 +113,11 @@ class HSpaceJacobianDirections(_v3.ComfyNode):
                 "the unedited sample's latent the directions were found along")))
 
     @classmethod
-    def execute(cls, model: Any, sigmas: torch.Tensor, start: dict[str, Any] | str, num_vectors: int,
+    def execute(cls, model: Any, sigmas: torch.Tensor, start: dict[str, Any] | str, seed: int, num_vectors: int,
                 step_index: int, method: str, max_iter: int, site: str | None = None, source: list | None = None,
                 edit: list | None = None, clip: Any = None, mask: torch.Tensor | None = None) -> dict[str, Any]:
         start, chosen = _v3.chosen(start, "start", START_OPTIONS)
-        noise, latent_image, seed = chosen.get("noise"), chosen.get("latent_image"), chosen.get("seed", 0)
+        noise, latent_image = chosen.get("noise"), chosen.get("latent_image")
         needed = "noise" if start == "inversion" else "latent_image"
         if chosen[needed] is None:
             raise HSpaceError(f"start = {start} takes its image from the {needed} input: connect it")

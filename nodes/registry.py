@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _v3
+
 FAMILIES = ("loaders", "capture", "trajectories", "inversion", "discovery", "local_directions", "asyrp_train",
             "directions", "apply", "evaluate")
 
@@ -55,6 +57,19 @@ def load_families(families: tuple[str, ...] = FAMILIES) -> Registry:
     return registry
 
 
-_REGISTRY = load_families()
-NODE_CLASS_MAPPINGS = _REGISTRY.classes
-NODE_DISPLAY_NAME_MAPPINGS = _REGISTRY.display_names
+def for_comfyui(registry: Registry) -> Registry:
+    """What ComfyUI is given: without ComfyUI's V3 API (comfy_api.latest, ComfyUI 0.3.76 and newer) the V3 nodes are
+    left out with one log line, the V1 nodes still load."""
+    if _v3.io is not None:
+        return registry
+    v3 = sorted(name for name, cls in registry.classes.items() if _v3.is_v3(cls))
+    if v3:
+        log.warning("hspace: nodes %s are off: they need ComfyUI's V3 node API (comfy_api.latest), which this ComfyUI "
+                    "lacks; update ComfyUI (0.19.3 or newer is supported)", ", ".join(v3))
+    return Registry({n: c for n, c in registry.classes.items() if n not in v3},
+                    {n: d for n, d in registry.display_names.items() if n not in v3}, {**registry.off, "v3": v3})
+
+
+LOADED = load_families()
+NODE_CLASS_MAPPINGS = LOADED.classes
+NODE_DISPLAY_NAME_MAPPINGS = LOADED.display_names

@@ -162,8 +162,8 @@ def trajectory(n: int = 4) -> Trajectory:
 
 
 def jacobian_start() -> dict:
-    """Jacobian Directions' start input as ComfyUI passes it: sample from a seed into an empty latent."""
-    return {"start": "seed", "latent_image": {"samples": torch.zeros(1, 4, 8, 8)}, "seed": 0}
+    """Jacobian Directions' start input as ComfyUI passes it: sample into an empty latent."""
+    return {"start": "sample", "latent_image": {"samples": torch.zeros(1, 4, 8, 8)}}
 
 
 def noise_record() -> Inversion:
@@ -341,20 +341,20 @@ NODES: list[Case] = [
         FakePatcher(), torch.tensor([1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, 2, 0, 1.0, 3.0, "memory", "x"),
      "eta"),
     ("node invert: unknown method", lambda: node("HSpaceInvertImage").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, "exact", 1.0),
+        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, "exact", 1.0, 0),
      "method.*ddim"),
     ("node invert: eta -1", lambda: node("HSpaceInvertImage").execute(
         FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)},
-        {"method": "edit_friendly", "eta": -1.0, "seed": 0}, 1.0), "eta"),
+        {"method": "edit_friendly", "eta": -1.0}, 1.0, 0), "eta"),
     ("node invert: a mode value that is no choice", lambda: node("HSpaceInvertImage").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, {"eta": 1.0}, 1.0),
+        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, {"eta": 1.0}, 1.0, 0),
      "method must be one of"),
     ("node sample from noise: unknown mode", lambda: node("HSpaceSampleFromNoise").execute(
-        FakePatcher(), noise_record(), "fast", 1.0), "mode.*asymmetric"),
+        FakePatcher(), noise_record(), "fast", 1.0, 0), "mode.*asymmetric"),
     ("node join: one direction", lambda: node("HSpaceJoinDirections").execute({"direction0": node_direction()}),
      "at least 2"),
     ("node jacobian: inversion start without its record", lambda: node("HSpaceJacobianDirections").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), "inversion", 3, 0, "subspace", 50), "noise input"),
+        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), "inversion", 0, 3, 0, "subspace", 50), "noise input"),
     ("node asyrp sampler: unknown mode", lambda: node("HSpaceAsyrpSampler").make(
         FakePatcher(), "fast", 400, 0, 0.0, 1.0, 0), "mode.*asymmetric"),
     ("node asyrp sampler: eta 1.5", lambda: node("HSpaceAsyrpSampler").make(
@@ -374,13 +374,13 @@ NODES: list[Case] = [
     ("node apply: unknown rows", lambda: node("HSpaceApplyDirection").apply(
         FakePatcher(), node_direction(), 1.0, "percent", 0.0, 1.0, "all", False), "rows must be"),
     ("node jacobian: unknown method", lambda: node("HSpaceJacobianDirections").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), jacobian_start(), 3, 0, "lanczos", 50),
+        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), jacobian_start(), 0, 3, 0, "lanczos", 50),
      "method.*subspace"),
     ("node jacobian: negative step_index", lambda: node("HSpaceJacobianDirections").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), jacobian_start(), 3, -1, "subspace", 50),
+        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), jacobian_start(), 0, 3, -1, "subspace", 50),
      "step_index"),
     ("node jacobian: step_index past the schedule", lambda: node("HSpaceJacobianDirections").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), jacobian_start(), 3, 7, "subspace", 50),
+        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), jacobian_start(), 0, 3, 7, "subspace", 50),
      "step_index.*2 steps"),
     ("node pullback: unknown sign", lambda: node("HSpacePullbackEdit").edit(
         FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, 0, 800, 3, 0, "up", 0.1,

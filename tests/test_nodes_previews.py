@@ -176,10 +176,10 @@ def test_capture_h_previews_every_step_of_every_batch_on_one_bar(comfy):
 @pytest.mark.parametrize("method", ["ddim", "edit_friendly"])
 def test_invert_image_and_sample_from_noise_preview_every_step(comfy, method):
     image = {"samples": torch.rand(1, 3, 8, 8) * 2 - 1}
-    record, _, _ = node("HSpaceInvertImage").execute(comfy.model, comfy.sigmas, image, method, 1.0)
+    record, _, _ = node("HSpaceInvertImage").execute(comfy.model, comfy.sigmas, image, method, 1.0, 0)
     inverted = STEPS - 1 if method == "ddim" else STEPS  # DDIM inversion has no inverse of the last step
     assert_one_preview_per_step(comfy, inverted)
-    node("HSpaceSampleFromNoise").execute(comfy.model, record, "ddim", 1.0)
+    node("HSpaceSampleFromNoise").execute(comfy.model, record, "ddim", 1.0, 0)
     assert_one_preview_per_step(comfy, inverted, STEPS)
 
 
@@ -193,8 +193,8 @@ def test_strength_sweep_previews_every_step_of_every_column_on_one_bar(comfy):
 
 
 def test_jacobian_directions_preview_the_run_they_differentiate_along(comfy):
-    node("HSpaceJacobianDirections").execute(comfy.model, comfy.sigmas, {"start": "seed", "latent_image": _empty()},
-                                             1, 0, "subspace", 2)
+    node("HSpaceJacobianDirections").execute(comfy.model, comfy.sigmas, {"start": "sample", "latent_image": _empty()},
+                                             0, 1, 0, "subspace", 2)
     assert_one_preview_per_step(comfy, STEPS)
 
 
@@ -219,8 +219,8 @@ def test_sample_from_noise_shows_the_inverted_image_beside_the_result(comfy, mon
 
     shown = _shown(monkeypatch)
     image = {"samples": torch.rand(2, 3, 8, 8) * 2 - 1}
-    record, _, _ = node("HSpaceInvertImage").execute(comfy.model, comfy.sigmas, image, "edit_friendly", 1.0)
-    out = node("HSpaceSampleFromNoise").execute(comfy.model, record, "ddim", 1.0)
+    record, _, _ = node("HSpaceInvertImage").execute(comfy.model, comfy.sigmas, image, "edit_friendly", 1.0, 0)
+    out = node("HSpaceSampleFromNoise").execute(comfy.model, record, "ddim", 1.0, 0)
     (samples,) = out["result"]
     assert out["ui"]["images"] == ["saved"] and samples["samples"].shape == (2, 3, 8, 8)  # the LATENT as sampled
     (preview,) = shown

@@ -28,11 +28,13 @@ EXAMPLES = ["PCA directions and strength sweep (embedded digits)", "Direction ar
 # what the frontend made of the V3 nodes' saved widget values (a DynamicCombo's option inputs) and sockets
 V3_WIDGETS = {
     "Real image inversion and Asyrp edit (embedded digits)": {
-        "HSpaceInvertImage": [("method", "edit_friendly"), ("method.eta", 1.0), ("method.seed", 0)],
-        "HSpaceSampleFromNoise": [("mode", "ddim"), ("mode", "asymmetric"), ("mode.t_edit", 400)]},
+        "HSpaceInvertImage": [("method", "edit_friendly"), ("method.eta", 1.0), ("seed", 0), ("cfg", 1.0)],
+        "HSpaceSampleFromNoise": [("mode", "ddim"), ("mode", "asymmetric"), ("mode.t_edit", 400), ("cfg", 1.0)]},
     "Jacobian directions of one image (embedded digits)": {
-        "HSpaceJacobianDirections": [("start", "seed"), ("start.seed", 7)]},
+        "HSpaceJacobianDirections": [("start", "sample"), ("seed", 7), ("num_vectors", 3), ("max_iter", 30)]},
 }
+DYNAMIC_COMBO_NODES = {"HSpaceInvertImage": "method", "HSpaceSampleFromNoise": "mode",
+                       "HSpaceJacobianDirections": "start"}
 V3_SOCKETS = {"HSpaceJacobianDirections": ["start.latent_image"],
               "HSpaceJoinDirections": ["directions.direction0", "directions.direction1"]}
 
@@ -89,6 +91,8 @@ RUN = """(async () => {
   api.addEventListener("execution_error", (e) => { window.__hspace.error = e.detail.exception_message; });
   api.addEventListener("execution_success", () => { window.__hspace.done = true; });
   await app.queuePrompt(0, 1);
+  const refused = app.lastNodeErrors && Object.keys(app.lastNodeErrors).length ? app.lastNodeErrors : null;
+  if (refused) window.__hspace.error = "refused: " + JSON.stringify(refused);
   return true;
 })()"""
 
@@ -96,6 +100,23 @@ CLOSE_DIALOGS_AND_FIT = """(async () => {
   document.querySelectorAll(".p-dialog-close-button").forEach((b) => b.click());
   await app.extensionManager.command.execute("Comfy.Canvas.FitView");
   return true;
+})()"""
+
+SWITCH_MODES = """(async () => {
+  const sleep = (t) => new Promise((r) => setTimeout(r, t));
+  const found = {};
+  for (const type of %s) {
+    const node = LiteGraph.createNode(type);
+    app.graph.add(node);
+    await sleep(300);
+    const fresh = node.serialize().widgets_values;
+    const combo = node.widgets.find((w) => w.type === "combo" && (w.options?.values ?? []).length > 1);
+    const keys = [...combo.options.values];
+    for (const key of [...keys.slice(1), keys[0]]) { combo.value = key; combo.callback?.(key); await sleep(300); }
+    found[type] = {fresh, switched: node.serialize().widgets_values, widgets: node.widgets.map((w) => w.name)};
+    app.graph.remove(node);
+  }
+  return found;
 })()"""
 
 OUTPUTS = """(() => app.graph._nodes.filter((n) => n.type.startsWith("HSpace")).map((n) => ({
@@ -121,7 +142,8 @@ async def drive(url: str, debug_port: int, out: Path) -> dict:
             await page.wait_for("typeof window.app !== 'undefined' && !!window.app.graph && !!window.comfyAPI", 120)
             await page.js("window.api = window.comfyAPI.api.api; true")
             await page.js("app.extensionManager.setting.set('Comfy.TutorialCompleted', true)")
-            for name in EXAMPLES:
+            report["switched modes"] = await page.js(SWITCH_MODES % json.dumps(list(DYNAMIC_COMBO_NODES)))
+            for name in os.environ.get("HSPACE_BROWSER_ONLY", "").split("|") if os.environ.get("HSPACE_BROWSER_ONLY") else EXAMPLES:
                 await page.js("app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
                 await page.js(RUN % json.dumps(f"/api/workflow_templates/{REPO.name}/{name}.json"))
                 await page.wait_for("window.__hspace.done || !!window.__hspace.error", 600)
@@ -167,6 +189,12 @@ def test_examples_show_their_outputs_in_both_renderers(comfy, tmp_path):
         process.kill()
         process.wait(timeout=30)
     (out / "outputs.json").write_text(json.dumps(report, indent=1))
+    # switching a DynamicCombo through its options and back leaves the node as it was (no widget left behind that
+    # would shift the saved values)
+    for node_type, switched in report.pop("switched modes").items():
+        assert switched["switched"] == switched["fresh"], (node_type, switched)
+        assert switched["widgets"][0] == DYNAMIC_COMBO_NODES[node_type] or DYNAMIC_COMBO_NODES[node_type] in \
+            switched["widgets"], (node_type, switched["widgets"])
     for name, modes in report.items():
         for mode, nodes in modes.items():
             by_type = {}

@@ -169,9 +169,9 @@ def test_sampling_nodes_drive_latent_previews_once_per_step(comfy):
             "model": ["1", 0], "sigmas": ["2", 0], "latent_image": ["3", 0], "num_samples": 3,
             "seed": next(_tags), "cfg": 1.0, "eta": 0.0, "store": "memory", "filename_prefix": "previews"}},
         "5": {"class_type": "HSpaceInvertImage", "inputs": {
-            "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 1], "method": "ddim", "cfg": 1.0}},
+            "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 1], "method": "ddim", "cfg": 1.0, "seed": 0}},
         "6": {"class_type": "HSpaceSampleFromNoise", "inputs": {
-            "model": ["1", 0], "noise": ["5", 0], "mode": "ddim", "cfg": 1.0}},
+            "model": ["1", 0], "noise": ["5", 0], "mode": "ddim", "cfg": 1.0, "seed": 0}},
         "7": {"class_type": "HSpaceProbePreviewBars", "inputs": {"after": ["6", 0]}},
     }
     comfy.client.run({"1": prompt["3"], "2": {"class_type": "HSpaceProbePreviewBars", "inputs": {"after": ["1", 0]}}})

@@ -206,7 +206,7 @@ def test_jacobian_and_pullback_on_a_checkpoint(comfy):
                                                          "denoise": 1.0}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
         "5": {"class_type": "HSpaceJacobianDirections", "inputs": {
-            "model": ["1", 0], "sigmas": ["3", 0], "start": "seed", "start.latent_image": ["4", 0], "start.seed": 0,
+            "model": ["1", 0], "sigmas": ["3", 0], "start": "sample", "start.latent_image": ["4", 0], "seed": 0,
             "num_vectors": 1, "step_index": 0, "method": "subspace", "max_iter": 2, "edit": ["2", 0],
             "clip": ["1", 1]}},
         "6": {"class_type": "HSpaceDirectionInfo", "inputs": {"direction": ["5", 0]}},
@@ -286,14 +286,14 @@ def test_bad_input_fails_with_a_clear_message(comfy):
         "3": {"class_type": "HSpaceEmbeddedDigits", "inputs": {"digit": "3", "count": 1, "offset": 0}},
         "4": {"class_type": "HSpaceImageToPixelLatent", "inputs": {"image": ["3", 0], "model": ["1", 0]}},
         "5": {"class_type": "HSpaceInvertImage", "inputs": {
-            "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 0], "method": "ddim", "cfg": 1.0}},
+            "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 0], "method": "ddim", "cfg": 1.0, "seed": 0}},
         "6": {"class_type": "HSpaceLoadDirection", "inputs": {"direction_name": "foreign.safetensors"}},
         "7": {"class_type": "HSpaceApplyDirection", "inputs": {
             "model": ["1", 0], "direction": ["6", 0], "strength": 1.0, "window": "direction", "start_percent": 0.0,
             "end_percent": 1.0, "rows": "cond", "allow_foreign": False}},
         "8": {"class_type": "HSpaceSampleFromNoise", "inputs": {
             "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "mode.t_edit": 900, "mode.t_boost": 0,
-            "mode.seed": 0, "cfg": 1.0}},
+            "cfg": 1.0, "seed": 0}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "hspace/bad"}},
     }
     assert "lies outside this schedule" in execution_error(comfy, base)
@@ -313,10 +313,10 @@ def test_v3_nodes_take_their_mode_inputs_and_grow(comfy):
         "4": {"class_type": "HSpaceImageToPixelLatent", "inputs": {"image": ["3", 0], "model": ["1", 0]}},
         "5": {"class_type": "HSpaceInvertImage", "inputs": {
             "model": ["1", 0], "sigmas": ["2", 0], "latent": ["4", 0], "method": "edit_friendly",
-            "method.eta": 1.0, "method.seed": 3, "cfg": 1.0}},
+            "method.eta": 1.0, "cfg": 1.0, "seed": 3}},
         "6": {"class_type": "HSpaceSampleFromNoise", "inputs": {
             "model": ["1", 0], "noise": ["5", 0], "mode": "asymmetric", "mode.t_edit": 300, "mode.t_boost": 400,
-            "mode.seed": 0, "cfg": 1.0}},
+            "cfg": 1.0, "seed": 0}},
         "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "hspace/v3"}},
     }
     answer = refusal(comfy, base)
@@ -324,7 +324,7 @@ def test_v3_nodes_take_their_mode_inputs_and_grow(comfy):
     joined = {
         **{k: base[k] for k in ("1", "2", "3", "4", "5")},
         "6": {"class_type": "HSpaceJacobianDirections", "inputs": {
-            "model": ["1", 0], "sigmas": ["2", 0], "start": "inversion", "start.noise": ["5", 0], "num_vectors": 2,
+            "model": ["1", 0], "sigmas": ["2", 0], "start": "inversion", "start.noise": ["5", 0], "seed": 0, "num_vectors": 2,
             "step_index": 0, "method": "subspace", "max_iter": 2}},
         "7": {"class_type": "HSpacePickDirection", "inputs": {"directions": ["6", 0], "index": 1}},
         "8": {"class_type": "HSpaceJoinDirections", "inputs": {

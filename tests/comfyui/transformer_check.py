@@ -149,9 +149,9 @@ def main(comfy_path: str, family: str) -> None:
     image = {"samples": torch.randn(1, 16, 8, 8, generator=generator)}
     generation = torch.linspace(1.0, 0.0, 11)
     for method in ("ddim", "edit_friendly"):
-        record, inverted, x_T = inversion.HSpaceInvertImage.execute(model, generation, image, method, 1.0, positive,
-                                                                    positive, site=site)
-        back = inversion.HSpaceSampleFromNoise.execute(model, record, "ddim", 1.0, positive,
+        record, inverted, x_T = inversion.HSpaceInvertImage.execute(model, generation, image, method, 1.0, 0,
+                                                                    positive, positive, site=site)
+        back = inversion.HSpaceSampleFromNoise.execute(model, record, "ddim", 1.0, 0, positive,
                                                        positive)["result"][0]["samples"]
         result[f"{method}_inversion"] = {"site": inverted.meta["hook_site"], "steps": inverted.h.shape[1],
                                          "x_T_finite": bool(torch.isfinite(x_T["samples"]).all()),
@@ -160,13 +160,13 @@ def main(comfy_path: str, family: str) -> None:
             patched = apply.HSpaceApplyDirection().apply(model, [direction], 0.0, "direction", 0.0, 1.0, "both",
                                                          False)[0]
             zero = inversion.HSpaceSampleFromNoise.execute(patched, record, {"mode": "asymmetric", "t_edit": 500}, 1.0,
-                                                           positive, positive)["result"][0]["samples"]
+                                                           0, positive, positive)["result"][0]["samples"]
             result["asymmetric_zero_edit_is_bitwise_reconstruction"] = torch.equal(zero, back)
 
     try:
-        start = {"start": "seed", "latent_image": {"samples": torch.zeros(1, 16, 8, 8)}, "seed": 3}
+        start = {"start": "sample", "latent_image": {"samples": torch.zeros(1, 16, 8, 8)}}
         jacobian = local_directions.HSpaceJacobianDirections.execute(
-            model, torch.linspace(1.0, 0.0, 4), start, 2, 0, "subspace", 5, site, source=positive,
+            model, torch.linspace(1.0, 0.0, 4), start, 3, 2, 0, "subspace", 5, site, source=positive,
             edit=positive)["result"][0]
         result["jacobian"] = {"count": len(jacobian), "site": jacobian[0].meta["hook_site"],
                               "shape": list(jacobian[0].delta.shape),
