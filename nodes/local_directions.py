@@ -13,7 +13,7 @@ from ..hspace_core.discovery.pullback_edit import ddim_recording_x, park_t_boost
 from ..hspace_core.errors import HSpaceError
 from ..hspace_core.imaging import mask_to_grid
 
-from . import _comfy, _inputs, _sampling, _v3, comfy_adapter
+from . import _comfy, _inputs, _sampling, comfy_adapter
 from ._denoisers import autograd_denoiser
 from ._types import DIRECTION
 
@@ -74,54 +74,53 @@ def _source_and_edit(which: str) -> dict[str, Any]:
                                          "edit (text-conditioned models)"})}
 
 
-START_OPTIONS = {  # the seed stays outside the options (see INVERSION_OPTIONS in inversion.py)
-    "sample": {"latent_image": _inputs.latent("an empty latent of batch size 1")},
-    "inversion": {"noise": _inputs.noise_record("an inversion's record: find directions for that real image "
-                                                "(regenerated with the source prompt)")},
-}
-
-
-class HSpaceJacobianDirections(_v3.ComfyNode):
+class HSpaceJacobianDirections:
     """Image-specific directions (Haas et al. 2024): the top right singular vectors of J = d(mask * eps) / d h at
     every step of one sample's DDIM run; the vectors found at step_index are used at every step, scaled by each
     step's singular value. Samples the latent with the seed, or regenerates an inverted image from its noise record
     (with the source prompt); J is taken with the edit prompt. A mask localises the edit to its region."""
 
-    @classmethod
-    def define_schema(cls) -> Any:
-        return _v3.schema(
-            cls, DISPLAY_NAMES[cls.__name__], CATEGORY, ["svd", "image specific direction", "jacobian"],
-            inputs=[*_v3.as_inputs({"model": _inputs.model(), "sigmas": _inputs.sigmas()}),
-                    _v3.mode_combo("start", START_OPTIONS, "sample: sample the image from the seed's noise; inversion: "
-                                                           "regenerate an inverted image from its noise record"),
-                    *_v3.as_inputs({
-                        "seed": _inputs.seed("sample: random seed of the start noise"),
-                        "num_vectors": ("INT", {"default": 3, "min": 1, "max": 64,
-                                                "tooltip": "how many singular vectors (directions) to find"}),
-                        "step_index": ("INT", {"default": 0, "min": 0, "max": 1000,
-                                               "tooltip": "the step whose vectors are used at every step (0 = first)"}),
-                        "method": (list(JACOBIAN_METHODS), {"tooltip": "subspace: block power iteration; power: "
-                                                                          "the paper's one-vector-at-a-time "
-                                                                          "iteration with deflation"}),
-                        "max_iter": ("INT", {"default": 50, "min": 1, "max": 1000,
-                                             "tooltip": "iteration limit of the solver at each step"}),
-                    }, {"site": _inputs.hook_site(), **_source_and_edit("the Jacobian"),
-                        "mask": ("MASK", {"tooltip": "Haas's masked Jacobian: only eps inside the mask counts "
-                                                     "(resized to the latent grid), for localised edits"})})],
-            outputs=_v3.as_outputs((DIRECTION, "LATENT"), ("directions", "samples"), (
-                "one direction per singular vector, scaled per step by its singular value",
-                "the unedited sample's latent the directions were found along")))
+    DESCRIPTION = __doc__
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (DIRECTION, "LATENT")
+    RETURN_NAMES = ("directions", "samples")
+    OUTPUT_TOOLTIPS = (
+        "one direction per singular vector, scaled per step by its singular value",
+        "the unedited sample's latent the directions were found along",
+    )
+    SEARCH_ALIASES = ["svd", "image specific direction", "jacobian"]
+    FUNCTION = "discover"
 
     @classmethod
-    def execute(cls, model: Any, sigmas: torch.Tensor, start: dict[str, Any] | str, seed: int, num_vectors: int,
-                step_index: int, method: str, max_iter: int, site: str | None = None, source: list | None = None,
-                edit: list | None = None, clip: Any = None, mask: torch.Tensor | None = None) -> dict[str, Any]:
-        start, chosen = _v3.chosen(start, "start", START_OPTIONS)
-        noise, latent_image = chosen.get("noise"), chosen.get("latent_image")
-        needed = "noise" if start == "inversion" else "latent_image"
-        if chosen[needed] is None:
-            raise HSpaceError(f"start = {start} takes its image from the {needed} input: connect it")
-        unique_id = _v3.unique_id(cls)
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": _inputs.model(),
+                "sigmas": _inputs.sigmas(),
+                "latent_image": _inputs.latent("an empty latent of batch size 1 (ignored with a noise record)"),
+                "seed": _inputs.seed(),
+                "num_vectors": ("INT", {"default": 3, "min": 1, "max": 64,
+                                        "tooltip": "how many singular vectors (directions) to find"}),
+                "step_index": ("INT", {"default": 0, "min": 0, "max": 1000,
+                                       "tooltip": "the step whose vectors are used at every step (0 = first)"}),
+                "method": (list(JACOBIAN_METHODS), {"tooltip": "subspace: block power iteration; power: the "
+                                                                  "paper's one-vector-at-a-time iteration with "
+                                                                  "deflation"}),
+                "max_iter": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                     "tooltip": "iteration limit of the solver at each step"}),
+            },
+            "optional": {"noise": _inputs.noise_record("an inversion's record: find directions for that real image"),
+                         "site": _inputs.hook_site(),
+                         **_source_and_edit("the Jacobian"),
+                         "mask": ("MASK", {"tooltip": "Haas's masked Jacobian: only eps inside the mask counts "
+                                                      "(resized to the latent grid), for localised edits"})},
+            "hidden": _inputs.HIDDEN,
+        }
+
+    def discover(self, model: Any, sigmas: torch.Tensor, latent_image: dict[str, Any], seed: int, num_vectors: int,
+                 step_index: int, method: str, max_iter: int, site: str | None = None, noise: Inversion | None = None,
+                 source: list | None = None, edit: list | None = None, clip: Any = None,
+                 mask: torch.Tensor | None = None, unique_id: str | None = None) -> dict[str, Any]:
         check_choice(method, "method", JACOBIAN_METHODS)
         check_number(num_vectors, "num_vectors", 1, integer=True)
         check_number(max_iter, "max_iter", 1, integer=True)

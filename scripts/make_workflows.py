@@ -305,8 +305,8 @@ WORKFLOWS = [
                 "that same sample (same seed). The direction is the unit vector times each step's singular value, "
                 "small for this model (about 0.02-0.15), hence strengths in the hundreds."),
         embedded_loader(2), ddim_schedule(3, 2, 10), empty_pixels(4, 1),
-        N(5, "HSpaceJacobianDirections", model=(2, 0), sigmas=(3, 0), start="sample",
-          **{"start.latent_image": (4, 0)}, seed=7, num_vectors=3, max_iter=30),
+        N(5, "HSpaceJacobianDirections", model=(2, 0), sigmas=(3, 0), latent_image=(4, 0), seed=7,
+          num_vectors=3, max_iter=30),
         N(6, "HSpacePickDirection", directions=(5, 0), index=0),
         N(7, "HSpaceStrengthSweep", model=(2, 0), direction=(6, 0), sigmas=(3, 0), latent_image=(4, 0), seed=7,
           strength_min=-600.0, strength_max=600.0, count=5),

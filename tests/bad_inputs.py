@@ -161,11 +161,6 @@ def trajectory(n: int = 4) -> Trajectory:
     return Trajectory(torch.randn(n, 2, 4, 2, 2), [800.0, 300.0], [2.0, 0.4])
 
 
-def jacobian_start() -> dict:
-    """Jacobian Directions' start input as ComfyUI passes it: sample into an empty latent."""
-    return {"start": "sample", "latent_image": {"samples": torch.zeros(1, 4, 8, 8)}}
-
-
 def noise_record() -> Inversion:
     return Inversion(torch.zeros(1, 1, 8, 8), torch.tensor([2.0, 1.0, 0.0]), None, 0.0, method="ddim")
 
@@ -353,8 +348,6 @@ NODES: list[Case] = [
         FakePatcher(), noise_record(), "fast", 1.0, 0), "mode.*asymmetric"),
     ("node join: one direction", lambda: node("HSpaceJoinDirections").execute({"direction0": node_direction()}),
      "at least 2"),
-    ("node jacobian: inversion start without its record", lambda: node("HSpaceJacobianDirections").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), "inversion", 0, 3, 0, "subspace", 50), "noise input"),
     ("node asyrp sampler: unknown mode", lambda: node("HSpaceAsyrpSampler").make(
         FakePatcher(), "fast", 400, 0, 0.0, 1.0, 0), "mode.*asymmetric"),
     ("node asyrp sampler: eta 1.5", lambda: node("HSpaceAsyrpSampler").make(
@@ -373,14 +366,14 @@ NODES: list[Case] = [
         FakePatcher(), node_direction(), float("nan"), "percent", 0.0, 1.0, "cond", False), "strength.*finite"),
     ("node apply: unknown rows", lambda: node("HSpaceApplyDirection").apply(
         FakePatcher(), node_direction(), 1.0, "percent", 0.0, 1.0, "all", False), "rows must be"),
-    ("node jacobian: unknown method", lambda: node("HSpaceJacobianDirections").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), jacobian_start(), 0, 3, 0, "lanczos", 50),
+    ("node jacobian: unknown method", lambda: node("HSpaceJacobianDirections").discover(
+        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, 0, 3, 0, "lanczos", 50),
      "method.*subspace"),
-    ("node jacobian: negative step_index", lambda: node("HSpaceJacobianDirections").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), jacobian_start(), 0, 3, -1, "subspace", 50),
+    ("node jacobian: negative step_index", lambda: node("HSpaceJacobianDirections").discover(
+        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, 0, 3, -1, "subspace", 50),
      "step_index"),
-    ("node jacobian: step_index past the schedule", lambda: node("HSpaceJacobianDirections").execute(
-        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), jacobian_start(), 0, 3, 7, "subspace", 50),
+    ("node jacobian: step_index past the schedule", lambda: node("HSpaceJacobianDirections").discover(
+        FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, 0, 3, 7, "subspace", 50),
      "step_index.*2 steps"),
     ("node pullback: unknown sign", lambda: node("HSpacePullbackEdit").edit(
         FakePatcher(), torch.tensor([2.0, 1.0, 0.0]), {"samples": torch.zeros(1, 4, 8, 8)}, 0, 800, 3, 0, "up", 0.1,

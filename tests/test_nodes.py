@@ -118,7 +118,7 @@ def test_every_node_has_a_doc_page(name, cls):
 def test_the_pack_imports_the_way_comfyui_imports_it(caplog):
     # here comfy_api is absent, as in a ComfyUI too old for V3 nodes: those are left out with one line, the rest load
     v3 = {name for name, cls in NODE_CLASS_MAPPINGS.items() if _v3.is_v3(cls)}
-    assert v3 == {"HSpaceInvertImage", "HSpaceSampleFromNoise", "HSpaceJacobianDirections", "HSpaceJoinDirections"}
+    assert v3 == {"HSpaceInvertImage", "HSpaceSampleFromNoise", "HSpaceJoinDirections"}
     with caplog.at_level("WARNING"):
         module = load_module("hspace_pack_under_test", ROOT / "__init__.py", package=True)
     assert set(module.NODE_CLASS_MAPPINGS) == set(NODE_CLASS_MAPPINGS) - v3

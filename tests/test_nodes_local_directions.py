@@ -153,9 +153,8 @@ def _jacobian(monkeypatch, mask, wrap=None):
     _harness(monkeypatch, unet, pixel=True, wrap=wrap)
     sigmas = SCHEDULE.sigmas_for([999, 500, 0]).float()
     node = local_directions.HSpaceJacobianDirections()
-    start = {"start": "sample", "latent_image": {"samples": torch.zeros(1, 3, 8, 8)}}
-    directions, _ = node.execute(None, sigmas, start, 1, num_vectors=1, step_index=0, method="subspace", max_iter=30,
-                                 mask=mask)["result"]
+    directions, _ = node.discover(None, sigmas, {"samples": torch.zeros(1, 3, 8, 8)}, 1, num_vectors=1,
+                                  step_index=0, method="subspace", max_iter=30, mask=mask)["result"]
     return unet, sigmas, directions[0]
 
 

@@ -193,8 +193,7 @@ def test_strength_sweep_previews_every_step_of_every_column_on_one_bar(comfy):
 
 
 def test_jacobian_directions_preview_the_run_they_differentiate_along(comfy):
-    node("HSpaceJacobianDirections").execute(comfy.model, comfy.sigmas, {"start": "sample", "latent_image": _empty()},
-                                             0, 1, 0, "subspace", 2)
+    node("HSpaceJacobianDirections").discover(comfy.model, comfy.sigmas, _empty(), 0, 1, 0, "subspace", 2)
     assert_one_preview_per_step(comfy, STEPS)
 
 

@@ -119,9 +119,9 @@ def main(comfy_path: str) -> None:
         0, library_trajectory.timesteps, meta={"fingerprint": pipe.fingerprint})
     result["library_direction_change"] = float((edited(3.0, library_direction) - plain).abs().max())
 
-    start = {"start": "sample", "latent_image": comfy_nodes.EmptyLatentImage().generate(16, 16, 1)[0]}
-    jacobian = local_directions.HSpaceJacobianDirections.execute(
-        model, comfy.samplers.calculate_sigmas(sampling, "simple", 3), start, 3, 2, 0, "subspace", 3,
+    jacobian = local_directions.HSpaceJacobianDirections().discover(
+        model, comfy.samplers.calculate_sigmas(sampling, "simple", 3),
+        comfy_nodes.EmptyLatentImage().generate(16, 16, 1)[0], 3, 2, 0, "subspace", 3,
         "transformer_blocks.1.output")["result"][0]
     result["jacobian"] = {"count": len(jacobian), "site": jacobian[0].meta["hook_site"],
                           "shape": list(jacobian[0].delta.shape), "norm": float(jacobian[0].delta[0].norm())}

@@ -30,13 +30,9 @@ V3_WIDGETS = {
     "Real image inversion and Asyrp edit (embedded digits)": {
         "HSpaceInvertImage": [("method", "edit_friendly"), ("method.eta", 1.0), ("seed", 0), ("cfg", 1.0)],
         "HSpaceSampleFromNoise": [("mode", "ddim"), ("mode", "asymmetric"), ("mode.t_edit", 400), ("cfg", 1.0)]},
-    "Jacobian directions of one image (embedded digits)": {
-        "HSpaceJacobianDirections": [("start", "sample"), ("seed", 7), ("num_vectors", 3), ("max_iter", 30)]},
 }
-DYNAMIC_COMBO_NODES = {"HSpaceInvertImage": "method", "HSpaceSampleFromNoise": "mode",
-                       "HSpaceJacobianDirections": "start"}
-V3_SOCKETS = {"HSpaceJacobianDirections": ["start.latent_image"],
-              "HSpaceJoinDirections": ["directions.direction0", "directions.direction1"]}
+DYNAMIC_COMBO_NODES = {"HSpaceInvertImage": "method", "HSpaceSampleFromNoise": "mode"}
+V3_SOCKETS = {"HSpaceJoinDirections": ["directions.direction0", "directions.direction1"]}
 
 
 def chromium() -> str | None:
@@ -106,7 +102,12 @@ SWITCH_MODES = """(async () => {
   const sleep = (t) => new Promise((r) => setTimeout(r, t));
   const found = {};
   for (const type of %s) {
+    const errors = [];
+    const original = console.error;
+    console.error = (...a) => { errors.push(a.map((x) => x?.stack ?? String(x)).join(" ")); original(...a); };
     const node = LiteGraph.createNode(type);
+    console.error = original;
+    if (!node) throw new Error(`no node ${type}: ${errors.join(" | ")}`);
     app.graph.add(node);
     await sleep(300);
     const fresh = node.serialize().widgets_values;
@@ -142,6 +143,7 @@ async def drive(url: str, debug_port: int, out: Path) -> dict:
             await page.wait_for("typeof window.app !== 'undefined' && !!window.app.graph && !!window.comfyAPI", 120)
             await page.js("window.api = window.comfyAPI.api.api; true")
             await page.js("app.extensionManager.setting.set('Comfy.TutorialCompleted', true)")
+            await page.wait_for("!!LiteGraph.registered_node_types['HSpaceJoinDirections']", 60)
             report["switched modes"] = await page.js(SWITCH_MODES % json.dumps(list(DYNAMIC_COMBO_NODES)))
             for name in os.environ.get("HSPACE_BROWSER_ONLY", "").split("|") if os.environ.get("HSPACE_BROWSER_ONLY") else EXAMPLES:
                 await page.js("app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")

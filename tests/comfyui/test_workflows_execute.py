@@ -206,7 +206,7 @@ def test_jacobian_and_pullback_on_a_checkpoint(comfy):
                                                          "denoise": 1.0}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
         "5": {"class_type": "HSpaceJacobianDirections", "inputs": {
-            "model": ["1", 0], "sigmas": ["3", 0], "start": "sample", "start.latent_image": ["4", 0], "seed": 0,
+            "model": ["1", 0], "sigmas": ["3", 0], "latent_image": ["4", 0], "seed": 0,
             "num_vectors": 1, "step_index": 0, "method": "subspace", "max_iter": 2, "edit": ["2", 0],
             "clip": ["1", 1]}},
         "6": {"class_type": "HSpaceDirectionInfo", "inputs": {"direction": ["5", 0]}},
@@ -252,8 +252,7 @@ def test_the_saved_copy_of_the_v3_schemas_is_what_comfyui_serves(object_info):
     """scripts/v3_node_info.json stands in for the V3 nodes' schemas where ComfyUI is absent (the workflow
     generator, the plain tests): it must be what this ComfyUI serves."""
     saved = json.loads((REPO / "scripts" / "v3_node_info.json").read_text())
-    assert {"HSpaceInvertImage", "HSpaceSampleFromNoise", "HSpaceJacobianDirections", "HSpaceJoinDirections"} <= \
-        set(saved)
+    assert {"HSpaceInvertImage", "HSpaceSampleFromNoise", "HSpaceJoinDirections"} <= set(saved)
     for name, info in saved.items():
         assert {key: object_info[name].get(key) for key in info} == info, f"{name}: rerun scripts/make_workflows.py"
     modes = object_info["HSpaceSampleFromNoise"]["input"]["required"]["mode"]
@@ -303,8 +302,8 @@ def test_bad_input_fails_with_a_clear_message(comfy):
 
 def test_v3_nodes_take_their_mode_inputs_and_grow(comfy):
     """The V3 nodes through ComfyUI's own execution: a DynamicCombo's inputs arrive under their option (an
-    impossible boosting window refused at validation, before anything runs), Jacobian Directions starts from an
-    inversion's record, Join Directions joins three sockets in order."""
+    impossible boosting window refused at validation, before anything runs); Join Directions joins three sockets in
+    order (Jacobian directions of an inverted image)."""
     base = {
         "1": {"class_type": "HSpacePixelModelLoader", "inputs": {"model_name": "hspace-mnist-16 (embedded)"}},
         "2": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": 3,
@@ -324,7 +323,7 @@ def test_v3_nodes_take_their_mode_inputs_and_grow(comfy):
     joined = {
         **{k: base[k] for k in ("1", "2", "3", "4", "5")},
         "6": {"class_type": "HSpaceJacobianDirections", "inputs": {
-            "model": ["1", 0], "sigmas": ["2", 0], "start": "inversion", "start.noise": ["5", 0], "seed": 0, "num_vectors": 2,
+            "model": ["1", 0], "sigmas": ["2", 0], "latent_image": ["4", 0], "noise": ["5", 0], "seed": 0, "num_vectors": 2,
             "step_index": 0, "method": "subspace", "max_iter": 2}},
         "7": {"class_type": "HSpacePickDirection", "inputs": {"directions": ["6", 0], "index": 1}},
         "8": {"class_type": "HSpaceJoinDirections", "inputs": {

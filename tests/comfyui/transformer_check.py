@@ -164,10 +164,9 @@ def main(comfy_path: str, family: str) -> None:
             result["asymmetric_zero_edit_is_bitwise_reconstruction"] = torch.equal(zero, back)
 
     try:
-        start = {"start": "sample", "latent_image": {"samples": torch.zeros(1, 16, 8, 8)}}
-        jacobian = local_directions.HSpaceJacobianDirections.execute(
-            model, torch.linspace(1.0, 0.0, 4), start, 3, 2, 0, "subspace", 5, site, source=positive,
-            edit=positive)["result"][0]
+        jacobian = local_directions.HSpaceJacobianDirections().discover(
+            model, torch.linspace(1.0, 0.0, 4), {"samples": torch.zeros(1, 16, 8, 8)}, 3, 2, 0, "subspace", 5, site,
+            source=positive, edit=positive)["result"][0]
         result["jacobian"] = {"count": len(jacobian), "site": jacobian[0].meta["hook_site"],
                               "shape": list(jacobian[0].delta.shape),
                               "norm": float(jacobian[0].delta[0].norm())}  # unit vector times the singular value
