@@ -47,8 +47,6 @@ def unique_id(node: type) -> str | None:
 def as_input(name: str, spec: Spec, optional: bool = False) -> Any:
     """The V3 input of a V1 declaration ``(TYPE or [choices], {options})``."""
     kind, options = spec[0], dict(spec[1]) if len(spec) > 1 else {}
-    if "forceInput" in options:
-        options["force_input"] = options.pop("forceInput")
     if isinstance(kind, (list, tuple)):
         return io.Combo.Input(name, options=list(kind), optional=optional, **options)
     comfy_type = getattr(io, WIDGETS[kind]) if kind in WIDGETS else io.Custom(kind)
