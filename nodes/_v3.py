@@ -27,10 +27,6 @@ class PlainNode:
 
     hidden = None
 
-    @classmethod
-    def define_schema(cls) -> Any:
-        raise HSpaceError(f"{cls.__name__}'s V3 schema needs ComfyUI's comfy_api (run inside ComfyUI)")
-
 
 ComfyNode: type = PlainNode if io is None else io.ComfyNode
 
@@ -77,11 +73,10 @@ def growing(name: str, spec: Spec, prefix: str, min: int, max: int, tooltip: str
 
 
 def schema(node: type, display_name: str, category: str, search_aliases: list[str], inputs: list[Any],
-           outputs: list[Any], **extra: Any) -> Any:
+           outputs: list[Any]) -> Any:
     """``io.Schema`` of a pack node: its id the class name, its description the class docstring."""
     return io.Schema(node_id=node.__name__, display_name=display_name, category=category, description=node.__doc__,
-                     search_aliases=search_aliases, inputs=inputs, outputs=outputs, hidden=[io.Hidden.unique_id],
-                     **extra)
+                     search_aliases=search_aliases, inputs=inputs, outputs=outputs, hidden=[io.Hidden.unique_id])
 
 
 def chosen(value: dict[str, Any] | str, name: str, options: dict[str, dict[str, Spec]]) -> tuple[str, dict[str, Any]]:
@@ -93,5 +88,4 @@ def chosen(value: dict[str, Any] | str, name: str, options: dict[str, dict[str, 
     if choice not in options:
         raise HSpaceError(f"{name} must be one of {', '.join(map(repr, options))}, got {choice!r}")
     given = {k: v for k, v in value.items() if k != name}
-    return choice, {n: given.get(n, spec[1].get("default") if len(spec) > 1 else None)
-                    for n, spec in options[choice].items()}
+    return choice, {n: given.get(n, spec[1].get("default")) for n, spec in options[choice].items()}
