@@ -9,8 +9,10 @@ Park's x-space guidance needs ``eps(x, sigma)``.
 - Other ComfyUI UNets go through :class:`ComfyUNetDenoiser`: an autograd-capable copy of the MODEL, patched
   with hspace_core's ``BottleneckOverride`` (the stop/replace that ``DiffusersDenoiser`` uses), called through
   ``apply_model`` unguided with one prompt (SD1.x / SD2.x: cross-attention conditioning only). Flux and SD3 go
-  the same way, hooked at a block (``hook_site``) and given the prompt's pooled output too; their "eps" is the
-  velocity ``(x - x0_hat) / sigma`` of the flow form, so the Jacobian is d v / d h, as in the library.
+  the same way, hooked at a block or its attention (``hook_site``) and given the prompt's pooled output too, their
+  LayerNorms given copies of their inputs (Flux adds residuals in place); their "eps" is the velocity
+  ``(x - x0_hat) / sigma`` of the flow form, so the Jacobian is d v / d h, as in the library. ComfyUI's
+  ``in_training`` flag is set during the products (``comfy_adapter.autograd_enabled``).
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ class ComfyUNetDenoiser:
                 self.extra["guidance"] = torch.tensor([float(positive[0][1].get("guidance", 3.5))])
         self.override = BottleneckOverride()
         differentiable = comfy_adapter.differentiable_attention(comfy_adapter.autograd_copy(model))
+        if transformer:
+            differentiable = comfy_adapter.out_of_place_norm_inputs(differentiable)
         self.patcher = comfy_adapter.patch_model(differentiable, self.override, hook_site=hook_site)
         _comfy.require("comfy.model_management").load_models_gpu([self.patcher])
 
@@ -82,10 +86,6 @@ def autograd_denoiser(model: Any, positive: list | None = None, hook_site: str |
     """The denoiser the Jacobian code needs, for a pixel DDPM, a ComfyUI UNet MODEL or a Flux / SD3 transformer
     (hooked at ``hook_site``; None = the model's default)."""
     kind = comfy_adapter.family(model)
-    if kind == "SD3":
-        raise HSpaceError("Jacobian directions are not supported on SD3: ComfyUI runs every MMDiT joint block under "
-                          "torch.utils.checkpoint (mmdit.block_mixing), which torch.func's products cannot "
-                          "differentiate through (saved tensor hooks)")
     if isinstance(comfy_adapter.diffusion_model(model), pixel_model.DiffusersDiTWrapper):
         _load_on_sampling_device(model)
         return comfy_adapter.diffusion_model(model).denoiser(comfy_adapter.resolve_site(model, hook_site))

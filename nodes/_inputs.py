@@ -18,7 +18,10 @@ def hook_site() -> Spec:
                                                      "block of a transformer's first block list (Flux: "
                                                      "double_blocks.<n/2>.output, SD3: joint_blocks.<n/2>.output); "
                                                      "or a block output such as double_blocks.3.output, "
-                                                     "single_blocks.10.output (image tokens only). Directions "
+                                                     "single_blocks.10.output (image tokens only), or a block's "
+                                                     "attention output such as double_blocks.3.attn.output "
+                                                     "(FluxSpace's space: the joint attention's image tokens before "
+                                                     "the output projection). Directions "
                                                      "remember it and Apply Direction hooks the same site"})
 
 

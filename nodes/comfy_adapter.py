@@ -8,7 +8,8 @@ block ``("output", 0)``, where ``h`` is still the middle-block output. A Flux or
 output of one block through ComfyUI's block replacement, ``patches_replace["dit"][("double_block" | "single_block",
 i)]`` (``ModelPatcher.set_model_patch_replace``), which both families' forwards call with the block's inputs and the
 ``original_block``; the controller sees that block's image tokens ``[B, tokens, dim]`` (text tokens and Kontext
-reference tokens pass unchanged). The patch reads the timestep of the call, the cond/uncond chunk labels and the
+reference tokens pass unchanged), or those of its joint attention's output before the output projection
+(FluxSpace's space), through a patch set in the options of that block's call only. The patch reads the timestep of the call, the cond/uncond chunk labels and the
 per-call flags a sampler put under ``transformer_options["hspace"]``. The timesteps of a flow-matching (CONST) model
 are hspace's ``1000 sigma`` (:class:`~hspace_core.schedule.FlowSchedule`) for every family, as in the library.
 """
@@ -114,10 +115,10 @@ def resolve_site(model: Any, site: str | None = "auto") -> str:
             raise HSpaceError(f"a UNet is hooked at its middle block ({MID_BLOCK!r}), got the hook site {site!r}")
         return parsed.name
     names = TRANSFORMER_BLOCKS[kind]
-    if parsed.kind != "block" or parsed.blocks not in names:
-        choices = " or ".join(f"'{name}.<i>.output'" for name in names)
-        raise HSpaceError(f"{kind} is hooked at a block output through ComfyUI's block replacements: a hook site "
-                          f"{choices} expected, got {site!r}")
+    if parsed.kind == "mid_block" or parsed.blocks not in names:
+        choices = " or ".join(f"'{name}.<i>.output' / '{name}.<i>.attn.output'" for name in names)
+        raise HSpaceError(f"{kind} is hooked at a block's output or its attention's output through ComfyUI's block "
+                          f"replacements: a hook site {choices} expected, got {site!r}")
     count = len(getattr(diffusion_model(model), parsed.blocks))
     if parsed.index >= count:
         raise HSpaceError(f"{kind} has {count} {parsed.blocks}: index {parsed.index} is out of range")
@@ -197,27 +198,102 @@ class OutputBlockPatch(_ControllerPatch):
         return self.apply(h, transformer_options), hsp
 
 
-class BlockReplacePatch(_ControllerPatch):
-    """A ``patches_replace["dit"]`` block replacement: runs the block (or a replacement registered before it), then
-    passes the image tokens of its output through the controller. In Flux's single blocks ``img`` is text + image
-    tokens, the image part at ``transformer_options["img_slice"]``; Kontext's reference tokens (appended after the
-    image tokens, ``transformer_options["reference_image_num_tokens"]``) are not part of h."""
+def _image_span(args: dict[str, Any], options: dict[str, Any]) -> tuple[int, int]:
+    """Where a block's image tokens are in its ``img`` stream: all of it, or in Flux's single blocks (text + image)
+    ``transformer_options["img_slice"]``; Kontext's reference tokens (appended after the image tokens,
+    ``transformer_options["reference_image_num_tokens"]``) are not part of h."""
+    img = args["img"]
+    start, end = options["img_slice"] if "txt" not in args and "img_slice" in options else (0, img.shape[1])
+    return start, end - sum(options.get("reference_image_num_tokens") or [])
 
-    def __init__(self, controller: Controller, sampling: Any, earlier: Callable[..., dict] | None = None):
+
+class TokenPatch(_ControllerPatch):
+    """``tokens -> tokens`` with ``tokens[:, start:end]`` (the image tokens) through the controller."""
+
+    def __init__(self, controller: Controller, sampling: Any, span: tuple[int, int], options: dict[str, Any]):
+        super().__init__(controller, sampling)
+        self.span = span
+        self.options = options
+
+    def __call__(self, tokens: torch.Tensor, extra_options: Any = None) -> torch.Tensor:
+        start, end = self.span
+        h = tokens[:, start:end]
+        new = self.apply(h, self.options)
+        if new is h:
+            return tokens
+        return torch.cat([tokens[:, :start], new.to(tokens.dtype), tokens[:, end:]], dim=1)
+
+
+class AttentionOverride:
+    """An ``optimized_attention_override`` (MMDiT has no attention-output patch) that runs the attention as it
+    would have run (a model-wide override set before it included) and passes the output of the block's joint
+    attention, ``total`` text + image tokens, through ``patch``; MMDiT-X's image-only second attention passes."""
+
+    def __init__(self, patch: TokenPatch, total: int, previous: Callable[..., torch.Tensor] | None):
+        self.patch = patch
+        self.total = total
+        self.previous = previous
+
+    def __call__(self, func: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
+        return self.patch(out) if out.shape[1] == self.total else out
+
+
+class BlockReplacePatch(_ControllerPatch):
+    """A ``patches_replace["dit"]`` block replacement: runs the block (or a replacement registered before it) and
+    passes its image tokens through the controller: at the block's output, or (``attention``) at its joint
+    attention's output before the output projection, through ComfyUI's ``attn1_output_patch`` (Flux's blocks; the
+    pack's DiT) or an ``optimized_attention_override`` (``override_attention``, MMDiT), set in the options of this
+    block's call only. ``original_block``, where given, runs the block in place of ComfyUI's own wrapper."""
+
+    def __init__(self, controller: Controller, sampling: Any, earlier: Callable[..., dict] | None = None,
+                 attention: bool = False, override_attention: bool = False,
+                 original_block: Callable[[dict], dict] | None = None):
         super().__init__(controller, sampling)
         self.earlier = earlier
+        self.attention = attention
+        self.override_attention = override_attention
+        self.original_block = original_block
 
     def __call__(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        out = self.earlier(args, extra) if self.earlier is not None else extra["original_block"](args)
+        if self.original_block is not None:
+            extra = {**extra, "original_block": self.original_block}
         options = args.get("transformer_options") or {}
+        start, end = _image_span(args, options)
+        if self.attention:
+            return self._run({**args, "transformer_options": self._attention_options(args, options, start, end)},
+                             extra)
+        out = self._run(args, extra)
         img = out["img"]
-        start, end = (options["img_slice"] if "txt" not in args and "img_slice" in options else (0, img.shape[1]))
-        end -= sum(options.get("reference_image_num_tokens") or [])
-        h = img[:, start:end]
-        new = self.apply(h, options)
-        if new is h:
-            return out
-        return {**out, "img": torch.cat([img[:, :start], new.to(img.dtype), img[:, end:]], dim=1)}
+        new = TokenPatch(self.controller, self.sampling, (start, end), options)(img)
+        return out if new is img else {**out, "img": new}
+
+    def _run(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        return self.earlier(args, extra) if self.earlier is not None else extra["original_block"](args)
+
+    def _attention_options(self, args: dict[str, Any], options: dict[str, Any], start: int, end: int) -> dict:
+        """The block's options with the attention hook: the attention runs over text + image tokens, text first."""
+        offset = args["txt"].shape[1] if args.get("txt") is not None else 0
+        patch = TokenPatch(self.controller, self.sampling, (offset + start, offset + end), options)
+        if self.override_attention:
+            total = offset + args["img"].shape[1]
+            return {**options, "optimized_attention_override":
+                    AttentionOverride(patch, total, options.get("optimized_attention_override"))}
+        patches = dict(options.get("patches") or {})
+        patches["attn1_output_patch"] = [*patches.get("attn1_output_patch", []), patch]
+        return {**options, "patches": patches}
+
+
+def _uncheckpointed_joint_block(block: torch.nn.Module) -> Callable[[dict], dict]:
+    """SD3's joint block as a replacement's ``original_block``. ComfyUI's own wrapper of a replaced block runs it
+    under ``torch.utils.checkpoint`` (``mmdit.block_mixing``'s default), which torch.func's Jacobian products cannot
+    differentiate through (saved tensor hooks); the blocks that are not replaced run without it. Same result."""
+    def original_block(args: dict[str, Any]) -> dict[str, torch.Tensor]:
+        txt, img = block(args["txt"], args["img"], c=args["vec"], use_checkpoint=False,
+                         transformer_options=args["transformer_options"])
+        return {"txt": txt, "img": img}
+
+    return original_block
 
 
 def _patch_transformer(model: Any, controller: Controller, kind: str, site: str) -> Any:
@@ -227,7 +303,11 @@ def _patch_transformer(model: Any, controller: Controller, kind: str, site: str)
     options = getattr(patched, "model_options", {}).get("transformer_options", {})
     earlier = (options.get("patches_replace") or {}).get("dit", {}).get(key)
     sampling = timestep_schedule(patched)
-    patched.set_model_patch_replace(BlockReplacePatch(controller, sampling, earlier), "dit", *key)
+    block = getattr(diffusion_model(model), parsed.blocks)[parsed.index] if kind == "SD3" else None
+    patch = BlockReplacePatch(controller, sampling, earlier, attention=parsed.kind == "attention",
+                              override_attention=kind == "SD3",
+                              original_block=None if block is None else _uncheckpointed_joint_block(block))
+    patched.set_model_patch_replace(patch, "dit", *key)
     _publish_shifts_at(patched, controller, sampling)
     return patched
 
@@ -244,8 +324,9 @@ def patch_model(model: Any, controller: Controller, site: str = "auto", hook_sit
     """A clone of the MODEL whose h at the hook site goes through ``controller(h, t, cond_or_uncond, flags)``.
 
     ``hook_site`` (:mod:`~hspace_core.sites`; None = :func:`default_site`): a UNet's middle block, or for Flux /
-    SD3 a block output (``"double_blocks.<i>.output"``, ``"single_blocks.<i>.output"``, ``"joint_blocks.<i>.output"``,
-    hooked by a ``patches_replace["dit"]`` block replacement). ``site``, a UNet's patch point: "middle" =
+    SD3 a block output (``"double_blocks.<i>.output"``, ``"single_blocks.<i>.output"``, ``"joint_blocks.<i>.output"``)
+    or that block's attention output (``"<blocks>.<i>.attn.output"``), hooked by a ``patches_replace["dit"]`` block
+    replacement. ``site``, a UNet's patch point: "middle" =
     ``middle_block_after_patch``; "output0" = the ``output_block_patch`` fallback at block ("output", 0) (same h,
     for ComfyUI versions without the middle patch); "auto" = the first available.
     The input MODEL is never changed. Unsupported models are refused with :class:`HSpaceError`.
@@ -378,9 +459,19 @@ def percent_window(model: Any, start_percent: float, end_percent: float) -> tupl
 
 @contextlib.contextmanager
 def autograd_enabled() -> Iterator[None]:
-    """Leave ComfyUI's inference mode and enable grad (nodes run inside ``torch.inference_mode()``)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
+    """Leave ComfyUI's inference mode and enable grad (nodes run inside ``torch.inference_mode()``), with ComfyUI's
+    ``model_management.in_training`` set: models then take their plain-torch paths (Flux's rotary embedding, not
+    comfy-kitchen's fused op, whose autograd.Function torch.func's Jacobian products cannot transform)."""
+    management = _comfy.optional("comfy.model_management")
+    training = getattr(management, "in_training", None)
+    if management is not None:
+        management.in_training = True
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        if management is not None:
+            management.in_training = training
 
 
 def grad_ready(tensor: torch.Tensor) -> torch.Tensor:
@@ -420,6 +511,23 @@ def autograd_copy(model: Any) -> Any:
                               "this ComfyUI offers neither clone(force_deepcopy=True) nor model overrides")
         backups = tuple(type(v)() for v in model.get_clone_model_override()[1])
         return model.clone(model_override=(_with_copied_unet(base_model(model)), backups))
+
+
+def _copied_input(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].clone(), *args[1:])
+
+
+def out_of_place_norm_inputs(patcher: Any) -> Any:
+    """``patcher`` (an autograd copy of a transformer) with a copy of its input given to each LayerNorm.
+
+    Flux's blocks add their residuals in place (``img += ...``, ``x += ...``) into the tensors their LayerNorms
+    saved for backward, so a reverse-mode product through any block after the hook site fails ("modified by an
+    inplace operation"). The copy a forward pre-hook hands each LayerNorm is what it saves; the in-place adds leave
+    it alone. Same values, one more tensor per norm; on this private copy only."""
+    for module in diffusion_model(patcher).modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.register_forward_pre_hook(_copied_input)
+    return patcher
 
 
 # Attention functions of comfy.ldm.modules.attention made of ordinary torch ops (SDPA runs under

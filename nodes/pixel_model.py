@@ -18,6 +18,7 @@ ComfyUI is imported only inside functions; the ComfyUI classes are built on firs
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -79,12 +80,36 @@ class DiffusersUNetWrapper(torch.nn.Module):
                 handle.remove()
 
 
+@contextlib.contextmanager
+def _attention_output_patches(attention: torch.nn.Module, options: dict[str, Any]) -> Iterator[None]:
+    """ComfyUI's ``attn1_output_patch`` list of the call's options applied to the output of the block's
+    self-attention (diffusers' ``attn1``, after its output projection: the library's ``.attn.output`` site), as
+    Flux's blocks apply it to theirs."""
+    patches = (options.get("patches") or {}).get("attn1_output_patch") or []
+    if not patches:
+        yield
+        return
+
+    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        for patch in patches:
+            output = patch(output, options)
+        return output
+
+    handle = attention.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _replaced(block: torch.nn.Module, replacement: Callable[..., dict], options: dict[str, Any]) -> Callable:
     """``block`` run through a ComfyUI block replacement: the replacement gets the block's image tokens and calls
     ``original_block`` to run the block itself on what it passes as ``"img"``."""
     def run(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         def original_block(block_args: dict[str, Any]) -> dict[str, torch.Tensor]:
-            return {"img": block(block_args["img"], *args, **kwargs)}
+            block_options = block_args.get("transformer_options") or {}
+            with _attention_output_patches(block.attn1, block_options):
+                return {"img": block(block_args["img"], *args, **kwargs)}
 
         out = replacement({"img": hidden_states, "timestep": kwargs.get("timestep"),
                            "class_labels": kwargs.get("class_labels"), "transformer_options": options},

@@ -109,7 +109,7 @@ def test_the_family_its_sites_and_token_width():
     assert comfy_adapter.resolve_site(model, "transformer_blocks.3.output") == "transformer_blocks.3.output"
     assert comfy_adapter.token_dim(model) == DIM
     assert comfy_adapter.noise_form(model).name == "flow"
-    for site, words in (("transformer_blocks.4.output", "out of range"), ("mid_block.output", "block output")):
+    for site, words in (("transformer_blocks.4.output", "out of range"), ("mid_block.output", "attention's output")):
         with pytest.raises(HSpaceError, match=words):
             comfy_adapter.resolve_site(model, site)
 
@@ -127,6 +127,27 @@ def test_patched_model_runs_the_controller_at_the_site_and_a_zero_edit_is_bitwis
     edited = comfy_adapter.patch_model(model, Bottleneck([EditSpec(zero, 1.0)]),
                                        hook_site="transformer_blocks.1.output")
     assert torch.equal(call(edited, x, 0.25), plain)
+
+
+def test_an_attention_site_sees_what_the_librarys_attention_site_sees():
+    """ComfyUI's attn1_output_patch, which the wrapper applies to each block's self-attention output for the call it
+    is given in: at ``transformer_blocks.<i>.attn.output`` the patch gets the library's h there, bit for bit, and
+    only that block's attention is edited."""
+    model = dit_model()
+    wrapper = comfy_adapter.diffusion_model(model)
+    site = "transformer_blocks.1.attn.output"
+    x = torch.randn(2, 1, SIZE, SIZE)
+    seen = []
+    patched = comfy_adapter.patch_model(model, lambda h, *args, **kwargs: seen.append(h) or h, hook_site=site)
+    assert torch.equal(call(patched, x, 0.25), call(model, x, 0.25))
+    library = DiffusersTransformerDenoiser(wrapper.dit, site=site, cond={"class_labels": torch.tensor([10])})
+    with torch.no_grad():
+        assert len(seen) == 1 and torch.equal(seen[0], library.encode(x, 0.25))
+    for value, same in ((0.0, True), (1.0, False)):
+        direction = Direction(torch.full((TOKENS, DIM), value), meta={"hook_site": site})
+        edited = comfy_adapter.patch_model(model, Bottleneck([EditSpec(direction, 1.0)]), hook_site=site)
+        assert torch.equal(call(edited, x, 0.25), call(model, x, 0.25)) is same
+    assert all(not block.attn1._forward_hooks for block in wrapper.transformer_blocks)  # hooks live for the call
 
 
 def test_the_fingerprint_is_the_librarys_so_directions_go_both_ways():

@@ -47,10 +47,35 @@ class FluxInner(torch.nn.Module):
             self.single_blocks = blocks(2)
 
 
+class JointBlock(torch.nn.Module):
+    """mmdit.JointBlock's call: (context, x, c=, use_checkpoint=, transformer_options=) -> (context, x); the joint
+    attention over [context; x] goes through ComfyUI's attention wrapper, which calls a per-call
+    optimized_attention_override as ``override(func, *args, **kwargs)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checkpointed: list[bool] = []
+
+    def forward(self, context, x, c=None, use_checkpoint=True, transformer_options=None):
+        self.checkpointed.append(use_checkpoint)
+        override = (transformer_options or {}).get("optimized_attention_override")
+
+        def attention(q, k, v, heads, transformer_options=None):
+            return q * 2.0
+
+        def run(q):
+            return attention(q, q, q, 1) if override is None else override(attention, q, q, q, 1,
+                                                                            transformer_options=transformer_options)
+
+        joint = run(torch.cat([context, x], dim=1))
+        own = run(x)  # MMDiT-X's second, image-only attention
+        return joint[:, :context.shape[1]], joint[:, context.shape[1]:] + own
+
+
 class MMDiTInner(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.joint_blocks = blocks(4)
+        self.joint_blocks = torch.nn.ModuleList(JointBlock() for _ in range(4))
 
 
 class BaseModel:
@@ -140,8 +165,8 @@ def test_unsupported_families_are_refused_naming_the_family_and_what_is_missing(
 
 
 @pytest.mark.parametrize("site, words", [
-    ("mid_block.output", ["block output", "'double_blocks.<i>.output'"]),
-    ("double_blocks.1.attn.output", ["block output"]),
+    ("mid_block.output", ["attention's output", "'double_blocks.<i>.output'", "'double_blocks.<i>.attn.output'"]),
+    ("double_blocks.3.attn.output", ["3 double_blocks", "out of range"]),
     ("single_blocks.2.output", ["2 single_blocks", "out of range"]),
     ("transformer_blocks.0.output", ["'single_blocks.<i>.output'"]),
 ])
@@ -206,13 +231,94 @@ def test_a_second_patch_on_the_same_block_runs_the_first():
     assert torch.equal(out["img"], torch.full_like(img, 11.0))
 
 
-def test_mmdit_joint_block_replacement():
-    patched = comfy_adapter.patch_model(FakePatcher(SD3(MMDiTInner(), CONST())), Recorder(shift=1.0))
+def test_mmdit_joint_block_replacement_runs_the_block_without_checkpointing():
+    model = FakePatcher(SD3(MMDiTInner(), CONST()))
+    patched = comfy_adapter.patch_model(model, Recorder(shift=1.0))
     img, txt = torch.randn(2, IMAGE, DIM), torch.randn(2, TEXT, DIM)
     out = patched.replacements()[("double_block", 2)]({"img": img, "txt": txt, "vec": None,
                                                        "transformer_options": options()},
                                                       {"original_block": double_block(img, txt)})
-    assert torch.equal(out["img"], img * 2 + 1) and torch.equal(out["txt"], txt * 3)
+    assert torch.equal(out["img"], img * 4 + 1) and torch.equal(out["txt"], txt * 2)
+    assert model.model.diffusion_model.joint_blocks[2].checkpointed == [False]
+
+
+# -- attention-output sites -------------------------------------------------------------------------------------
+
+def attention_block(seen: dict):
+    """A fake Flux block: its joint attention [text; image] runs ComfyUI's attn1_output_patch list of the call."""
+    def original_block(args):
+        block_options = args["transformer_options"]
+        seen["options"] = block_options
+        joint = torch.cat([args["txt"], args["img"]], dim=1) if "txt" in args else args["img"]
+        attn = joint.clone()
+        for patch in (block_options.get("patches") or {}).get("attn1_output_patch", []):
+            attn = patch(attn, block_options)
+        seen["attn"] = attn
+        text = args["txt"].shape[1] if "txt" in args else 0
+        return {"img": attn[:, text:], **({"txt": attn[:, :text]} if "txt" in args else {})}
+
+    return original_block
+
+
+def test_flux_attention_site_edits_the_image_tokens_of_that_block_call_only():
+    earlier = []
+    model = flux()
+    model.model_options["transformer_options"]["patches"] = {"attn1_output_patch": [lambda a, o: earlier.append(1) or a]}
+    patched = comfy_adapter.patch_model(model, controller := Recorder(shift=1.0), hook_site="double_blocks.1.attn.output")
+    assert list(patched.replacements()) == [("double_block", 1)]
+    img, txt = torch.randn(2, IMAGE + REFERENCE, DIM), torch.randn(2, TEXT, DIM)
+    call_options = {**patched.model_options["transformer_options"], **options(0.25, reference_image_num_tokens=[REFERENCE])}
+    seen: dict = {}
+    out = patched.replacements()[("double_block", 1)]({"img": img, "txt": txt, "transformer_options": call_options},
+                                                      {"original_block": attention_block(seen)})
+    assert earlier == [1]  # a model-wide attention patch still runs, before the edit
+    assert torch.equal(out["txt"], txt)  # text tokens of the attention untouched
+    assert torch.equal(out["img"][:, :IMAGE], img[:, :IMAGE] + 1.0)
+    assert torch.equal(out["img"][:, IMAGE:], img[:, IMAGE:])  # Kontext reference tokens untouched
+    assert controller.calls == [((2, IMAGE, DIM), 250.0, [1, 0], 0.25)]
+    assert len(call_options["patches"]["attn1_output_patch"]) == 1  # the model's list is not changed
+    assert len(model.model_options["transformer_options"]["patches"]["attn1_output_patch"]) == 1
+
+
+def test_flux_single_block_attention_site_uses_the_image_slice():
+    patched = comfy_adapter.patch_model(flux(), Recorder(shift=1.0), hook_site="single_blocks.1.attn.output")
+    joint = torch.randn(2, TEXT + IMAGE, DIM)
+    seen: dict = {}
+    out = patched.replacements()[("single_block", 1)](
+        {"img": joint, "transformer_options": options(img_slice=[TEXT, TEXT + IMAGE])},
+        {"original_block": attention_block(seen)})["img"]
+    assert torch.equal(out[:, :TEXT], joint[:, :TEXT]) and torch.equal(out[:, TEXT:], joint[:, TEXT:] + 1.0)
+
+
+def test_sd3_attention_site_overrides_the_joint_attention_of_that_block_only():
+    model = FakePatcher(SD3(MMDiTInner(), CONST()))
+    calls = []
+
+    def model_wide(func, *args, **kwargs):  # e.g. the autograd copy's switch to PyTorch attention
+        calls.append(args[0].shape[1])
+        return func(*args, **kwargs)
+
+    patched = comfy_adapter.patch_model(model, Recorder(shift=1.0), hook_site="joint_blocks.0.attn.output")
+    img, txt = torch.randn(2, IMAGE, DIM), torch.randn(2, TEXT, DIM)
+    block_options = options(optimized_attention_override=model_wide)
+    out = patched.replacements()[("double_block", 0)]({"img": img, "txt": txt, "vec": None,
+                                                       "transformer_options": block_options}, {})
+    assert torch.equal(out["txt"], txt * 2)  # the text part of the joint attention untouched
+    assert torch.equal(out["img"], (img * 2 + 1) + img * 2)  # the image-only attention untouched
+    assert calls == [TEXT + IMAGE, IMAGE]  # the model-wide override still runs every attention
+    assert block_options["optimized_attention_override"] is model_wide
+
+
+def test_a_zero_direction_at_an_attention_site_is_bitwise_plain():
+    site = "double_blocks.0.attn.output"
+    img, txt = torch.randn(2, IMAGE, DIM), torch.randn(2, TEXT, DIM)
+    plain = attention_block({})({"img": img, "txt": txt, "transformer_options": options()})
+    for value, same in ((0.0, True), (1.0, False)):
+        direction = Direction(torch.full((IMAGE, DIM), value), meta={"hook_site": site})
+        patched = comfy_adapter.patch_model(flux(), Bottleneck([EditSpec(direction, 1.0)]), hook_site=site)
+        out = patched.replacements()[("double_block", 0)]({"img": img, "txt": txt, "transformer_options": options()},
+                                                          {"original_block": attention_block({})})
+        assert torch.equal(out["txt"], plain["txt"]) and torch.equal(out["img"], plain["img"]) is same
 
 
 # -- schedules and nodes ----------------------------------------------------------------------------------------
@@ -233,7 +339,7 @@ def test_apply_direction_hooks_the_direction_site_and_refuses_other_sites():
                                                         "fingerprint": _sampling.fingerprint(model, (IMAGE, DIM), site)})
     patched = apply.apply_direction(model, [direction], 1.0, "direction", 0.0, 1.0, "both", False)
     assert list(patched.replacements()) == [("single_block", 1)]
-    with pytest.raises(HSpaceError, match="block output"):
+    with pytest.raises(HSpaceError, match="attention's output"):
         apply.apply_direction(model, [Direction(torch.ones(2, 2, 2))], 1.0, "direction", 0.0, 1.0, "both", False)
     other = Direction(torch.ones(IMAGE, DIM), meta={"hook_site": "double_blocks.0.output",
                                                     "fingerprint": direction.meta["fingerprint"]})

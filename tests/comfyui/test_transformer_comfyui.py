@@ -2,8 +2,8 @@
 COMFYUI_PATH).
 
 tests/comfyui/transformer_check.py runs in ComfyUI's Python: Capture h at a block (Flux: a single block; SD3: a
-joint block), PCA, Apply Direction (hooked through patches_replace["dit"]), the Asyrp Sampler in flow form and
-the Strength Sweep.
+joint block), PCA, Apply Direction (hooked through patches_replace["dit"]), the Asyrp Sampler in flow form,
+the Strength Sweep, Jacobian directions (SD3 too), and the attention-output sites (FluxSpace's space).
 """
 from __future__ import annotations
 
@@ -76,10 +76,7 @@ def test_inversion_records_the_site_and_edit_friendly_reconstructs(result):
 
 
 def test_jacobian_directions_at_the_site_and_pullback_refused(result):
-    jacobian = result["jacobian"]
-    if result["expected"][0] == "SD3":  # ComfyUI's MMDiT checkpoints every joint block: no torch.func through it
-        assert "torch.utils.checkpoint" in jacobian["refused"]
-        return
+    jacobian = result["jacobian"]  # on SD3 too: the replaced joint block runs without torch.utils.checkpoint
     assert jacobian["count"] == 2 and jacobian["site"] == result["expected"][2]
     assert jacobian["shape"] == [3, 16, 128] and jacobian["norm"] > 0  # 3 steps of [tokens, dim], scaled by sigma_1
     assert "UNets" in result["pullback_refused"] and result["expected"][0] in result["pullback_refused"]
@@ -87,3 +84,23 @@ def test_jacobian_directions_at_the_site_and_pullback_refused(result):
 
 def test_an_edit_at_the_default_site(result):  # Flux: a double block, where img holds the image tokens only
     assert result["default_site_change_0"] == 0.0 and result["default_site_change_3"] > 1e-2
+
+
+def test_attention_sites_see_the_joint_attention_image_tokens_and_edit_them(result):
+    """The controller at ``<blocks>.<i>.attn.output`` gets exactly what the block's output projection is given for
+    the image tokens (Flux's double blocks: img_attn.proj; single blocks: the attention part of linear2's input;
+    MMDiT: x_block.attn.proj), once per model call."""
+    for site, out in result["attention"].items():
+        assert out["calls"] == 4 and out["shape"] == [4, 16, 128], site  # 4 steps; 2 images x cond, uncond rows
+        assert out["equal_to_projection_input"], site
+        assert out["change_0"] == 0.0 and out["change_1"] > 1e-2, site
+        assert out["jacobian"] == {"count": 2, "site": site, "shape": [3, 16, 128]}, site
+
+
+def test_jacobian_products_agree_with_finite_differences_at_every_kind_of_site(result):
+    """At the default site (Flux: a double block, so every single block is in the product, their in-place residual
+    adds included) and at the attention sites."""
+    for site, out in result["products"].items():
+        assert out["jv_norm"] > 0, site
+        assert out["jvp_vs_difference"] < 1e-2, (site, out)  # float32 central differences
+        assert out["adjoint_mismatch"] < 1e-4, (site, out)

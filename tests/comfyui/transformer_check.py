@@ -8,8 +8,8 @@ Builds ``comfy.ldm.flux.model.Flux`` (hidden size 128, one head, 2 double and 2 
 ``OpenAISignatureMMDITWrapper`` (depth 2: hidden size 128, 2 joint blocks) with 16-channel latents, 32-wide text
 tokens and random weights, loads its state dict through ``comfy.sd.load_diffusion_model_state_dict`` (ComfyUI
 detects the layout: ``comfy.model_base.Flux`` / ``SD3`` with a CONST model sampling, in a ModelPatcher), then runs
-Capture h, PCA, Apply Direction, the Asyrp Sampler and the Strength Sweep nodes on it, and prints what the test
-checks as JSON.
+Capture h, PCA, Apply Direction, the Asyrp Sampler and the Strength Sweep nodes on it, then the attention-output
+sites (what the patch sees, edits, Jacobian directions), and prints what the test checks as JSON.
 """
 from __future__ import annotations
 
@@ -61,6 +61,11 @@ def build(family: str, context_dim: int = 32, pooled_dim: int = 16, guidance_emb
 # the site captured and edited, and another one of the same model
 SITES = {"flux": ("single_blocks.1.output", "double_blocks.0.output"),
          "sd3": ("joint_blocks.0.output", "joint_blocks.1.output")}
+# attention-output sites, and the module of ComfyUI's block whose input holds that attention output (the image
+# tokens of it from the token ``start`` and its first ``width`` channels): the independent recording
+ATTENTION_SITES = {"flux": {"double_blocks.0.attn.output": ("double_blocks.0.img_attn.proj", 0, None),
+                            "single_blocks.0.attn.output": ("single_blocks.0.linear2", 5, 128)},
+                   "sd3": {"joint_blocks.1.attn.output": ("joint_blocks.1.x_block.attn.proj", 0, None)}}
 
 
 def main(comfy_path: str, family: str) -> None:
@@ -178,12 +183,83 @@ def main(comfy_path: str, family: str) -> None:
     except HSpaceError as exc:
         result["pullback_refused"] = str(exc)
 
+    result["products"] = {site: products(model, site, positive)
+                          for site in (result["default_site"], *ATTENTION_SITES[family])}
+    result["attention"] = {site: attention_site(model, site, *where, positive, noise, reference)
+                           for site, where in ATTENTION_SITES[family].items()}
+
     try:
         apply.apply_direction(model, [direction.with_delta(direction.delta, hook_site=other_site)],
                               1.0, "direction", 0.0, 1.0, "both", False)
     except HSpaceError as exc:
         result["other_site_refused"] = str(exc)
     print(json.dumps(result))
+
+
+def products(model, site: str, positive) -> dict:
+    """The Jacobian products at ``site`` against finite differences and each other: J v by torch.func.jvp vs
+    (f(h + e v) - f(h - e v)) / 2e, and <u, J v> vs <J^T u, v> (J^T u by torch.func.vjp), in the autograd copy the
+    Jacobian node differentiates (every block after the site is in the product)."""
+    from hspace_pack.nodes import comfy_adapter
+    from hspace_pack.nodes._denoisers import autograd_denoiser
+
+    generator = torch.Generator().manual_seed(5)
+    x, sigma = torch.randn(1, 16, 8, 8, generator=generator), 0.6
+    denoiser = autograd_denoiser(model, positive, site)
+    with comfy_adapter.autograd_enabled():
+        h = denoiser.encode(x, sigma).detach()
+        v = torch.randn(h.shape, generator=generator)
+        v = v / v.norm()
+        u = torch.randn(x.shape, generator=generator)
+        decode = lambda hh: denoiser.decode_from(x, sigma, hh)  # noqa: E731
+        jv = torch.func.jvp(decode, (h,), (v,))[1]
+        jtu = torch.func.vjp(decode, h)[1](u)[0]
+        step = 1e-2 * h.norm()
+        difference = (decode(h + step * v) - decode(h - step * v)) / (2 * step)
+    return {"jvp_vs_difference": float((jv - difference).norm() / jv.norm()),
+            "adjoint_mismatch": float(abs((u * jv).sum() - (jtu * v).sum()) / (u.norm() * jv.norm())),
+            "jv_norm": float(jv.norm())}
+
+
+def attention_site(model, site: str, module_name: str, start: int, width: int | None, positive, noise,
+                   reference) -> dict:
+    """What the pack's patch sees at an attention site against what the block's output projection is given (a
+    forward pre-hook), on the same sampling run; a zero and a non-zero direction there; Jacobian directions."""
+    from hspace_pack.hspace_core.direction import Direction
+    from hspace_pack.hspace_core.samplers import sample_ddim
+    from hspace_pack.nodes import _sampling, apply, comfy_adapter, local_directions
+
+    latent, sigmas = {"samples": torch.zeros(LATENT)}, torch.linspace(1.0, 0.0, 5)
+    ddim = comfy_adapter.as_comfy_sampler(sample_ddim, form=_sampling.FLOW)
+    seen, projected = [], []
+
+    def controller(h, timestep, cond_or_uncond, flags, sigma=None):
+        seen.append(h.clone())
+        return h
+
+    module = model.model.diffusion_model.get_submodule(module_name)
+    handle = module.register_forward_pre_hook(
+        lambda _, inputs: projected.append(inputs[0][:, start:start + 16, :width].clone()))
+    try:
+        patched = comfy_adapter.patch_model(model, controller, hook_site=site)
+        _sampling.run_comfy_sampler(patched, ddim, sigmas, latent, positive, positive, 2.0, noise, 3)
+    finally:
+        handle.remove()
+    out = {"calls": len(seen), "shape": list(seen[0].shape),
+           "equal_to_projection_input": len(seen) == len(projected) and all(map(torch.equal, seen, projected))}
+    generator = torch.Generator().manual_seed(3)
+    for value in (0.0, 1.0):
+        direction = Direction(value * torch.randn(16, 128, generator=generator), meta={"hook_site": site})
+        edited = apply.apply_direction(model, [direction], 3.0, "direction", 0.0, 1.0, "both", False)
+        samples = _sampling.run_comfy_sampler(edited, ddim, sigmas, latent, positive, positive, 2.0, noise,
+                                              3)["samples"]
+        out[f"change_{value:g}"] = float((samples - reference).abs().max())
+    jacobian = local_directions.HSpaceJacobianDirections().discover(
+        model, torch.linspace(1.0, 0.0, 4), {"samples": torch.zeros(1, 16, 8, 8)}, 3, 2, 0, "subspace", 5, site,
+        source=positive, edit=positive)["result"][0]
+    out["jacobian"] = {"count": len(jacobian), "site": jacobian[0].meta["hook_site"],
+                       "shape": list(jacobian[0].delta.shape)}
+    return out
 
 
 class _LatentAsImage:
