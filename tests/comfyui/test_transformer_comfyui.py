@@ -94,6 +94,7 @@ def test_attention_sites_see_the_joint_attention_image_tokens_and_edit_them(resu
         assert out["calls"] == 4 and out["shape"] == [4, 16, 128], site  # 4 steps; 2 images x cond, uncond rows
         assert out["equal_to_projection_input"], site
         assert out["change_0"] == 0.0 and out["change_1"] > 1e-2, site
+        assert out["asyrp_change_0"] == 0.0 and out["asyrp_change_1"] > 1e-2, site  # the asymmetric step there
         assert out["jacobian"] == {"count": 2, "site": site, "shape": [3, 16, 128]}, site
 
 

@@ -248,12 +248,14 @@ def attention_site(model, site: str, module_name: str, start: int, width: int | 
     out = {"calls": len(seen), "shape": list(seen[0].shape),
            "equal_to_projection_input": len(seen) == len(projected) and all(map(torch.equal, seen, projected))}
     generator = torch.Generator().manual_seed(3)
+    asyrp = apply.HSpaceAsyrpSampler().make(model, "asymmetric", 500, 0, 0.0, 1.0, 0)[0]
     for value in (0.0, 1.0):
         direction = Direction(value * torch.randn(16, 128, generator=generator), meta={"hook_site": site})
         edited = apply.apply_direction(model, [direction], 3.0, "direction", 0.0, 1.0, "both", False)
-        samples = _sampling.run_comfy_sampler(edited, ddim, sigmas, latent, positive, positive, 2.0, noise,
-                                              3)["samples"]
-        out[f"change_{value:g}"] = float((samples - reference).abs().max())
+        for name, sampler in (("change", ddim), ("asyrp_change", asyrp)):
+            samples = _sampling.run_comfy_sampler(edited, sampler, sigmas, latent, positive, positive, 2.0, noise,
+                                                  3)["samples"]
+            out[f"{name}_{value:g}"] = float((samples - reference).abs().max())
     jacobian = local_directions.HSpaceJacobianDirections().discover(
         model, torch.linspace(1.0, 0.0, 4), {"samples": torch.zeros(1, 16, 8, 8)}, 3, 2, 0, "subspace", 5, site,
         source=positive, edit=positive)["result"][0]
