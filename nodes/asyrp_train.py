@@ -7,14 +7,13 @@ from typing import Any
 import torch
 
 from ..hspace_core.checks import check_number
-from ..hspace_core.denoisers import DiffusersDenoiser
 from ..hspace_core.discovery.asyrp import (CLIP_MEAN, CLIP_STD, DeltaBlock, DirectionalCLIPLoss, ImageEncoder, TextEncoder, f_t_controller,
                                          global_delta_h, load_clip, load_delta_block, projected_encoders,
                                          save_delta_block, train_delta_block)
 from ..hspace_core.direction import Inversion
 from ..hspace_core.errors import HSpaceError
 
-from . import _folders, _inputs, _sampling, comfy_adapter
+from . import _folders, _inputs, _sampling, comfy_adapter, pixel_model
 from ._denoisers import autograd_denoiser
 from ._types import DIRECTION, DirectionSet
 
@@ -149,9 +148,8 @@ class HSpaceAsyrpTrain:
         _sampling.check_timestep(model, t_edit, "t_edit")
         if (clip_vision is None) != (clip is None):
             raise HSpaceError(f"clip_vision and clip go together (one is connected): {COMFY_CLIP_FILES}")
+        pixel_unet(model)
         denoiser = autograd_denoiser(model)
-        if not isinstance(denoiser, DiffusersDenoiser):
-            raise HSpaceError("Asyrp training needs a pixel DDPM (a diffusers UNet from the hspace loader)")
         # Asyrp's code compares the edit with each input image; a record without its images (made by the
         # library or an older Invert Image) falls back to the unedited x0 of each step, the paper's formula.
         source_images = noise.source
@@ -186,6 +184,18 @@ class HSpaceAsyrpTrain:
         return [direction], log
 
 
+def pixel_unet(model: Any) -> torch.nn.Module:
+    """The diffusers UNet of a pixel DDPM MODEL, where Asyrp's f_t is trained and run; other models are refused
+    before anything is built (f_t's DeltaBlock is made for a diffusers UNet's middle block)."""
+    inner = comfy_adapter.diffusion_model(model)
+    if not isinstance(inner, pixel_model.DiffusersUNetWrapper):
+        kind = type(comfy_adapter.base_model(model)).__name__
+        raise HSpaceError(f"Asyrp's f_t is trained and run on a pixel DDPM (a diffusers UNet from the hspace loader), "
+                          f"not on {kind} ({type(inner).__name__}); for other models train a global direction "
+                          "(PCA, supervised, Jacobian) and sample with the Asyrp Sampler")
+    return inner.unet
+
+
 class HSpaceApplyAsyrpFunction:
     """Asyrp's default edit (Kwon et al. 2023): patch a MODEL so that at every step with t >= the trained t_edit
     each image's h is shifted by the trained f_t(h_t, t) of its own h (not the averaged global delta h). Sample with
@@ -218,10 +228,7 @@ class HSpaceApplyAsyrpFunction:
 
     def apply(self, model: Any, f_t_name: str, strength: float, t_edit: int,
               allow_foreign: bool) -> tuple[Any, str]:
-        inner = comfy_adapter.check_unet(model)
-        unet = getattr(inner, "unet", None)
-        if unet is None:
-            raise HSpaceError("Asyrp's f_t runs on a pixel DDPM (a diffusers UNet from the hspace loader)")
+        unet = pixel_unet(model)
         with comfy_adapter.autograd_enabled():
             block, meta = load_delta_block(_folders.resolve(f_t_name), unet, _sampling.fingerprint(model, ()),
                                            allow_foreign)

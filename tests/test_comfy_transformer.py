@@ -364,3 +364,12 @@ def test_supervised_direction_keeps_the_site_and_refuses_two_sites():
     with pytest.raises(HSpaceError, match="one hook site"):
         node.discover(trajectory("double_blocks.1.output", 1.0), trajectory("double_blocks.0.output", 0.0),
                       "mean_difference")
+
+
+def test_asyrp_f_t_nodes_refuse_a_transformer_before_building_anything():
+    from nodes import asyrp_train
+
+    with pytest.raises(HSpaceError, match="pixel DDPM.*not on Flux"):
+        asyrp_train.HSpaceAsyrpTrain().train(flux(), None, "a", "b", "tiny", 500, 1, 0.5, 3.0, False)
+    with pytest.raises(HSpaceError, match="pixel DDPM.*not on SD3"):
+        asyrp_train.HSpaceApplyAsyrpFunction().apply(FakePatcher(SD3(MMDiTInner(), CONST())), "f_t", 1.0, -1, False)
