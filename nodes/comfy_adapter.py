@@ -243,17 +243,16 @@ class BlockReplacePatch(_ControllerPatch):
     """A ``patches_replace["dit"]`` block replacement: runs the block (or a replacement registered before it) and
     passes its image tokens through the controller: at the block's output, or (``attention``) at its joint
     attention's output before the output projection, through ComfyUI's ``attn1_output_patch`` (Flux's blocks; the
-    pack's DiT) or an ``optimized_attention_override`` (``override_attention``, MMDiT), set in the options of this
-    block's call only. ``original_block``, where given, runs the block in place of ComfyUI's own wrapper."""
+    pack's DiT), set in the options of this block's call only. ``joint_block``: the replaced block is SD3's MMDiT
+    joint block, which has no attention patch (an ``optimized_attention_override`` instead) and is run here without
+    the checkpointing of ComfyUI's own wrapper (:func:`_uncheckpointed_joint_block`)."""
 
     def __init__(self, controller: Controller, sampling: Any, earlier: Callable[..., dict] | None = None,
-                 attention: bool = False, override_attention: bool = False,
-                 original_block: Callable[[dict], dict] | None = None):
+                 attention: bool = False, joint_block: torch.nn.Module | None = None):
         super().__init__(controller, sampling)
         self.earlier = earlier
         self.attention = attention
-        self.override_attention = override_attention
-        self.original_block = original_block
+        self.original_block = None if joint_block is None else _uncheckpointed_joint_block(joint_block)
 
     def __call__(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         if self.original_block is not None:
@@ -275,7 +274,7 @@ class BlockReplacePatch(_ControllerPatch):
         """The block's options with the attention hook: the attention runs over text + image tokens, text first."""
         offset = args["txt"].shape[1] if args.get("txt") is not None else 0
         patch = TokenPatch(self.controller, self.sampling, (offset + start, offset + end), options)
-        if self.override_attention:
+        if self.original_block is not None:  # MMDiT
             total = offset + args["img"].shape[1]
             return {**options, "optimized_attention_override":
                     AttentionOverride(patch, total, options.get("optimized_attention_override"))}
@@ -303,10 +302,9 @@ def _patch_transformer(model: Any, controller: Controller, kind: str, site: str)
     options = getattr(patched, "model_options", {}).get("transformer_options", {})
     earlier = (options.get("patches_replace") or {}).get("dit", {}).get(key)
     sampling = timestep_schedule(patched)
-    block = getattr(diffusion_model(model), parsed.blocks)[parsed.index] if kind == "SD3" else None
+    joint_block = getattr(diffusion_model(model), parsed.blocks)[parsed.index] if kind == "SD3" else None
     patch = BlockReplacePatch(controller, sampling, earlier, attention=parsed.kind == "attention",
-                              override_attention=kind == "SD3",
-                              original_block=None if block is None else _uncheckpointed_joint_block(block))
+                              joint_block=joint_block)
     patched.set_model_patch_replace(patch, "dit", *key)
     _publish_shifts_at(patched, controller, sampling)
     return patched

@@ -62,44 +62,42 @@ class DiffusersUNetWrapper(torch.nn.Module):
         check_batch(x, "the pixel model's input", channels=int(self.unet.config.in_channels))
         options = dict(transformer_options or {})
         patches = (options.get("patches") or {}).get("middle_block_after_patch") or []
-        handle = None
-        if patches:
-            def hook(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
-                h = output[0] if isinstance(output, tuple) else output
-                call_options = {**options, "block": ("middle", 0)}
-                for patch in patches:
-                    h = patch({"h": h, "x": x, "emb": None, "context": context, "y": y, "timesteps": timesteps,
-                               "transformer_options": call_options})["h"]
-                return (h, *output[1:]) if isinstance(output, tuple) else h
 
-            handle = self.unet.mid_block.register_forward_hook(hook)
-        try:
+        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
+            h = output[0] if isinstance(output, tuple) else output
+            call_options = {**options, "block": ("middle", 0)}
+            for patch in patches:
+                h = patch({"h": h, "x": x, "emb": None, "context": context, "y": y, "timesteps": timesteps,
+                           "transformer_options": call_options})["h"]
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+
+        with _forward_hook(self.unet.mid_block, hook if patches else None):
             return self.unet(x, timesteps.to(x.device), return_dict=False)[0]
-        finally:
-            if handle is not None:
-                handle.remove()
 
 
 @contextlib.contextmanager
-def _attention_output_patches(attention: torch.nn.Module, options: dict[str, Any]) -> Iterator[None]:
+def _forward_hook(module: torch.nn.Module, hook: Callable[..., Any] | None) -> Iterator[None]:
+    """``hook`` as a forward hook of ``module`` for the duration of the block (None: no hook)."""
+    handle = None if hook is None else module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def _attention_output_patches(attention: torch.nn.Module, options: dict[str, Any]) -> Any:
     """ComfyUI's ``attn1_output_patch`` list of the call's options applied to the output of the block's
     self-attention (diffusers' ``attn1``, after its output projection: the library's ``.attn.output`` site), as
-    Flux's blocks apply it to theirs."""
+    Flux's blocks apply it to theirs; a context manager for the block's call."""
     patches = (options.get("patches") or {}).get("attn1_output_patch") or []
-    if not patches:
-        yield
-        return
 
     def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         for patch in patches:
             output = patch(output, options)
         return output
 
-    handle = attention.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return _forward_hook(attention, hook if patches else None)
 
 
 def _replaced(block: torch.nn.Module, replacement: Callable[..., dict], options: dict[str, Any]) -> Callable:
