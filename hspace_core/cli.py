@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--model", default=None, help="unet (default) or dit, the embedded models the direction "
                                                         "was made for, or a diffusers pixel-DDPM folder (no class "
                                                         "figures then)")
+    evaluate.add_argument("--keep-class", action="store_true",
+                          help="edit with the class-keeping correction: at every edited step each sample's shift loses "
+                               "the part that would lower the shipped classifier's probability of its class")
     evaluate.add_argument("--out", type=Path, default=Path("hspace_evaluation"), help="output folder")
     args = parser.parse_args(argv)
 
@@ -69,7 +72,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if not args.direction.is_file():
         raise HSpaceError(f"direction: a direction file expected, got {args.direction} (no such file)")
     result = evaluate_on_model(load_direction(args.direction), args.target, args.model, args.samples,
-                               args.first_seed, args.steps, args.strengths, args.random_directions, args.t_edit)
+                               args.first_seed, args.steps, args.strengths, args.random_directions, args.t_edit,
+                               keep_class=args.keep_class)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "evaluation.json").write_text(result.to_json())
     result.chart().save(args.out / "evaluation.png")

@@ -139,6 +139,13 @@ class GuidedDenoiser:
         sigma_rows = sigma_rows.expand(x.shape[0]) if sigma_rows.numel() == 1 else sigma_rows
         return x - sigma_rows.view(-1, *[1] * (x.ndim - 1)) * self.prediction(x, sigma, model_options)
 
+    def model_timestep(self, sigma: float) -> float:
+        """The model timestep the controller is given for a call at ``sigma``."""
+        return float(self._timesteps(torch.tensor([float(sigma)], dtype=torch.float64))[0])
+
+    def _timesteps(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.schedule.timestep(sigma)
+
     @contextlib.contextmanager
     def _unguided(self) -> Iterator[None]:
         saved, self.cfg_scale = self.cfg_scale, 1.0

@@ -127,6 +127,7 @@ class EvaluationResult:
     samples: int
     attribute_stds: dict[str, float]
     strengths: list[StrengthResult] = field(default_factory=list)
+    class_keeping: bool = False
 
     def at(self, strength: float) -> StrengthResult:
         for row in self.strengths:
@@ -148,15 +149,16 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         rows = [{**asdict(r), "worst_other_over_effect": r.worst_other_over_effect} for r in self.strengths]
-        return {"target": self.target, "samples": self.samples, "attribute_stds": self.attribute_stds,
-                "linearity_x2_over_x1": self.linearity, "strengths": rows}
+        return {"target": self.target, "samples": self.samples, "class_keeping": self.class_keeping,
+                "attribute_stds": self.attribute_stds, "linearity_x2_over_x1": self.linearity, "strengths": rows}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=True)
 
     def report(self) -> str:
         """A plain-text table, one line per strength."""
-        lines = [f"target {self.target!r}, {self.samples} samples; changes in std of each attribute",
+        keeping = ", class-keeping edit" if self.class_keeping else ""
+        lines = [f"target {self.target!r}, {self.samples} samples{keeping}; changes in std of each attribute",
                  "strength  intended  effect  random  x_random  class_kept  worst_other/effect"]
         for r in self.strengths:
             lines.append(f"{r.strength:+8.2f}  {r.intended_share:8.1%}  {r.effect:6.2f}  {r.random_effect:6.2f}  "
@@ -202,7 +204,7 @@ def evaluate_direction(pipe: Any, direction: Direction, x_T: torch.Tensor, sigma
                        measures: Mapping[str, Measure] | None = None, classifier: Any | None = None,
                        strengths: Sequence[float] = (-2.0, -1.0, 1.0, 2.0), random_directions: int = 2,
                        t_edit: float | None = None, seed: int = 0, batch_size: int = 256,
-                       allow_foreign: bool = False) -> EvaluationResult:
+                       allow_foreign: bool = False, keep_class: bool = False) -> EvaluationResult:
     """Edit the samples of ``x_T`` along ``direction`` at each strength and measure what changed.
 
     Args:
@@ -215,6 +217,9 @@ def evaluate_direction(pipe: Any, direction: Direction, x_T: torch.Tensor, sigma
         random_directions: random directions of the same per-step norm (``random_like``, seeds ``seed..``)
             the target's change is compared with, each at every strength.
         batch_size: samples per batched run (the strengths and random directions share runs).
+        keep_class: edit with the class-keeping correction (:mod:`~hspace_core.class_keeping`), the random
+            directions too, each sample keeping the classifier's class of its unedited image; the classifier must
+            also map images to logits (``classifier(images) -> [N, classes]``, as the shipped evaluator does).
     """
     measures = dict(ATTRIBUTES if measures is None else measures)
     if target not in measures:
@@ -227,17 +232,21 @@ def evaluate_direction(pipe: Any, direction: Direction, x_T: torch.Tensor, sigma
     n = x_T.shape[0] if x_T.ndim == 4 else 0
     if n < 2:
         raise HSpaceError(f"at least 2 held-out x_T [N, C, H, W] expected, got shape {list(x_T.shape)}")
+    if keep_class and classifier is None:
+        raise HSpaceError("a class-keeping evaluation needs the classifier")
     randoms = [random_like(direction, seed + i) for i in range(random_directions)]
-    runs = [None] + [(d, s) for d in [direction, *randoms] for s in strengths]
+    runs = [(d, s) for d in [direction, *randoms] for s in strengths]
+    plain_images = pipe.edit(x_T, sigmas)
+    plain_labels = classifier.predict(plain_images)[0] if keep_class else None
 
     chunks = max(1, batch_size // n)
-    images = []
+    images = [plain_images]
     for start in range(0, len(runs), chunks):
         block = runs[start:start + chunks]
-        edits = [EditSpec(d, s, torch.arange(i * n, (i + 1) * n)) for i, run in enumerate(block) if run
-                 for d, s in [run]]
+        edits = [EditSpec(d, s, torch.arange(i * n, (i + 1) * n)) for i, (d, s) in enumerate(block)]
+        keep = {"keep_class": classifier, "labels": plain_labels.repeat(len(block))} if keep_class else {}
         images.append(pipe.edit(x_T.repeat(len(block), 1, 1, 1), sigmas, edits, t_edit=t_edit,
-                                allow_foreign=allow_foreign))
+                                allow_foreign=allow_foreign, **keep))
     images = torch.cat(images).split(n)
     values = [measure_all(im, measures) for im in images]
     labels = [classifier.predict(im)[0].cpu() for im in images] if classifier is not None else None
@@ -253,7 +262,7 @@ def evaluate_direction(pipe: Any, direction: Direction, x_T: torch.Tensor, sigma
     def kept(run: int) -> float:
         return float((labels[run] == labels[0]).double().mean()) if labels is not None else float("nan")
 
-    result = EvaluationResult(target, n, stds)
+    result = EvaluationResult(target, n, stds, class_keeping=keep_class)
     for i, strength in enumerate(strengths):
         run = 1 + i
         random_runs = [1 + (r + 1) * len(strengths) + i for r in range(random_directions)]
@@ -277,15 +286,18 @@ def embedded_model_of(direction: Direction) -> str:
 def evaluate_on_model(direction: Direction, target: str, model: str | None = None, samples: int = 128,
                       first_seed: int = 100000, steps: int = 20, strengths: Sequence[float] = (-2.0, -1.0, 1.0, 2.0),
                       random_directions: int = 2, t_edit: float | None = None,
-                      allow_foreign: bool = False) -> EvaluationResult:
+                      allow_foreign: bool = False, keep_class: bool = False) -> EvaluationResult:
     """:func:`evaluate_direction` on seeds ``first_seed..`` of an embedded digit model (``None`` or ``"unet"``,
     ``"dit"``; judged by the shipped classifier) or of a diffusers pixel-DDPM folder ``model`` (no class figures:
-    nan)."""
+    nan). ``keep_class``: edit with the class-keeping correction by the shipped classifier (embedded models only)."""
     from .pipeline import HSpacePipeline, is_embedded
 
     check_number(samples, "samples", 2, integer=True)
     check_number(first_seed, "first_seed", 0, integer=True)
     classifier = None
+    if keep_class and not is_embedded(model):
+        raise HSpaceError("a class-keeping edit needs the shipped classifier: evaluate on an embedded model "
+                          "(unet or dit)")
     pipe = HSpacePipeline.load(model)
     if is_embedded(model):
         from .embedded import load_evaluator
@@ -294,4 +306,5 @@ def evaluate_on_model(direction: Direction, target: str, model: str | None = Non
     sigmas = pipe.sigmas(steps)
     x_T = pipe.noise(range(first_seed, first_seed + samples), sigmas)
     return evaluate_direction(pipe, direction, x_T, sigmas, target, classifier=classifier, strengths=strengths,
-                              random_directions=random_directions, t_edit=t_edit, allow_foreign=allow_foreign)
+                              random_directions=random_directions, t_edit=t_edit, allow_foreign=allow_foreign,
+                              keep_class=keep_class)

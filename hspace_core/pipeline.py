@@ -9,6 +9,7 @@ import torch
 
 from .bottleneck import Bottleneck, EditSpec
 from .checks import check_batch, check_number
+from .class_keeping import ClassKeepingModel, check_labels
 from .denoisers import DiffusersDenoiser, GuidedDenoiser, load_diffusers_folder
 from .direction import Direction, Inversion, Trajectory
 from .errors import HSpaceError
@@ -181,7 +182,8 @@ class HSpacePipeline:
     def edit(self, x_T: torch.Tensor, sigmas: torch.Tensor, edits: Sequence[EditSpec | tuple[Direction, float]] = (),
              t_edit: float | None = None, t_boost: float = 0.0, mode: str = "asymmetric", eta: float = 0.0,
              noises: Sequence[torch.Tensor] | None = None, seed: int | None = None, allow_foreign: bool = False,
-             progress: bool = False) -> torch.Tensor:
+             progress: bool = False, keep_class: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             labels: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
         """Sample from x_T with h shifted by the edits (Asyrp's process; quality boosting below ``t_boost``).
 
         ``edits`` are (direction, strength) pairs or :class:`EditSpec` (which may name the samples it edits).
@@ -190,6 +192,11 @@ class HSpacePipeline:
         shift is normalised to the step count (:meth:`~hspace_core.direction.Direction.step_scale`).
         ``noises`` (from an edit-friendly inversion or :func:`~hspace_core.samplers.ddpm_noises`) fixes the
         stochastic terms; without edits this reproduces the plain run.
+
+        ``keep_class``: a classifier ``images -> logits [N, classes]``; each sample's shift is then corrected at every
+        edited step so that the probability of its class does not fall, to first order
+        (:mod:`~hspace_core.class_keeping`; asymmetric mode only). The class is ``labels`` (one per sample), else
+        the classifier's class of the unedited image (one more plain run).
         """
         check_batch(x_T, "x_T", *self._shape_check())
         check_number(eta, "eta", 0.0, 1.0)
@@ -204,8 +211,18 @@ class HSpacePipeline:
             sigma_edit = float("inf")
         window = None if t_edit is None else (float(t_edit), self.schedule.max_timestep)
         controller = Bottleneck(edits, window=window)
-        with self.denoiser.attached(controller):
-            return sample_asyrp(self.denoiser, x_T.to(self.denoiser.device), sigmas, mode=mode,
+        model, attached = self.denoiser, controller
+        if keep_class is not None:
+            if mode != "asymmetric":
+                raise HSpaceError(f"a class-keeping edit runs the asymmetric process only, got mode {mode!r}")
+            if labels is None:
+                plain = self.edit(x_T, sigmas, t_boost=t_boost, eta=eta, noises=noises, seed=seed)
+                with torch.no_grad():
+                    labels = keep_class(plain).argmax(1)
+            model = ClassKeepingModel(self.denoiser, controller, keep_class, check_labels(labels, x_T.shape[0]))
+            attached = Bottleneck()
+        with self.denoiser.attached(attached):
+            return sample_asyrp(model, x_T.to(self.denoiser.device), sigmas, mode=mode,
                                 sigma_edit=sigma_edit, sigma_boost=sigma_boost, eta=eta, noises=noises, seed=seed,
                                 disable=not progress,
                                 shifts=lambda s: controller.shifts_at(float(self.schedule.timestep(s))))

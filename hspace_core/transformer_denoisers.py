@@ -196,7 +196,7 @@ class DiffusersTransformerDenoiser(GuidedDenoiser):
             kwargs["txt_ids"] = torch.zeros(kwargs["encoder_hidden_states"].shape[1], 3, device=self.device)
         else:
             timestep = timestep * self.schedule.multiplier
-        t = self.schedule.timestep(sigma)
+        t = self._timesteps(sigma)
         self._call = {"timestep": float(t[0]), "sigma": float(sigma[0]), "cond_or_uncond": chunks, "flags": flags,
                       "image_tokens": self.grid[0] * self.grid[1]}
         handle = self.hooked.register_forward_hook(self._hook)

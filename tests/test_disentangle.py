@@ -113,10 +113,15 @@ def test_attribute_measures_read_what_they_say():
 class ShiftPipe:
     """Stands in for HSpacePipeline: an edit brightens its rows by strength · mean(direction)."""
 
-    def edit(self, x_T, sigmas, edits, t_edit=None, allow_foreign=False):
+    def __init__(self):
+        self.keep_calls = []
+
+    def edit(self, x_T, sigmas, edits=(), t_edit=None, allow_foreign=False, keep_class=None, labels=None):
         images = x_T.clone()
         for edit in edits:
             images[edit.samples] += edit.strength * float(edit.direction.delta.mean())
+        if keep_class is not None:
+            self.keep_calls.append(labels)
         return images
 
 
@@ -144,6 +149,23 @@ def test_evaluation_reports_share_ratio_linearity_and_class_on_a_known_edit():
     assert result.at(1.0).other_changes["corner"] > 0
     assert "linearity" in result.report() and result.chart().size == (720, 360)
     assert json.loads(result.to_json())["linearity_x2_over_x1"] == pytest.approx(2.0)
+
+
+def test_class_keeping_evaluation_edits_every_run_with_the_unedited_classes():
+    x_T = 0.1 * torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    x_T[:3] += 1.0  # class 1 for the brightness classifier
+    pipe = ShiftPipe()
+    measures = {"brightness": lambda im: im.mean((1, 2, 3)), "corner": lambda im: im[:, 0, 0, 0]}
+    result = evaluate_direction(pipe, Direction(torch.full((2, 2, 2), 0.01)), x_T, torch.ones(3), "brightness",
+                                measures, BrightnessClassifier(), strengths=(-1.0, 1.0), random_directions=1,
+                                batch_size=12, keep_class=True)
+    assert result.class_keeping and json.loads(result.to_json())["class_keeping"] is True
+    assert "class-keeping edit" in result.report()
+    assert [len(labels) for labels in pipe.keep_calls] == [12, 12]  # 4 runs of 6 samples, 2 per batched call
+    for labels in pipe.keep_calls:
+        assert labels.tolist() == [1, 1, 1, 0, 0, 0] * 2
+    with pytest.raises(HSpaceError, match="needs the classifier"):
+        evaluate_direction(pipe, Direction(torch.ones(2, 2, 2)), x_T, torch.ones(3), "slant", keep_class=True)
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -181,7 +203,8 @@ def test_evaluate_direction_node_shows_the_library_report_and_chart(monkeypatch)
     NODE_CLASS_MAPPINGS["HSpaceEvaluateDirection"]().evaluate([token_direction], "thickness", 16, 5, 10, 3, True)
     (args, kwargs), (dit_args, _) = calls
     assert args == (direction, "thickness", "unet") and kwargs == {
-        "samples": 16, "first_seed": 5, "steps": 10, "random_directions": 3, "allow_foreign": True}
+        "samples": 16, "first_seed": 5, "steps": 10, "random_directions": 3, "allow_foreign": True,
+        "keep_class": False}
     assert dit_args == (token_direction, "thickness", "dit")  # a direction made at a DiT block: the embedded DiT
     with pytest.raises(HSpaceError, match="target"):
         NODE_CLASS_MAPPINGS["HSpaceEvaluateDirection"]().evaluate([direction], "size", 16, 5, 10, 3, True)
