@@ -16,7 +16,11 @@ evaluate_direction. Variants:
   class-mean directions projected out jointly (Haas's conditional manipulation).
 
 Every variant gets the cheap |cos| with the x_T-statistic directions; ``--evaluate`` names those edited and
-measured (each costs about 2 minutes on 2 shared CPU cores at 32 samples).
+measured (each costs about 2 minutes on 2 shared CPU cores at 32 samples). A variant named ``<variant>+keep`` in
+``--evaluate`` is that direction edited with the class-keeping correction (hspace_core.class_keeping, about 3x
+the time), scaled first (``class_keeping_direction``, on ``--calibrate`` other seeds from calibration-seed) so that
+its edit moves the target as far as the plain edit of the same direction does: the two are compared at the same
+effect, not at the same strength.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/evaluate_disentangled.py [--model dit]
 """
@@ -31,7 +35,7 @@ from hspace_core.direction import Direction
 from hspace_core.discovery.attribute import (attribute_direction, noise_statistics, stratified_mean_difference)
 from hspace_core.discovery.supervised import supervised_direction
 from hspace_core.embedded import load_evaluator
-from hspace_core.evaluation import ATTRIBUTES, evaluate_direction, measure_all
+from hspace_core.evaluation import ATTRIBUTES, class_keeping_direction, evaluate_direction, measure_all
 from hspace_core.experiments import class_means
 from hspace_core.pipeline import HSpacePipeline
 
@@ -58,6 +62,8 @@ def main() -> None:
     parser.add_argument("--random-directions", type=int, default=1)
     parser.add_argument("--fit-seed", type=int, default=0)
     parser.add_argument("--test-seed", type=int, default=100000)
+    parser.add_argument("--calibrate", type=int, default=64, help="samples the +keep variants are scaled on")
+    parser.add_argument("--calibration-seed", type=int, default=200000)
     args = parser.parse_args()
 
     pipe, classifier = HSpacePipeline.load(args.model), load_evaluator()
@@ -73,6 +79,7 @@ def main() -> None:
     noise_features = noise_statistics(x_T)
     noise_directions = [stratified_mean_difference(h, f, labels, per_std=True) for f in noise_features.T]
     held_out = pipe.noise(range(args.test_seed, args.test_seed + args.test_samples), sigmas)
+    calibration = pipe.noise(range(args.calibration_seed, args.calibration_seed + args.calibrate), sigmas)
     everyone = torch.zeros(len(labels), dtype=torch.long)
     means = class_means(trajectory, labels)
     class_directions = list(means[1:] - means[:1])
@@ -103,12 +110,16 @@ def main() -> None:
     for group in args.evaluate.split(";"):
         target, variants = group.split(":")
         for variant in variants.split(","):
-            delta = build(variant, target)
+            keep = variant.endswith("+keep")
+            delta = build(variant.removesuffix("+keep"), target)
             noise_cos = max(abs(cosine(delta, d)) for d in noise_directions)
             start = time.perf_counter()
-            result = evaluate_direction(pipe, Direction(delta, keys, {"fingerprint": pipe.fingerprint}), held_out,
-                                        sigmas, target, classifier=classifier,
-                                        random_directions=args.random_directions)
+            direction = Direction(delta, keys, {"fingerprint": pipe.fingerprint})
+            if keep:
+                direction = class_keeping_direction(pipe, direction, calibration, sigmas, target, classifier)
+            scale = direction.meta.get("class_keeping_scale", 1.0)
+            result = evaluate_direction(pipe, direction, held_out, sigmas, target, classifier=classifier,
+                                        random_directions=args.random_directions, keep_class=keep)
             ones = [result.at(-1.0), result.at(1.0)]
             figures = {"intended_share": min(r.intended_share for r in ones),
                        "x_random": min(r.ratio_to_random for r in ones),
@@ -116,20 +127,20 @@ def main() -> None:
                        "worst_other_over_target": max(r.worst_other_over_effect for r in ones),
                        "linearity": result.linearity}
             rows.append((target, variant, figures, noise_cos, result))
-            print(f"\n== {target} / {variant}: |cos| with x_T-statistic directions at most {noise_cos:.2f} "
-                  f"({time.perf_counter() - start:.0f} s)\n{result.report()}", flush=True)
+            print(f"\n== {target} / {variant}: |cos| with x_T-statistic directions at most {noise_cos:.2f}, scaled "
+                  f"x{scale:.2f} ({time.perf_counter() - start:.0f} s)\n{result.report()}", flush=True)
 
     print(f"\nGoals at strengths +-1 on {args.test_samples} held-out seeds (worst of the two signs; linearity: mean "
           f"of x2/x1 over both signs). Effects in std of each attribute over the unedited held-out samples.")
-    header = f"{'attribute':16} {'variant':13}" + "".join(f"{name:>24}" for name in GOALS) + "  noise |cos|"
+    header = f"{'attribute':16} {'variant':18}" + "".join(f"{name:>24}" for name in GOALS) + "  noise |cos|"
     print(header)
-    print(f"{'goal':30}" + "".join(f"{('<' if 'other' in n else '>=') + format(g, '.2f'):>24}" for n, g in GOALS.items()))
+    print(f"{'goal':35}" + "".join(f"{('<' if 'other' in n else '>=') + format(g, '.2f'):>24}" for n, g in GOALS.items()))
     for target, variant, figures, noise_cos, _ in rows:
         cells = []
         for name, goal in GOALS.items():
             met = figures[name] < goal if "other" in name else figures[name] >= goal
             cells.append(f"{figures[name]:.2f} {'met' if met else 'missed':>6}")
-        print(f"{target:16} {variant:13}" + "".join(f"{c:>24}" for c in cells) + f"  {noise_cos:.2f}")
+        print(f"{target:16} {variant:18}" + "".join(f"{c:>24}" for c in cells) + f"  {noise_cos:.2f}")
 
 
 if __name__ == "__main__":

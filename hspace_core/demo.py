@@ -3,7 +3,7 @@
 On the embedded MNIST model (default) it runs, in a few minutes on 2 CPU cores:
 capture h over generated samples -> PCA directions (spectrum, strength sweeps, class-change rate vs a
 random direction) -> an attribute direction measured from pixels (ink) -> a digit attribute (slant) edited by
-the raw and the disentangled supervised direction, both measured on held-out seeds -> DDIM inversion of real
+the raw and the disentangled supervised direction and by the class-keeping edit, measured on held-out seeds -> DDIM inversion of real
 held-out digits (reconstruction error; exact edit-friendly inversion) -> class-to-class directions from
 their h (per-timestep mean differences) -> Asyrp edits of the real digits (target-class hit rate vs a
 random direction of the same per-step norm). Everything lands in a report folder.
@@ -29,7 +29,7 @@ from .experiments import (balanced_subset, change_rate, class_direction, class_m
 from .discovery.pca import pca_directions
 from .discovery.attribute import attribute_direction
 from .discovery.supervised import disentangle, mean_difference, supervised_direction, top_bottom_k
-from .evaluation import ATTRIBUTES, evaluate_direction
+from .evaluation import ATTRIBUTES, class_keeping_direction, evaluate_direction
 from .errors import HSpaceError
 from .fileio import save_direction
 from .imaging import image_grid
@@ -42,6 +42,7 @@ MIN_SAMPLES = 5
 # The disentangled-attribute experiment: its attribute, and the held-out seeds it is measured on.
 DEMO_ATTRIBUTE = "slant"
 HELD_OUT_SEED = 100000
+CALIBRATION_OFFSET = 100000  # the class-keeping edit is scaled on seeds HELD_OUT_SEED + this..
 DEMO_EVAL_SAMPLES = 24
 DISENTANGLE_MIN_SAMPLES = 64  # classes of ~6 samples (4 per group at least) and 17 noise statistics
 
@@ -231,9 +232,10 @@ def _ink_experiment(pipe, config, report, trajectory, images, x_T, sigmas, seeds
 
 
 def _disentangled_experiment(pipe, evaluator, config, report, trajectory, images, x_T, sigmas, out, log) -> None:
-    """A digit attribute (slant) edited by Haas's raw top-K minus bottom-K direction and by the disentangled one
-    (scores freed of what x_T predicts, top minus bottom within each class, per std), both measured on held-out
-    seeds (evaluate_direction): intended share, x random, class kept, other attributes, linearity."""
+    """A digit attribute (slant) edited by Haas's raw top-K minus bottom-K direction, by the disentangled one
+    (scores freed of what x_T predicts, top minus bottom within each class, per std) and by the disentangled one
+    with the class-keeping correction (scaled on other seeds to move slant as far as the plain edit), all measured on held-out seeds
+    (evaluate_direction): intended share, effect, x random, class kept, other attributes, linearity."""
     target = DEMO_ATTRIBUTE
     if len(images) < DISENTANGLE_MIN_SAMPLES:
         log(f"{target}: the disentangled-direction experiment needs --samples {DISENTANGLE_MIN_SAMPLES} or more; skipped")
@@ -248,27 +250,36 @@ def _disentangled_experiment(pipe, evaluator, config, report, trajectory, images
                                                               min_group=4), keys,
                                   {**meta, "disentangled_from": "x_T statistics, class"})}
     save_direction(directions["disentangled"], out / f"{target}_disentangled.safetensors")
-    held_out = pipe.noise(range(config.seed + HELD_OUT_SEED, config.seed + HELD_OUT_SEED + DEMO_EVAL_SAMPLES), sigmas)
+    first = config.seed + HELD_OUT_SEED
+    held_out = pipe.noise(range(first, first + DEMO_EVAL_SAMPLES), sigmas)
+    calibration = pipe.noise(range(first + CALIBRATION_OFFSET, first + CALIBRATION_OFFSET + DEMO_EVAL_SAMPLES), sigmas)
+    # the class-keeping edit moves slant less per unit strength: scaled to move it as far as the plain edit
+    directions["class_keeping"] = class_keeping_direction(pipe, directions["disentangled"], calibration, sigmas,
+                                                          target, evaluator)
     strengths = (-2.0, -1.0, 0.0, 1.0, 2.0)
-    sweep = []
+    rows = []
     for name, direction in directions.items():
+        keep = name == "class_keeping"
         result = evaluate_direction(pipe, direction, held_out, sigmas, target, classifier=evaluator,
-                                    strengths=(-1.0, 1.0, 2.0), random_directions=1)
+                                    strengths=(-1.0, 1.0, 2.0), random_directions=1, keep_class=keep)
         one = result.strengths[1]
         report.numbers[f"{target}_{name}"] = {
             "intended_share_at_+-1": round(min(result.at(-1.0).intended_share, one.intended_share), 3),
+            "effect_at_+1": round(one.effect, 2),
             "x_random_at_+1": round(one.ratio_to_random, 2), "class_kept_at_+1": round(one.class_kept, 3),
             "worst_other_over_target_at_+1": round(one.worst_other_over_effect, 2),
             "linearity_x2_over_x1": round(result.linearity, 2)}
         result.chart().save(out / f"{target}_{name}_evaluation.png")
         log(f"{target}, {name} direction on {DEMO_EVAL_SAMPLES} held-out seeds: {report.numbers[f'{target}_{name}']}")
-        sweep += [EditSpec(direction, s, torch.arange(4 * (len(sweep) + i), 4 * (len(sweep) + i + 1)))
-                  for i, s in enumerate(strengths)]
-    # one batched run: rows 4i..4i+3 are the first 4 held-out samples at the i-th (direction, strength)
-    edited = pipe.edit(held_out[:4].repeat(len(sweep), 1, 1, 1), sigmas, sweep)
-    grid = edited.view(2, len(strengths), 4, *held_out.shape[1:]).permute(0, 2, 1, 3, 4, 5).flatten(0, 2)
-    image_grid(grid, ncols=len(strengths), upscale=4, col_labels=[f"{s:+.0f}" for s in strengths],
-               row_labels=["raw"] * 4 + ["disent."] * 4).save(out / f"{target}_raw_vs_disentangled.png")
+        # rows 4i..4i+3: the first 4 held-out samples at the i-th strength
+        sweep = [EditSpec(direction, s, torch.arange(4 * i, 4 * (i + 1))) for i, s in enumerate(strengths)]
+        rows.append(pipe.edit(held_out[:4].repeat(len(strengths), 1, 1, 1), sigmas, sweep,
+                              keep_class=evaluator if keep else None))
+    grid = torch.stack(rows).view(len(rows), len(strengths), 4, *held_out.shape[1:])
+    image_grid(grid.permute(0, 2, 1, 3, 4, 5).flatten(0, 2), ncols=len(strengths), upscale=4,
+               col_labels=[f"{s:+.0f}" for s in strengths],
+               row_labels=["raw"] * 4 + ["disent."] * 4 + ["keep cl."] * 4).save(
+        out / f"{target}_raw_vs_disentangled.png")
 
 
 def _digit_experiments(pipe, evaluator, config, report, images, x_T, sigmas, pc0, out, log) -> None:
@@ -325,7 +336,8 @@ def _summary_markdown(report: Report) -> str:
     lines += ["", "## Seconds", ""] + [f"- {name}: {value}" for name, value in report.seconds.items()]
     lines += ["", "## Pictures", ""]
     for picture in ("samples", "pca_spectrum", "pc0_sweep", "pc1_sweep", "ink_sweep", f"{DEMO_ATTRIBUTE}_raw_vs_disentangled",
-                    f"{DEMO_ATTRIBUTE}_raw_evaluation", f"{DEMO_ATTRIBUTE}_disentangled_evaluation", "class_transfer"):
+                    f"{DEMO_ATTRIBUTE}_raw_evaluation", f"{DEMO_ATTRIBUTE}_disentangled_evaluation",
+                    f"{DEMO_ATTRIBUTE}_class_keeping_evaluation", "class_transfer"):
         lines.append(f"![{picture}]({picture}.png)")
     lines += ["", "## Configuration", "", "```json", json.dumps(report.config, indent=2), "```", ""]
     return "\n".join(lines)

@@ -277,6 +277,26 @@ def evaluate_direction(pipe: Any, direction: Direction, x_T: torch.Tensor, sigma
     return result
 
 
+def class_keeping_direction(pipe: Any, direction: Direction, x_T: torch.Tensor, sigmas: torch.Tensor, target: str,
+                            classifier: Any, measures: Mapping[str, Measure] | None = None,
+                            t_edit: float | None = None) -> Direction:
+    """The direction scaled so that its class-keeping edit moves ``target`` as far at strength +1 as its plain edit
+    does, both measured on the samples of ``x_T`` (seeds apart from the fitting and the evaluation ones; the
+    attribute's std cancels in the ratio). ``meta["class_keeping_scale"]`` keeps the factor.
+
+    The correction removes part of each shift, so per unit strength the class-keeping edit is weaker: compare the
+    two at the same effect, not at the same strength.
+    """
+    effects = [evaluate_direction(pipe, direction, x_T, sigmas, target, measures, classifier, strengths=(1.0,),
+                                  random_directions=1, t_edit=t_edit, keep_class=keep).at(1.0).effect
+               for keep in (False, True)]
+    if not (effects[0] > 0 and effects[1] > 0):
+        raise HSpaceError(f"the direction moves {target!r} the wrong way or not at all at strength +1 (effect "
+                          f"{effects[0]:.3g} std plain, {effects[1]:.3g} class-keeping): it cannot be scaled")
+    scale = effects[0] / effects[1]
+    return direction.with_delta(direction.delta * scale, class_keeping_scale=scale)
+
+
 def embedded_model_of(direction: Direction) -> str:
     """The embedded model a direction was made on, by its hook site: ``"dit"`` at a transformer site, else
     ``"unet"`` (the middle block)."""

@@ -50,7 +50,7 @@ class HSpaceEvaluateDirection:
         }}
 
     def evaluate(self, direction: DirectionSet, target: str, samples: int, first_seed: int, steps: int,
-                 random_directions: int, allow_foreign: bool, keep_class: bool = False) -> dict[str, Any]:
+                 random_directions: int, allow_foreign: bool, keep_class: bool | None = None) -> dict[str, Any]:
         check_choice(target, "target", list(ATTRIBUTES))
         check_number(steps, "steps", 2, integer=True)
         direction = single(direction)

@@ -33,6 +33,9 @@ def test_demo_on_the_embedded_model(tmp_path):
     assert {"class_transfer_hit_rate", "ddim_reconstruction_mae", "pc0_class_change_rate"} <= set(numbers)
     assert numbers["edit_friendly_relative_error"] < 1e-5
     assert (out / "class_transfer.png").is_file()
+    keeping = numbers["slant_class_keeping"]  # scaled on other seeds to move slant as far as the plain edit
+    assert set(keeping) == set(numbers["slant_disentangled"]) and keeping["effect_at_+1"] > 0
+    assert (out / "slant_class_keeping_evaluation.png").is_file() and (out / "slant_raw_vs_disentangled.png").is_file()
 
 
 def test_demo_on_the_embedded_dit(tmp_path):

@@ -9,8 +9,8 @@ from hspace_core.discovery.attribute import (attribute_direction, noise_residual
                                                stratified_mean_difference)
 from hspace_core.discovery.supervised import supervised_direction
 from hspace_core.errors import HSpaceError
-from hspace_core.evaluation import (ATTRIBUTES, aspect, evaluate_direction, horizontal_centre, slant, thickness,
-                                    vertical_centre)
+from hspace_core.evaluation import (ATTRIBUTES, aspect, class_keeping_direction, evaluate_direction,
+                                    horizontal_centre, slant, thickness, vertical_centre)
 
 N, CLASSES, DIM = 1200, 5, 48
 
@@ -118,8 +118,9 @@ class ShiftPipe:
 
     def edit(self, x_T, sigmas, edits=(), t_edit=None, allow_foreign=False, keep_class=None, labels=None):
         images = x_T.clone()
+        weakened = 0.5 if keep_class is not None else 1.0  # a class-keeping edit here moves half as far
         for edit in edits:
-            images[edit.samples] += edit.strength * float(edit.direction.delta.mean())
+            images[edit.samples] += weakened * edit.strength * float(edit.direction.delta.mean())
         if keep_class is not None:
             self.keep_calls.append(labels)
         return images
@@ -168,6 +169,19 @@ def test_class_keeping_evaluation_edits_every_run_with_the_unedited_classes():
         evaluate_direction(pipe, Direction(torch.ones(2, 2, 2)), x_T, torch.ones(3), "slant", keep_class=True)
 
 
+def test_class_keeping_direction_is_scaled_to_the_plain_edits_effect():
+    x_T = 0.1 * torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    measures = {"brightness": lambda im: im.mean((1, 2, 3)), "corner": lambda im: im[:, 0, 0, 0]}
+    direction = Direction(torch.full((2, 2, 2), 0.01), meta={"method": "supervised"})
+    scaled = class_keeping_direction(ShiftPipe(), direction, x_T, torch.ones(3), "brightness", BrightnessClassifier(),
+                                     measures)
+    assert scaled.meta["class_keeping_scale"] == pytest.approx(2.0) and scaled.meta["method"] == "supervised"
+    assert torch.allclose(scaled.delta, 2 * direction.delta)
+    with pytest.raises(HSpaceError, match="wrong way or not at all"):
+        class_keeping_direction(ShiftPipe(), direction.with_delta(-direction.delta), x_T, torch.ones(3), "brightness",
+                                BrightnessClassifier(), measures)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"target": "size"}, "target attribute must be one of"),
     ({"strengths": (0.0, 1.0)}, "non-zero strengths"),
@@ -206,6 +220,8 @@ def test_evaluate_direction_node_shows_the_library_report_and_chart(monkeypatch)
         "samples": 16, "first_seed": 5, "steps": 10, "random_directions": 3, "allow_foreign": True,
         "keep_class": False}
     assert dit_args == (token_direction, "thickness", "dit")  # a direction made at a DiT block: the embedded DiT
+    NODE_CLASS_MAPPINGS["HSpaceEvaluateDirection"]().evaluate([direction], "thickness", 16, 5, 10, 3, True, True)
+    assert calls[-1][1]["keep_class"] is True
     with pytest.raises(HSpaceError, match="target"):
         NODE_CLASS_MAPPINGS["HSpaceEvaluateDirection"]().evaluate([direction], "size", 16, 5, 10, 3, True)
 
