@@ -245,7 +245,8 @@ def test_hspace_evaluate_writes_json_and_chart(tmp_path, capsys):
     assert "class_kept" in capsys.readouterr().out
     for argv, message in ((["--target", "size"], "--target: one of slant"),
                           (["--target", "slant", "--samples", "1"], "samples"),
-                          (["--target", "slant", "--out", str(path)], "--out")):
+                          (["--target", "slant", "--out", str(path)], "--out"),
+                          (["--target", "slant", "--model", str(model), "--keep-class"], "shipped classifier")):
         with pytest.raises(SystemExit) as exit_info:
             main(["evaluate", str(path), *argv])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err

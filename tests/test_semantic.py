@@ -158,3 +158,28 @@ def test_the_asymmetric_step_is_stronger_per_std_than_the_symmetric_ones_as_docu
     asymmetric, symmetric = effect("asymmetric"), effect("symmetric")
     ddpm = effect("symmetric", eta=1.0, noises=noises)
     assert 2.0 < asymmetric / symmetric < 4.0 and 1.2 < asymmetric / ddpm < 2.5
+
+
+def test_the_class_keeping_edit_keeps_the_class_more_often_at_the_same_slant_effect(pipe, generated, evaluator):
+    """A slant direction fitted on the 200 generated samples, edited on 48 held-out seeds at the strength that moves
+    slant as far with the correction as without (scaled on 32 other seeds): the class is kept more often (measured:
+    x1.24, effect 0.77 std both, class kept 72.9% plain and 83.3% class-keeping)."""
+    from hspace_core.discovery.attribute import attribute_direction
+    from hspace_core.evaluation import class_keeping_direction, evaluate_direction, slant
+
+    trajectory, images = generated
+    sigmas = pipe.sigmas(STEPS)
+    delta = attribute_direction(trajectory.h, slant(images), groups=evaluator.predict(images)[0],
+                                x_T=pipe.noise(range(200), sigmas), min_group=4)
+    direction = Direction(delta, trajectory.timesteps.tolist(), {"fingerprint": pipe.fingerprint})
+    held_out, calibration = (pipe.noise(range(first, first + count), sigmas)
+                             for first, count in ((100000, 48), (200000, 32)))
+    scaled = class_keeping_direction(pipe, direction, calibration, sigmas, "slant", evaluator)
+    plain, kept = (evaluate_direction(pipe, d, held_out, sigmas, "slant", classifier=evaluator, strengths=(1.0,),
+                                      random_directions=1, keep_class=keep).at(1.0)
+                   for d, keep in ((direction, False), (scaled, True)))
+    print(f"scale {scaled.meta['class_keeping_scale']:.2f}; plain: effect {plain.effect:.2f}, kept "
+          f"{plain.class_kept:.1%}; class-keeping: effect {kept.effect:.2f}, kept {kept.class_kept:.1%}")
+    assert scaled.meta["class_keeping_scale"] > 1  # the correction removes part of each shift
+    assert kept.effect > 0.7 * plain.effect and kept.intended_share > 0.9
+    assert kept.class_kept >= plain.class_kept + 0.05
