@@ -35,6 +35,7 @@ from hspace_core.direction import Direction
 from hspace_core.discovery.attribute import (attribute_direction, noise_statistics, stratified_mean_difference)
 from hspace_core.discovery.supervised import supervised_direction
 from hspace_core.embedded import load_evaluator
+from hspace_core.errors import HSpaceError
 from hspace_core.evaluation import ATTRIBUTES, class_keeping_direction, evaluate_direction, measure_all
 from hspace_core.experiments import class_means
 from hspace_core.pipeline import HSpacePipeline
@@ -116,7 +117,11 @@ def main() -> None:
             start = time.perf_counter()
             direction = Direction(delta, keys, {"fingerprint": pipe.fingerprint})
             if keep:
-                direction = class_keeping_direction(pipe, direction, calibration, sigmas, target, classifier)
+                try:
+                    direction = class_keeping_direction(pipe, direction, calibration, sigmas, target, classifier)
+                except HSpaceError as error:
+                    print(f"\n== {target} / {variant}: not measured: {error}", flush=True)
+                    continue
             scale = direction.meta.get("class_keeping_scale", 1.0)
             result = evaluate_direction(pipe, direction, held_out, sigmas, target, classifier=classifier,
                                         random_directions=args.random_directions, keep_class=keep)

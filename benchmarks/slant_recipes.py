@@ -5,7 +5,7 @@ held-out seeds evaluate_disentangled.py uses (100000..), strengths +-1 (one std 
 
 - default: ``attribute_direction`` (x_T residual scores, stratified by class, averaged), all steps;
 - the same in other timestep windows (``edit_window``), at the strength that moves slant one std;
-- paired: the mean DDIM-inverted h of the fitted samples sheared by one std of slant (benchmarks/ideal_slant_edit.py)
+- paired: the mean DDIM-inverted h of the fitted samples sheared by one std of slant (benchmarks/ideal_edits.py)
   minus that of the same samples unsheared, so that nothing but the shear differs;
 - own class: each held-out sample edited with its own class's within-class direction (the stratified recipe
   without the averaging), one EditSpec per class.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from ideal_slant_edit import shear
+from ideal_edits import shear
 
 from hspace_core.bottleneck import EditSpec
 from hspace_core.direction import Direction
@@ -28,7 +28,7 @@ from hspace_core.embedded import load_evaluator
 from hspace_core.evaluation import ATTRIBUTES, evaluate_direction, measure_all
 from hspace_core.pipeline import HSpacePipeline
 
-SHEAR_PER_STD = 0.223  # benchmarks/ideal_slant_edit.py: the shear that moves the held-out samples' slant +1 std
+SHEAR_PER_STD = 0.223  # benchmarks/ideal_edits.py: the shear that moves the held-out samples' slant +1 std
 
 
 def main() -> None:

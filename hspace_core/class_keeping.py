@@ -3,7 +3,7 @@ the sample's class does not fall, to first order (issue 13).
 
 On the embedded digit model a global h direction moves an attribute and the class together: no global recipe
 keeps the class of 80% of the samples at one std of slant (``benchmarks/slant_recipes.py``), although a pure pixel
-shear does (``benchmarks/ideal_slant_edit.py``). The correction is made per sample and per edited step. With
+shear does (``benchmarks/ideal_edits.py``). The correction is made per sample and per edited step. With
 x̂0(h) the predicted x0 the asymmetric step takes from the shifted h and g = ∇_h log p(c | x̂0(h + Δh)), the shift
 is projected onto the half-space ⟨Δh, g⟩ ≥ 0:
 
