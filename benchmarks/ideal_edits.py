@@ -11,8 +11,9 @@ amount; past them a squashed or eroded 16x16 digit stops changing the way the am
   whole pixels first, the fraction last (amount 1.5: dilated once, then half-way to twice).
 
 The shipped classifier then says how often the class is kept, and the other attribute measures how much they
-moved per unit of the target's change (in their own std), as evaluate_direction reports them for h-space directions. Bilinear resampling thickens
-and thins strokes a little, so the sheared and stretched thickness figures include that.
+moved per unit of the target's change (in their own std), as evaluate_direction reports them for h-space
+directions. Bilinear resampling thickens and thins strokes a little, so the sheared and stretched thickness
+figures include that.
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/ideal_edits.py [--attribute thickness] [--model dit]
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -28,7 +30,8 @@ from hspace_core.evaluation import ATTRIBUTES, horizontal_centre, measure_all, v
 from hspace_core.pipeline import HSpacePipeline
 
 
-def _resample(images: torch.Tensor, source_x) -> torch.Tensor:
+def _resample(images: torch.Tensor,
+              source_x: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Each pixel (x, y) takes the input at (source_x(x, y), y), bilinearly, in units of the image side."""
     n, _, height, width = images.shape
     y = (torch.arange(height) / height).view(1, -1, 1).expand(n, height, width)
